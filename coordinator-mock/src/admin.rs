@@ -1,0 +1,80 @@
+//! `CoordinatorAdmin`: drive and inspect the processors (grpcurl).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use proto::coordinator_v1::coordinator_admin_server::CoordinatorAdmin;
+use proto::coordinator_v1::{
+    CoordinatorStatus, EmitSettlementBlockRequest, EmitSettlementBlockResponse, GetStatusRequest,
+    ProcessorView, SendProbeRequest, SendProbeResponse,
+};
+use tonic::{Request, Response, Status};
+
+use crate::coordinator::{Coordinator, CoordinatorError};
+use crate::settlement;
+
+/// Serves `CoordinatorAdmin`.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    coordinator: Arc<Coordinator>,
+}
+
+impl Admin {
+    /// An admin service over a running coordinator.
+    pub fn new(coordinator: Arc<Coordinator>) -> Self {
+        Self { coordinator }
+    }
+}
+
+#[tonic::async_trait]
+impl CoordinatorAdmin for Admin {
+    async fn get_status(
+        &self,
+        _request: Request<GetStatusRequest>,
+    ) -> Result<Response<CoordinatorStatus>, Status> {
+        let c = &self.coordinator;
+        let mut processors = Vec::with_capacity(c.peers.len());
+        for peer in &c.peers {
+            let link = peer.link.status().await.map_err(CoordinatorError::from)?;
+            let acked = settlement::acked_by(&c.pool, &peer.endpoint.name)
+                .await
+                .map_err(CoordinatorError::from)?;
+            processors.push(ProcessorView {
+                name: peer.endpoint.name.clone(),
+                endpoint: peer.endpoint.endpoint.clone(),
+                link: Some(link),
+                acked_settlement_block: acked,
+                failed_connects: peer.dial.failed_connects.load(Ordering::Relaxed),
+                last_error: peer.dial.last_error.lock().map(|e| e.clone()).unwrap_or_default(),
+            });
+        }
+        let settlement_height = settlement::height(&c.pool)
+            .await
+            .map_err(CoordinatorError::from)?;
+        Ok(Response::new(CoordinatorStatus {
+            node_id: c.node_id.clone(),
+            processors,
+            settlement_height,
+        }))
+    }
+
+    async fn emit_settlement_block(
+        &self,
+        _request: Request<EmitSettlementBlockRequest>,
+    ) -> Result<Response<EmitSettlementBlockResponse>, Status> {
+        let number = self.coordinator.emit_settlement_block().await?;
+        Ok(Response::new(EmitSettlementBlockResponse { number }))
+    }
+
+    async fn send_probe(
+        &self,
+        request: Request<SendProbeRequest>,
+    ) -> Result<Response<SendProbeResponse>, Status> {
+        let request = request.into_inner();
+        let id = self
+            .coordinator
+            .send_probe(&request.processor, request.payload)
+            .await?;
+        Ok(Response::new(SendProbeResponse { id }))
+    }
+}

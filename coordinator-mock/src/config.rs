@@ -1,0 +1,239 @@
+//! The coordinator-mock's configuration: a TOML file, then environment
+//! overrides (`COORDINATOR_<FIELD>`, `COORDINATOR_<SECTION>__<FIELD>`, and
+//! `DATABASE_URL` for `database_url`).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use processor::config::{AdminConfig, ConfigError, LogConfig, describe, redact_url};
+use processor::link::LinkConfig;
+use serde::Deserialize;
+
+/// Everything the coordinator-mock needs to start.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This coordinator's name, sent to processors in `Hello`.
+    #[serde(default = "default_node_id")]
+    pub node_id: String,
+    /// Address of the admin gRPC server (admin API, health, reflection).
+    pub listen: SocketAddr,
+    /// Postgres URL of the coordinator's own database (not a processor's).
+    pub database_url: String,
+    /// Most connections in the Postgres pool.
+    #[serde(default = "default_max_connections")]
+    pub max_db_connections: u32,
+    /// The processors to dial, in participant order.
+    pub processors: Vec<ProcessorEndpoint>,
+    /// Link tuning, the same for every processor.
+    #[serde(default)]
+    pub link: LinkConfig,
+    /// Reconnect backoff.
+    #[serde(default)]
+    pub reconnect: ReconnectConfig,
+    /// Settlement-chain simulation.
+    #[serde(default)]
+    pub settlement: SettlementConfig,
+    /// The admin API.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("node_id", &self.node_id)
+            .field("listen", &self.listen)
+            .field("database_url", &redact_url(&self.database_url))
+            .field("max_db_connections", &self.max_db_connections)
+            .field("processors", &self.processors)
+            .field("link", &self.link)
+            .field("reconnect", &self.reconnect)
+            .field("settlement", &self.settlement)
+            .field("admin", &self.admin)
+            .field("log", &self.log)
+            .finish()
+    }
+}
+
+/// A processor the coordinator serves.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessorEndpoint {
+    /// Its name (the link id in this coordinator's database). Unique.
+    pub name: String,
+    /// Its gRPC endpoint, e.g. "http://127.0.0.1:50051".
+    pub endpoint: String,
+}
+
+/// How the coordinator retries a processor it cannot reach: exponential from
+/// `initial`, doubling, never above `max` (a cap), with up to 20% jitter.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconnectConfig {
+    /// First delay after a failure.
+    #[serde(with = "humantime_serde")]
+    pub initial: Duration,
+    /// Longest delay between attempts.
+    #[serde(with = "humantime_serde")]
+    pub max: Duration,
+    /// Timeout of one TCP/HTTP2 connection attempt.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for ReconnectConfig {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// The simulated settlement chain.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SettlementConfig {
+    /// Produce a settlement block this often (absent: only on request through
+    /// the admin API).
+    #[serde(with = "humantime_serde")]
+    pub block_interval: Option<Duration>,
+}
+
+fn default_node_id() -> String {
+    "coordinator".into()
+}
+
+fn default_max_connections() -> u32 {
+    10
+}
+
+impl Config {
+    /// Reads `path`, applies environment overrides, validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        if !path.exists() {
+            return Err(ConfigError::Parse(format!(
+                "config file {} does not exist",
+                path.display()
+            )));
+        }
+        let config: Self = Figment::from(Toml::file_exact(path))
+            .merge(Env::raw().only(&["DATABASE_URL"]).map(|_| "database_url".into()))
+            .merge(Env::prefixed("COORDINATOR_").split("__"))
+            .extract()
+            .map_err(|e| ConfigError::Parse(describe(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML string (no environment), validates.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = Figment::from(Toml::string(text))
+            .extract()
+            .map_err(|e| ConfigError::Parse(describe(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.node_id.trim().is_empty() {
+            return invalid("node_id must not be empty".into());
+        }
+        if !self.database_url.starts_with("postgres://")
+            && !self.database_url.starts_with("postgresql://")
+        {
+            return invalid(format!(
+                "database_url must be a postgres:// URL, got {:?}",
+                redact_url(&self.database_url)
+            ));
+        }
+        if self.max_db_connections < 2 {
+            return invalid("max_db_connections must be at least 2".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, p) in self.processors.iter().enumerate() {
+            if p.name.trim().is_empty() {
+                return invalid(format!("processors[{i}].name must not be empty"));
+            }
+            if !names.insert(p.name.as_str()) {
+                return invalid(format!("processors[{i}].name {:?} is used twice", p.name));
+            }
+            if !(p.endpoint.starts_with("http://") || p.endpoint.starts_with("https://")) {
+                return invalid(format!(
+                    "processors[{i}].endpoint must start with http:// or https://, got {:?}",
+                    p.endpoint
+                ));
+            }
+            if p.endpoint.parse::<tonic::transport::Uri>().is_err() {
+                return invalid(format!("processors[{i}].endpoint {:?} is not a URI", p.endpoint));
+            }
+        }
+        self.link.validate("link").map_err(ConfigError::Invalid)?;
+        if self.reconnect.initial.is_zero() {
+            return invalid("reconnect.initial must be more than 0".into());
+        }
+        if self.reconnect.max < self.reconnect.initial {
+            return invalid(format!(
+                "reconnect.max ({:?}) must be at least reconnect.initial ({:?})",
+                self.reconnect.max, self.reconnect.initial
+            ));
+        }
+        if self.reconnect.connect_timeout.is_zero() {
+            return invalid("reconnect.connect_timeout must be more than 0".into());
+        }
+        if self.settlement.block_interval.is_some_and(|d| d.is_zero()) {
+            return invalid("settlement.block_interval must be more than 0".into());
+        }
+        if self.admin.request_timeout.is_zero() {
+            return invalid("admin.request_timeout must be more than 0".into());
+        }
+        if self.admin.concurrency_limit == 0 {
+            return invalid("admin.concurrency_limit must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_example_parses() {
+        let config = Config::from_toml(include_str!("../coordinator.example.toml"))
+            .expect("the shipped example config must parse");
+        assert_eq!(config.processors.len(), 1);
+        assert_eq!(config.settlement.block_interval, Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let base = "listen = \"127.0.0.1:1\"\ndatabase_url = \"postgres://x/y\"\n";
+        let msg = Config::from_toml(&format!(
+            "{base}[[processors]]\nname = \"a\"\nendpoint = \"127.0.0.1:5\"\n"
+        ))
+        .expect_err("endpoint without scheme")
+        .to_string();
+        assert!(msg.contains("processors[0].endpoint"), "{msg}");
+        let msg = Config::from_toml(&format!(
+            "{base}processors = []\n[reconnect]\ninitial = \"2s\"\nmax = \"1s\"\n"
+        ))
+        .expect_err("cap below the first delay")
+        .to_string();
+        assert!(msg.contains("reconnect.max"), "{msg}");
+        let msg = Config::from_toml(&format!("{base}processors = []\ncolour = 1\n"))
+            .expect_err("unknown field")
+            .to_string();
+        assert!(msg.contains("colour"), "{msg}");
+    }
+}

@@ -1,0 +1,234 @@
+//! The coordinator: its database, one link per processor, the dialers that
+//! keep those links up, and the procedures it drives.
+
+use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::SystemTime;
+
+use prost::Message as _;
+use proto::processor_v1::processor_client::ProcessorClient;
+use proto::processor_v1::{CoordinatorMessage, LinkProbe, coordinator_message};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
+use tracing::{Instrument, info, info_span, warn};
+
+use processor::db::{self, DbError, InstanceLock};
+use processor::link::{self, CoordinatorSide, Link, OutMessage, SessionError};
+
+use crate::backoff::Backoff;
+use crate::config::{Config, ProcessorEndpoint, ReconnectConfig};
+use crate::inbound::ProcessorHandler;
+use crate::settlement;
+
+/// The coordinator's end of a link to one processor.
+pub type ProcessorLink = Link<CoordinatorSide, ProcessorHandler>;
+
+/// Advisory-lock key of a running coordinator-mock ("MNRCOORD").
+pub const COORDINATOR_LOCK_KEY: i64 = 0x4D4E_5243_4F4F_5244;
+
+/// Connection attempts to one processor, for the admin API.
+#[derive(Debug, Default)]
+pub struct DialState {
+    /// Failed attempts since the last stream came up.
+    pub failed_connects: AtomicU32,
+    /// The last failure.
+    pub last_error: Mutex<String>,
+}
+
+/// One processor the coordinator serves.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// Its configuration.
+    pub endpoint: ProcessorEndpoint,
+    /// The link to it.
+    pub link: Arc<ProcessorLink>,
+    /// Its dialer's state.
+    pub dial: Arc<DialState>,
+}
+
+/// Why the coordinator could not do something.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    /// No processor by that name is configured.
+    #[error("no processor named {0:?} is configured")]
+    UnknownProcessor(String),
+    /// A request value is out of range.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Postgres trouble.
+    #[error("database: {0}")]
+    Storage(#[from] sqlx::Error),
+}
+
+impl From<CoordinatorError> for tonic::Status {
+    fn from(e: CoordinatorError) -> Self {
+        match &e {
+            CoordinatorError::UnknownProcessor(_) => tonic::Status::not_found(e.to_string()),
+            CoordinatorError::InvalidArgument(_) => tonic::Status::invalid_argument(e.to_string()),
+            CoordinatorError::Storage(_) => tonic::Status::unavailable(format!(
+                "the coordinator's database is unavailable ({e}); check Postgres and retry"
+            )),
+        }
+    }
+}
+
+/// A running coordinator.
+#[derive(Debug)]
+pub struct Coordinator {
+    /// Its database.
+    pub pool: PgPool,
+    /// Its node id.
+    pub node_id: String,
+    /// The processors, in configuration order.
+    pub peers: Vec<Peer>,
+    _lock: InstanceLock,
+}
+
+impl Coordinator {
+    /// Takes the instance lock, migrates, creates the links and starts one
+    /// dialer per processor. Dialers stop when `shutdown` is cancelled.
+    pub async fn start(config: &Config, shutdown: CancellationToken) -> Result<Arc<Self>, DbError> {
+        let lock = InstanceLock::acquire_key(&config.database_url, COORDINATOR_LOCK_KEY, "coordinator-mock").await?;
+        let pool = db::connect(&config.database_url, config.max_db_connections).await?;
+        sqlx::migrate!("./migrations")
+            .run(&pool)
+            .await
+            .map_err(|source| DbError::Migrate {
+                url: processor::config::redact_url(&config.database_url),
+                source,
+            })?;
+        let mut peers = Vec::with_capacity(config.processors.len());
+        for endpoint in &config.processors {
+            let link = Link::new(
+                pool.clone(),
+                endpoint.name.clone(),
+                config.node_id.clone(),
+                config.link.clone(),
+                ProcessorHandler,
+                shutdown.child_token(),
+            )
+            .await?;
+            peers.push(Peer {
+                endpoint: endpoint.clone(),
+                link,
+                dial: Arc::new(DialState::default()),
+            });
+        }
+        let coordinator = Arc::new(Self {
+            pool,
+            node_id: config.node_id.clone(),
+            peers,
+            _lock: lock,
+        });
+        for peer in &coordinator.peers {
+            let span = info_span!("dialer", processor = %peer.endpoint.name);
+            tokio::spawn(
+                dial_loop(peer.clone(), config.reconnect.clone(), shutdown.clone()).instrument(span),
+            );
+        }
+        Ok(coordinator)
+    }
+
+    /// The processor named `name`.
+    pub fn peer(&self, name: &str) -> Result<&Peer, CoordinatorError> {
+        self.peers
+            .iter()
+            .find(|p| p.endpoint.name == name)
+            .ok_or_else(|| CoordinatorError::UnknownProcessor(name.to_owned()))
+    }
+
+    /// Produces the next settlement block and sends it to every processor.
+    pub async fn emit_settlement_block(&self) -> Result<u64, CoordinatorError> {
+        let links: Vec<String> = self.peers.iter().map(|p| p.endpoint.name.clone()).collect();
+        let number = settlement::emit_block(&self.pool, &links).await?;
+        for peer in &self.peers {
+            peer.link.outbox().wake();
+        }
+        Ok(number)
+    }
+
+    /// Sends a link probe to one processor; returns its data id.
+    pub async fn send_probe(&self, processor: &str, payload: Vec<u8>) -> Result<u64, CoordinatorError> {
+        if payload.len() > 64 * 1024 {
+            return Err(CoordinatorError::InvalidArgument(format!(
+                "probe payload is {} bytes; at most 65536",
+                payload.len()
+            )));
+        }
+        let peer = self.peer(processor)?;
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let message = CoordinatorMessage {
+            kind: Some(coordinator_message::Kind::LinkProbe(LinkProbe { payload })),
+        };
+        let mut tx = self.pool.begin().await?;
+        let ids = link::enqueue(
+            &mut tx,
+            peer.link.link_id(),
+            &[OutMessage {
+                uid: format!("link-probe/{nanos}"),
+                kind: "link_probe",
+                payload: message.encode_to_vec(),
+            }],
+        )
+        .await?;
+        tx.commit().await?;
+        peer.link.outbox().wake();
+        Ok(ids.first().copied().unwrap_or(0))
+    }
+}
+
+/// Keeps one processor's link up: connect, run the session, back off, again.
+async fn dial_loop(peer: Peer, reconnect: ReconnectConfig, shutdown: CancellationToken) {
+    let mut backoff = Backoff::new(reconnect.initial, reconnect.max);
+    while !shutdown.is_cancelled() {
+        let attempt_started = SystemTime::now();
+        let result = dial_once(&peer, &reconnect).await;
+        let came_up = peer
+            .link
+            .live_status()
+            .connected_since
+            .is_some_and(|t| t >= attempt_started);
+        if came_up {
+            backoff.reset();
+            peer.dial.failed_connects.store(0, Ordering::Relaxed);
+        }
+        match result {
+            Ok(()) | Err(SessionError::Stopped) if shutdown.is_cancelled() => return,
+            Ok(()) => info!("stream to {} ended", peer.endpoint.endpoint),
+            Err(e) => {
+                if !came_up {
+                    peer.dial.failed_connects.fetch_add(1, Ordering::Relaxed);
+                }
+                warn!("link to {} down: {e}", peer.endpoint.endpoint);
+                if let Ok(mut last) = peer.dial.last_error.lock() {
+                    *last = e.to_string();
+                }
+            }
+        }
+        let delay = backoff.next_delay();
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+async fn dial_once(peer: &Peer, reconnect: &ReconnectConfig) -> Result<(), SessionError> {
+    let endpoint = Endpoint::from_shared(peer.endpoint.endpoint.clone())
+        .map_err(|e| SessionError::Closed(format!("bad endpoint: {e}")))?
+        .connect_timeout(reconnect.connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(std::time::Duration::from_secs(10));
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| SessionError::Closed(format!("cannot connect: {e}")))?;
+    let mut client = ProcessorClient::new(channel);
+    peer.link
+        .clone()
+        .dial(move |stream| async move { client.connect(stream).await.map(|r| r.into_inner()) })
+        .await
+}

@@ -1,0 +1,44 @@
+//! What the coordinator does with each message from a processor, inside the
+//! link's transaction.
+
+use proto::processor_v1::{ProcessorMessage, processor_message::Kind};
+use sqlx::PgConnection;
+
+use processor::link::{HandleError, Handler, Inbound};
+
+use crate::settlement;
+
+/// Dispatches processor messages.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessorHandler;
+
+impl Handler for ProcessorHandler {
+    type Message = ProcessorMessage;
+
+    fn kind(message: &ProcessorMessage) -> Option<&'static str> {
+        message
+            .kind
+            .as_ref()
+            .map(|_| proto::processor_message_kind(message))
+    }
+
+    async fn handle(
+        &self,
+        conn: &mut PgConnection,
+        inbound: Inbound<'_>,
+        message: ProcessorMessage,
+    ) -> Result<(), HandleError> {
+        match message.kind {
+            Some(Kind::SettlementBlockAck(ack)) => {
+                settlement::record_ack(conn, inbound.link_id, ack.number).await
+            }
+            Some(Kind::LinkProbe(_)) => Ok(()),
+            Some(other) => Err(HandleError::Rejected(format!(
+                "{} is not acted on by coordinator-mock {}; it is kept in the quarantine",
+                proto::processor_message_kind(&ProcessorMessage { kind: Some(other) }),
+                env!("CARGO_PKG_VERSION"),
+            ))),
+            None => Err(HandleError::Rejected("message with no kind".into())),
+        }
+    }
+}

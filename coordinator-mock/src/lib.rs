@@ -1,0 +1,12 @@
+//! A coordinator for local runs, tests and demos. It speaks the same v1
+//! contract a production coordinator would: it dials processors, keeps one
+//! exactly-once link to each (state in its own Postgres), and drives the
+//! procedures.
+
+pub mod admin;
+pub mod backoff;
+pub mod config;
+pub mod coordinator;
+pub mod inbound;
+pub mod run;
+pub mod settlement;

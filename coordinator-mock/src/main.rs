@@ -1,0 +1,87 @@
+//! The `coordinator-mock` command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use coordinator_mock::config::Config;
+use tokio_util::sync::CancellationToken;
+
+/// A coordinator for local runs, tests and demos of Monero processors.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run until SIGTERM or Ctrl-C.
+    Run {
+        /// The TOML configuration file (see coordinator.example.toml).
+        #[arg(long, short, env = "COORDINATOR_CONFIG")]
+        config: PathBuf,
+    },
+    /// Check a configuration file and print it, secrets redacted.
+    CheckConfig {
+        /// The TOML configuration file.
+        #[arg(long, short, env = "COORDINATOR_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (path, run) = match cli.command {
+        Command::CheckConfig { config } => (config, false),
+        Command::Run { config } => (config, true),
+    };
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if !run {
+        println!("{config:#?}");
+        return ExitCode::SUCCESS;
+    }
+    processor::telemetry::init(&config.log.filter, config.log.json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let signal = shutdown.clone();
+        tokio::spawn(async move {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!("cannot listen for SIGTERM: {e}");
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+            }
+            signal.cancel();
+        });
+        coordinator_mock::run::run(config, shutdown).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! The coordinator-mock's runtime: start the coordinator, serve the admin
+//! API, produce settlement blocks, stop cleanly.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::coordinator_v1::coordinator_admin_server::CoordinatorAdminServer;
+use tokio_util::sync::CancellationToken;
+use tower::Layer;
+use tracing::{info, warn};
+
+use processor::db::DbError;
+use processor::server::{AdminGuardLayer, reflection, trace_call};
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::coordinator::Coordinator;
+
+/// Why the coordinator-mock stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Database setup failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {addr} (config field `listen`): {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    /// Reflection could not be built.
+    #[error("gRPC reflection setup failed: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Runs until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    let coordinator = Coordinator::start(&config, shutdown.clone()).await?;
+    info!(
+        processors = coordinator.peers.len(),
+        "coordinator started; dialing processors"
+    );
+    if let Some(interval) = config.settlement.block_interval {
+        tokio::spawn(produce_blocks(coordinator.clone(), interval, shutdown.clone()));
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| RunError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<CoordinatorAdminServer<Admin>>()
+        .await;
+    let (reflection_v1, reflection_v1alpha) = reflection()?;
+    let guard = AdminGuardLayer::new(config.admin.concurrency_limit, config.admin.request_timeout);
+    let admin = guard.layer(CoordinatorAdminServer::new(Admin::new(coordinator.clone())));
+    info!(addr = %config.listen, "serving the admin API, health and reflection");
+    let stop = {
+        let shutdown = shutdown.clone();
+        async move { shutdown.cancelled().await }
+    };
+    tonic::transport::Server::builder()
+        .trace_fn(trace_call)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(
+            // Small frames (acks, pings) must not wait for Nagle.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            stop,
+        )
+        .await?;
+    // Let the links finish the transactions they are in.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    coordinator.pool.close().await;
+    info!("stopped");
+    Ok(())
+}
+
+async fn produce_blocks(coordinator: Arc<Coordinator>, interval: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match coordinator.emit_settlement_block().await {
+            Ok(number) => info!(number, "settlement block produced and sent to every processor"),
+            Err(e) => warn!("producing a settlement block failed: {e}"),
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! The processor's configuration: a TOML file, then environment overrides.
+//!
+//! Environment: `PROCESSOR_<FIELD>` for top-level fields and
+//! `PROCESSOR_<SECTION>__<FIELD>` inside sections (for example
+//! `PROCESSOR_LINK__PEER_TIMEOUT=3s`); `DATABASE_URL` sets `database_url`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+
+use crate::link::LinkConfig;
+
+/// Everything a processor needs to start.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This processor's name: sent to the coordinator in `Hello` and shown in
+    /// logs. Unique among the validators of one coordinator.
+    pub node_id: String,
+    /// Address the gRPC server (link, admin, health, reflection) listens on.
+    pub listen: SocketAddr,
+    /// Postgres connection URL of this processor's own database. One
+    /// processor per database: a second one refuses to start.
+    pub database_url: String,
+    /// Most connections in the Postgres pool.
+    #[serde(default = "default_max_connections")]
+    pub max_db_connections: u32,
+    /// The coordinator link.
+    #[serde(default)]
+    pub link: LinkConfig,
+    /// The admin/query API.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+// The database URL may carry a password: never print it.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("node_id", &self.node_id)
+            .field("listen", &self.listen)
+            .field("database_url", &redact_url(&self.database_url))
+            .field("max_db_connections", &self.max_db_connections)
+            .field("link", &self.link)
+            .field("admin", &self.admin)
+            .field("log", &self.log)
+            .finish()
+    }
+}
+
+/// Limits of the admin/query API.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// A call that takes longer is cancelled with DEADLINE_EXCEEDED.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Most admin calls served at once; more wait.
+    pub concurrency_limit: usize,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(5),
+            concurrency_limit: 16,
+        }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter, e.g. "info" or "info,processor::link=debug";
+    /// `RUST_LOG` overrides it.
+    pub filter: String,
+    /// Emit JSON lines instead of human-readable text.
+    pub json: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            filter: "info".into(),
+            json: false,
+        }
+    }
+}
+
+fn default_max_connections() -> u32 {
+    10
+}
+
+/// A configuration that cannot be used; the message names the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or environment does not parse into a configuration.
+    #[error("invalid configuration: {0}")]
+    Parse(String),
+    /// A value is out of range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads `path`, applies environment overrides, validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        if !path.exists() {
+            return Err(ConfigError::Parse(format!(
+                "config file {} does not exist",
+                path.display()
+            )));
+        }
+        Self::from_figment(Figment::from(Toml::file_exact(path)))
+    }
+
+    /// Parses a TOML string (no environment), validates.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = Figment::from(Toml::string(text))
+            .extract()
+            .map_err(|e| ConfigError::Parse(describe(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn from_figment(base: Figment) -> Result<Self, ConfigError> {
+        let config: Self = base
+            .merge(Env::raw().only(&["DATABASE_URL"]).map(|_| "database_url".into()))
+            .merge(Env::prefixed("PROCESSOR_").split("__"))
+            .extract()
+            .map_err(|e| ConfigError::Parse(describe(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node_id.trim().is_empty() {
+            return Err(ConfigError::Invalid("node_id must not be empty".into()));
+        }
+        if !self.database_url.starts_with("postgres://")
+            && !self.database_url.starts_with("postgresql://")
+        {
+            return Err(ConfigError::Invalid(format!(
+                "database_url must be a postgres:// URL, got {:?}",
+                redact_url(&self.database_url)
+            )));
+        }
+        if self.max_db_connections < 2 {
+            return Err(ConfigError::Invalid(
+                "max_db_connections must be at least 2 (the link and the admin API each need one)"
+                    .into(),
+            ));
+        }
+        self.link.validate("link").map_err(ConfigError::Invalid)?;
+        if self.admin.request_timeout.is_zero() {
+            return Err(ConfigError::Invalid(
+                "admin.request_timeout must be more than 0".into(),
+            ));
+        }
+        if self.admin.concurrency_limit == 0 {
+            return Err(ConfigError::Invalid(
+                "admin.concurrency_limit must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Turns figment's error into one line that names the field and the source.
+pub fn describe(error: figment::Error) -> String {
+    error
+        .into_iter()
+        .map(|e| {
+            let path = e.path.join(".");
+            let source = e
+                .metadata
+                .as_ref()
+                .map(|m| match &m.source {
+                    Some(s) => format!(" (from {} {s})", m.name),
+                    None => format!(" (from {})", m.name),
+                })
+                .unwrap_or_default();
+            if path.is_empty() {
+                format!("{}{source}", e.kind)
+            } else {
+                format!("field `{path}`: {}{source}", e.kind)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// A database URL with its password replaced, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<unparseable>".into();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_example_parses() {
+        let text = include_str!("../processor.example.toml");
+        let config = Config::from_toml(text).expect("the shipped example config must parse");
+        assert_eq!(config.node_id, "validator-1");
+        assert_eq!(config.link.peer_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let text = "node_id = \"a\"\nlisten = \"127.0.0.1:1\"\ndatabase_url = \"postgres://x/y\"\n[link]\nheartbeat = \"1s\"\n";
+        let err = Config::from_toml(text).expect_err("unknown field must be refused");
+        let msg = err.to_string();
+        assert!(msg.contains("link") && msg.contains("heartbeat"), "{msg}");
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let text = "node_id = \"a\"\nlisten = \"not an address\"\ndatabase_url = \"postgres://x/y\"\n";
+        let msg = Config::from_toml(text).expect_err("bad address").to_string();
+        assert!(msg.contains("`listen`"), "{msg}");
+        let text = "node_id = \"a\"\nlisten = \"127.0.0.1:1\"\ndatabase_url = \"postgres://x/y\"\n[link]\nheartbeat_interval = \"5s\"\npeer_timeout = \"2s\"\n";
+        let msg = Config::from_toml(text).expect_err("timeout below heartbeat").to_string();
+        assert!(msg.contains("link.peer_timeout"), "{msg}");
+    }
+
+    #[test]
+    fn missing_field_is_named() {
+        let msg = Config::from_toml("node_id = \"a\"\n")
+            .expect_err("listen is required")
+            .to_string();
+        assert!(msg.contains("listen"), "{msg}");
+    }
+
+    #[test]
+    fn password_is_redacted() {
+        let config = Config::from_toml(
+            "node_id = \"a\"\nlisten = \"127.0.0.1:1\"\ndatabase_url = \"postgres://u:hunter2@h/d\"\n",
+        )
+        .expect("valid");
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("u:***@h/d"), "{shown}");
+    }
+}

@@ -1,0 +1,44 @@
+//! What the processor does with each message from the coordinator. Runs
+//! inside the link's transaction (see [`crate::link::Handler`]).
+
+use proto::processor_v1::{CoordinatorMessage, coordinator_message::Kind};
+use sqlx::PgConnection;
+
+use crate::link::{HandleError, Handler, Inbound};
+use crate::settlement;
+
+/// Dispatches coordinator messages to the processor's modules.
+#[derive(Debug, Clone, Default)]
+pub struct CoordinatorHandler;
+
+impl Handler for CoordinatorHandler {
+    type Message = CoordinatorMessage;
+
+    fn kind(message: &CoordinatorMessage) -> Option<&'static str> {
+        message
+            .kind
+            .as_ref()
+            .map(|_| proto::coordinator_message_kind(message))
+    }
+
+    async fn handle(
+        &self,
+        conn: &mut PgConnection,
+        inbound: Inbound<'_>,
+        message: CoordinatorMessage,
+    ) -> Result<(), HandleError> {
+        match message.kind {
+            Some(Kind::SettlementBlock(block)) => {
+                settlement::take_in(conn, inbound.link_id, block).await
+            }
+            // Journaled by the link; a probe has no other effect.
+            Some(Kind::LinkProbe(_)) => Ok(()),
+            Some(other) => Err(HandleError::Rejected(format!(
+                "{} is not acted on by processor {}; it is kept in the quarantine",
+                proto::coordinator_message_kind(&CoordinatorMessage { kind: Some(other) }),
+                env!("CARGO_PKG_VERSION"),
+            ))),
+            None => Err(HandleError::Rejected("message with no kind".into())),
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! A validator's Monero threshold-custody processor.
+//!
+//! The processor talks to its coordinator over one exactly-once link
+//! ([`link`]), keeps all state in its own Postgres, and answers operators'
+//! queries ([`admin`]).
+
+pub mod admin;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod inbound;
+pub mod link;
+pub mod run;
+pub mod server;
+pub mod settlement;
+pub mod telemetry;

@@ -1,0 +1,414 @@
+//! The link's tables (`migrations/0001_link.sql`): `link_state`, `send_log`,
+//! `inbox` and `quarantine`. Everything that reads or writes them is here.
+
+use sqlx::{PgConnection, PgPool, Row};
+
+/// A message to enqueue for a peer.
+#[derive(Debug, Clone)]
+pub struct OutMessage {
+    /// Idempotency key derived from the message's meaning.
+    pub uid: String,
+    /// Message kind, for the journal and the admin API.
+    pub kind: &'static str,
+    /// The encoded message.
+    pub payload: Vec<u8>,
+}
+
+/// A row of the send log, ready to stream.
+#[derive(Debug, Clone)]
+pub struct OutRow {
+    /// Sequence number on the link.
+    pub id: u64,
+    /// Idempotency key.
+    pub uid: String,
+    /// The encoded message.
+    pub payload: Vec<u8>,
+}
+
+/// The watermarks of one link.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkCounters {
+    /// Highest inbound id handled.
+    pub last_handled_in: u64,
+    /// Highest outbound id assigned.
+    pub last_enqueued_out: u64,
+    /// Highest outbound id acknowledged by the peer.
+    pub acked_out: u64,
+}
+
+/// An inbound message handled, for the journal.
+#[derive(Debug)]
+pub struct InboxRow<'a> {
+    /// Sequence number.
+    pub id: u64,
+    /// The sender's idempotency key.
+    pub uid: &'a str,
+    /// The message kind.
+    pub kind: &'a str,
+    /// The raw payload.
+    pub payload: &'a [u8],
+}
+
+/// An inbound message that could not be acted on.
+#[derive(Debug)]
+pub struct QuarantineRow<'a> {
+    /// Sequence number.
+    pub id: u64,
+    /// The sender's idempotency key.
+    pub uid: &'a str,
+    /// The `LinkErrorCode` name.
+    pub code: &'a str,
+    /// Why.
+    pub reason: &'a str,
+    /// The raw payload.
+    pub payload: &'a [u8],
+}
+
+pub(crate) fn to_i64(v: u64) -> i64 {
+    // Ids are assigned from 1 upwards by this code; 2^63 messages would take
+    // millennia, so the conversion saturating is unreachable in practice.
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn to_u64(v: i64) -> u64 {
+    // Columns holding ids carry CHECK (>= 0).
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// Creates the link's row if it does not exist yet.
+pub async fn ensure_link(pool: &PgPool, link_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO link_state (link_id) VALUES ($1) ON CONFLICT (link_id) DO NOTHING")
+        .bind(link_id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Reads a link's watermarks.
+pub async fn counters(
+    conn: &mut PgConnection,
+    link_id: &str,
+) -> Result<LinkCounters, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT last_handled_in, last_enqueued_out, acked_out FROM link_state WHERE link_id = $1",
+    )
+    .bind(link_id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map_or_else(LinkCounters::default, |r| LinkCounters {
+        last_handled_in: to_u64(r.get(0)),
+        last_enqueued_out: to_u64(r.get(1)),
+        acked_out: to_u64(r.get(2)),
+    }))
+}
+
+/// Enqueues messages for a peer inside the caller's transaction and returns
+/// the ids given to the ones that were new. A message whose uid is already in
+/// the log is skipped: enqueuing the same meaning twice sends it once.
+///
+/// Ids are gapless and commit in order because every enqueuer first locks the
+/// link's row; callers that enqueue to several links in one transaction must
+/// do so in a fixed order (sorted by link id) so that they cannot deadlock.
+pub async fn enqueue(
+    conn: &mut PgConnection,
+    link_id: &str,
+    messages: &[OutMessage],
+) -> Result<Vec<u64>, sqlx::Error> {
+    if messages.is_empty() {
+        return Ok(Vec::new());
+    }
+    let last: i64 =
+        sqlx::query_scalar("SELECT last_enqueued_out FROM link_state WHERE link_id = $1 FOR UPDATE")
+            .bind(link_id)
+            .fetch_optional(&mut *conn)
+            .await?
+            .ok_or_else(|| sqlx::Error::RowNotFound)?;
+    let uids: Vec<&str> = messages.iter().map(|m| m.uid.as_str()).collect();
+    let kinds: Vec<&str> = messages.iter().map(|m| m.kind).collect();
+    let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_slice()).collect();
+    // The row lock makes NOT EXISTS exact; ON CONFLICT is the constraint that
+    // guarantees it regardless.
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "INSERT INTO send_log (link_id, id, uid, kind, payload)
+         SELECT $1, $2 + row_number() OVER (ORDER BY f.ord), f.uid, f.kind, f.payload
+         FROM (
+             SELECT DISTINCT ON (u.uid) u.uid, u.kind, u.payload, u.ord
+             FROM UNNEST($3::text[], $4::text[], $5::bytea[]) WITH ORDINALITY AS u(uid, kind, payload, ord)
+             WHERE NOT EXISTS (SELECT 1 FROM send_log s WHERE s.link_id = $1 AND s.uid = u.uid)
+             ORDER BY u.uid, u.ord
+         ) f
+         ON CONFLICT (link_id, uid) DO NOTHING
+         RETURNING id",
+    )
+    .bind(link_id)
+    .bind(last)
+    .bind(&uids)
+    .bind(&kinds)
+    .bind(&payloads)
+    .fetch_all(&mut *conn)
+    .await?;
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let count = i64::try_from(ids.len()).unwrap_or(i64::MAX);
+    let max = ids.iter().copied().max().unwrap_or(last);
+    if max != last + count {
+        // Only reachable if someone wrote send_log without the row lock; a gap
+        // would stall the peer, so refuse the whole transaction instead.
+        return Err(sqlx::Error::Protocol(format!(
+            "send_log for link {link_id} would get a gap (last {last}, {count} new, max {max})"
+        )));
+    }
+    sqlx::query("UPDATE link_state SET last_enqueued_out = $2 WHERE link_id = $1")
+        .bind(link_id)
+        .bind(max)
+        .execute(&mut *conn)
+        .await?;
+    let mut ids: Vec<u64> = ids.into_iter().map(to_u64).collect();
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// Reads up to `limit` outbound rows starting at id `from`, in id order.
+pub async fn fetch_outbound(
+    pool: &PgPool,
+    link_id: &str,
+    from: u64,
+    limit: u64,
+) -> Result<Vec<OutRow>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT id, uid, payload FROM send_log WHERE link_id = $1 AND id >= $2 ORDER BY id LIMIT $3",
+    )
+    .bind(link_id)
+    .bind(to_i64(from))
+    .bind(to_i64(limit))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| OutRow {
+            id: to_u64(r.get(0)),
+            uid: r.get(1),
+            payload: r.get(2),
+        })
+        .collect())
+}
+
+/// Records that the peer acknowledged everything up to `id`. Returns false if
+/// `id` is beyond what was ever enqueued (the peer is confused).
+pub async fn record_ack(pool: &PgPool, link_id: &str, id: u64) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE link_state SET acked_out = GREATEST(acked_out, $2)
+         WHERE link_id = $1 AND $2 <= last_enqueued_out",
+    )
+    .bind(link_id)
+    .bind(to_i64(id))
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Journals handled inbound messages and quarantined ones, then moves the
+/// inbound watermark from `from` to `to`. Fails (and so rolls the caller's
+/// transaction back) if the watermark was not at `from`: another writer
+/// handled these ids, and handling them again would break exactly-once.
+pub async fn record_inbound(
+    conn: &mut PgConnection,
+    link_id: &str,
+    handled: &[InboxRow<'_>],
+    quarantined: &[QuarantineRow<'_>],
+    from: u64,
+    to: u64,
+) -> Result<(), sqlx::Error> {
+    if !handled.is_empty() {
+        let ids: Vec<i64> = handled.iter().map(|r| to_i64(r.id)).collect();
+        let uids: Vec<&str> = handled.iter().map(|r| r.uid).collect();
+        let kinds: Vec<&str> = handled.iter().map(|r| r.kind).collect();
+        let payloads: Vec<&[u8]> = handled.iter().map(|r| r.payload).collect();
+        sqlx::query(
+            "INSERT INTO inbox (link_id, id, uid, kind, payload)
+             SELECT $1, u.id, u.uid, u.kind, u.payload
+             FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::bytea[]) AS u(id, uid, kind, payload)",
+        )
+        .bind(link_id)
+        .bind(&ids)
+        .bind(&uids)
+        .bind(&kinds)
+        .bind(&payloads)
+        .execute(&mut *conn)
+        .await?;
+    }
+    for q in quarantined {
+        sqlx::query(
+            "INSERT INTO quarantine (link_id, id, uid, code, reason, payload) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(link_id)
+        .bind(to_i64(q.id))
+        .bind(q.uid)
+        .bind(q.code)
+        .bind(q.reason)
+        .bind(q.payload)
+        .execute(&mut *conn)
+        .await?;
+    }
+    let moved = sqlx::query(
+        "UPDATE link_state SET last_handled_in = $3 WHERE link_id = $1 AND last_handled_in = $2",
+    )
+    .bind(link_id)
+    .bind(to_i64(from))
+    .bind(to_i64(to))
+    .execute(&mut *conn)
+    .await?;
+    if moved.rows_affected() != 1 {
+        return Err(sqlx::Error::Protocol(format!(
+            "inbound watermark of link {link_id} is no longer {from}: another session handled these messages"
+        )));
+    }
+    Ok(())
+}
+
+/// Number of quarantined inbound messages on a link.
+pub async fn quarantined_count(pool: &PgPool, link_id: &str) -> Result<u64, sqlx::Error> {
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM quarantine WHERE link_id = $1")
+        .bind(link_id)
+        .fetch_one(pool)
+        .await?;
+    Ok(to_u64(n))
+}
+
+/// A send-log row for the admin API.
+#[derive(Debug, Clone)]
+pub struct SendLogView {
+    /// Sequence number.
+    pub id: u64,
+    /// Idempotency key.
+    pub uid: String,
+    /// Message kind.
+    pub kind: String,
+    /// Payload size.
+    pub size: u32,
+    /// Acknowledged by the peer.
+    pub acked: bool,
+    /// Enqueue time, Unix ms.
+    pub created_unix_ms: i64,
+}
+
+/// Lists send-log rows after `after` (admin API).
+pub async fn list_send_log(
+    pool: &PgPool,
+    link_id: &str,
+    after: u64,
+    limit: u32,
+) -> Result<Vec<SendLogView>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT s.id, s.uid, s.kind, length(s.payload), s.id <= l.acked_out,
+                (extract(epoch from s.created_at) * 1000)::bigint
+         FROM send_log s JOIN link_state l USING (link_id)
+         WHERE s.link_id = $1 AND s.id > $2 ORDER BY s.id LIMIT $3",
+    )
+    .bind(link_id)
+    .bind(to_i64(after))
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| SendLogView {
+            id: to_u64(r.get(0)),
+            uid: r.get(1),
+            kind: r.get(2),
+            size: u32::try_from(r.get::<i32, _>(3)).unwrap_or(0),
+            acked: r.get(4),
+            created_unix_ms: r.get(5),
+        })
+        .collect())
+}
+
+/// An inbox row for the admin API.
+#[derive(Debug, Clone)]
+pub struct InboxView {
+    /// Sequence number.
+    pub id: u64,
+    /// Sender's idempotency key.
+    pub uid: String,
+    /// Message kind.
+    pub kind: String,
+    /// Payload size.
+    pub size: u32,
+    /// Handling time, Unix ms.
+    pub handled_unix_ms: i64,
+}
+
+/// Lists inbox rows after `after` (admin API).
+pub async fn list_inbox(
+    pool: &PgPool,
+    link_id: &str,
+    after: u64,
+    limit: u32,
+) -> Result<Vec<InboxView>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT id, uid, kind, length(payload), (extract(epoch from handled_at) * 1000)::bigint
+         FROM inbox WHERE link_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+    )
+    .bind(link_id)
+    .bind(to_i64(after))
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| InboxView {
+            id: to_u64(r.get(0)),
+            uid: r.get(1),
+            kind: r.get(2),
+            size: u32::try_from(r.get::<i32, _>(3)).unwrap_or(0),
+            handled_unix_ms: r.get(4),
+        })
+        .collect())
+}
+
+/// A quarantine row for the admin API.
+#[derive(Debug, Clone)]
+pub struct QuarantineView {
+    /// Sequence number.
+    pub id: u64,
+    /// Sender's idempotency key.
+    pub uid: String,
+    /// `LinkErrorCode` name.
+    pub code: String,
+    /// Why.
+    pub reason: String,
+    /// Raw payload.
+    pub payload: Vec<u8>,
+    /// Quarantine time, Unix ms.
+    pub quarantined_unix_ms: i64,
+}
+
+/// Lists quarantine rows after `after` (admin API).
+pub async fn list_quarantine(
+    pool: &PgPool,
+    link_id: &str,
+    after: u64,
+    limit: u32,
+) -> Result<Vec<QuarantineView>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT id, uid, code, reason, payload, (extract(epoch from quarantined_at) * 1000)::bigint
+         FROM quarantine WHERE link_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+    )
+    .bind(link_id)
+    .bind(to_i64(after))
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| QuarantineView {
+            id: to_u64(r.get(0)),
+            uid: r.get(1),
+            code: r.get(2),
+            reason: r.get(3),
+            payload: r.get(4),
+            quarantined_unix_ms: r.get(5),
+        })
+        .collect())
+}

@@ -1,0 +1,103 @@
+//! The `processor` command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use processor::config::Config;
+use tokio_util::sync::CancellationToken;
+
+/// A validator's Monero threshold-custody processor.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the processor until SIGTERM or Ctrl-C.
+    Run {
+        /// The TOML configuration file (see processor.example.toml).
+        #[arg(long, short, env = "PROCESSOR_CONFIG")]
+        config: PathBuf,
+    },
+    /// Check a configuration file (with environment overrides) and print it,
+    /// secrets redacted.
+    CheckConfig {
+        /// The TOML configuration file.
+        #[arg(long, short, env = "PROCESSOR_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => match Config::load(&config) {
+            Ok(config) => {
+                println!("{config:#?}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run { config } => {
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            processor::telemetry::init(&config.log.filter, config.log.json);
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let result = runtime.block_on(async move {
+                let _failpoints = failpoints();
+                let shutdown = CancellationToken::new();
+                tokio::spawn(stop_on_signal(shutdown.clone()));
+                processor::run::run(config, shutdown).await
+            });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// Fault injection for crash tests: only when `FAILPOINTS` is set.
+fn failpoints() -> Option<fail::FailScenario<'static>> {
+    std::env::var_os("FAILPOINTS").map(|v| {
+        tracing::warn!(failpoints = ?v, "fault injection is ON (FAILPOINTS is set); never do this in production");
+        fail::FailScenario::setup()
+    })
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot listen for SIGTERM: {e}");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,192 @@
+//! The processor's runtime: lock, migrate, serve, stop cleanly.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use proto::processor_v1::processor_admin_server::ProcessorAdminServer;
+use proto::processor_v1::processor_server::{Processor, ProcessorServer};
+use proto::processor_v1::{CoordinatorFrame, ProcessorFrame};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use tower::Layer;
+use tracing::{error, info, warn};
+
+use crate::admin::{Admin, CoordinatorLink};
+use crate::config::Config;
+use crate::db::{self, DbError, InstanceLock};
+use crate::inbound::CoordinatorHandler;
+use crate::link::Link;
+use crate::server::{AdminGuardLayer, reflection, trace_call};
+
+/// The name of the processor's end of its coordinator link.
+pub const COORDINATOR_LINK: &str = "coordinator";
+
+/// Why the processor stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Database setup failed (including: another processor holds the lock).
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {addr} (config field `listen`): {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    /// Reflection could not be built from the contract.
+    #[error("gRPC reflection setup failed: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The session holding the instance lock died; another processor could
+    /// now take the database, so this one stops.
+    #[error("lost the database session that holds the instance lock: {0}")]
+    LockLost(sqlx::Error),
+}
+
+/// Serves `Processor.Connect`.
+#[derive(Debug, Clone)]
+pub struct LinkService {
+    link: Arc<CoordinatorLink>,
+    shutdown: CancellationToken,
+}
+
+type FrameStream = Pin<Box<dyn Stream<Item = Result<ProcessorFrame, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Processor for LinkService {
+    type ConnectStream = FrameStream;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<CoordinatorFrame>>,
+    ) -> Result<Response<FrameStream>, Status> {
+        if self.shutdown.is_cancelled() {
+            return Err(Status::unavailable("the processor is shutting down; reconnect later"));
+        }
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(self.link.channel_capacity());
+        tokio::spawn(self.link.clone().accept(inbound, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(Ok))))
+    }
+}
+
+/// Runs the processor until `shutdown` is cancelled (then drains and returns
+/// `Ok`) or something fatal happens.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    // Lock first: a second instance must not even run migrations.
+    let mut lock = InstanceLock::acquire(&config.database_url).await?;
+    let pool = db::connect(&config.database_url, config.max_db_connections).await?;
+    db::migrate(&pool, &config.database_url).await?;
+    info!(node_id = %config.node_id, "database ready, instance lock held");
+
+    let link: Arc<CoordinatorLink> = Link::new(
+        pool.clone(),
+        COORDINATOR_LINK,
+        config.node_id.clone(),
+        config.link.clone(),
+        CoordinatorHandler,
+        shutdown.child_token(),
+    )
+    .await
+    .map_err(DbError::from)?;
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| RunError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| RunError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<ProcessorServer<LinkService>>().await;
+    health.set_serving::<ProcessorAdminServer<Admin>>().await;
+    let (reflection_v1, reflection_v1alpha) = reflection()?;
+    let guard = AdminGuardLayer::new(config.admin.concurrency_limit, config.admin.request_timeout);
+    let admin = guard.layer(ProcessorAdminServer::new(Admin::new(
+        pool.clone(),
+        link.clone(),
+        config.node_id.clone(),
+    )));
+    let link_service = ProcessorServer::new(LinkService {
+        link: link.clone(),
+        shutdown: shutdown.clone(),
+    });
+
+    info!(addr = %local, "serving the coordinator link, admin API, health and reflection");
+    let lock_lost = CancellationToken::new();
+    let watchdog = {
+        let shutdown = shutdown.clone();
+        let lock_lost = lock_lost.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+                if let Err(e) = lock.check().await {
+                    error!("instance lock session lost: {e}");
+                    lock_lost.cancel();
+                    return Err(e);
+                }
+            }
+        })
+    };
+
+    let stop = {
+        let shutdown = shutdown.clone();
+        let lock_lost = lock_lost.clone();
+        async move {
+            tokio::select! {
+                () = shutdown.cancelled() => info!("shutdown requested: draining"),
+                () = lock_lost.cancelled() => {}
+            }
+            // Links end their sessions (finishing any transaction in flight)
+            // once the shutdown token is cancelled.
+            shutdown.cancel();
+        }
+    };
+    let served = tonic::transport::Server::builder()
+        .trace_fn(trace_call)
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(link_service)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(
+            // Small frames (acks, pings) must not wait for Nagle.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            stop,
+        );
+    // A peer that never closes its stream must not hold the exit hostage.
+    let result = tokio::select! {
+        r = served => r.map_err(RunError::from),
+        () = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        } => {
+            warn!("streams still open 10s after shutdown; exiting anyway");
+            Ok(())
+        }
+    };
+    if lock_lost.is_cancelled() {
+        if let Ok(Err(e)) = watchdog.await {
+            return Err(RunError::LockLost(e));
+        }
+    }
+    pool.close().await;
+    info!("stopped");
+    result
+}

@@ -1,0 +1,69 @@
+//! Settlement-chain blocks from the coordinator: taken in durably (with their
+//! burns) and acknowledged with a `SettlementBlockAck`.
+
+pub mod db;
+
+use prost::Message as _;
+use proto::processor_v1::{ProcessorMessage, SettlementBlock, SettlementBlockAck, processor_message};
+use sqlx::PgConnection;
+
+use crate::link::{self, HandleError, OutMessage};
+
+/// The uid of the acknowledgement of block `number`.
+pub fn ack_uid(number: u64) -> String {
+    format!("settlement-block-ack/{number}")
+}
+
+/// Stores `block` and enqueues its acknowledgement, in the caller's
+/// transaction. A block number seen before is refused: the coordinator would
+/// be rewriting history.
+pub async fn take_in(
+    conn: &mut PgConnection,
+    link_id: &str,
+    block: SettlementBlock,
+) -> Result<(), HandleError> {
+    if db::exists(conn, block.number).await? {
+        return Err(HandleError::Rejected(format!(
+            "settlement block {} was already taken in",
+            block.number
+        )));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for burn in &block.burns {
+        if !seen.insert(burn.burn_id.as_str()) {
+            return Err(HandleError::Rejected(format!(
+                "settlement block {} lists burn {:?} twice",
+                block.number, burn.burn_id
+            )));
+        }
+        if i64::try_from(burn.amount).is_err() {
+            return Err(HandleError::Rejected(format!(
+                "burn {:?} amount {} exceeds the Monero supply",
+                burn.burn_id, burn.amount
+            )));
+        }
+    }
+    if db::any_burn_exists(conn, &block.burns).await? {
+        return Err(HandleError::Rejected(format!(
+            "settlement block {} repeats a burn id already taken in",
+            block.number
+        )));
+    }
+    db::insert(conn, &block).await?;
+    let ack = ProcessorMessage {
+        kind: Some(processor_message::Kind::SettlementBlockAck(SettlementBlockAck {
+            number: block.number,
+        })),
+    };
+    link::enqueue(
+        conn,
+        link_id,
+        &[OutMessage {
+            uid: ack_uid(block.number),
+            kind: "settlement_block_ack",
+            payload: ack.encode_to_vec(),
+        }],
+    )
+    .await?;
+    Ok(())
+}
