@@ -208,6 +208,8 @@ pub struct Link<S: Side, H: Handler> {
     session: tokio::sync::Mutex<()>,
     /// Cancels the running session when a newer stream arrives.
     current: std::sync::Mutex<CancellationToken>,
+    /// The durable outbound ack watermark, for waiters.
+    acked: watch::Sender<u64>,
     shutdown: CancellationToken,
     _side: std::marker::PhantomData<S>,
 }
@@ -244,7 +246,11 @@ impl<S: Side, H: Handler> Link<S, H> {
     ) -> Result<Arc<Self>, sqlx::Error> {
         let link_id = link_id.into();
         db::ensure_link(&pool, &link_id).await?;
+        let mut conn = pool.acquire().await?;
+        let counters = db::counters(&mut conn, &link_id).await?;
+        drop(conn);
         Ok(Arc::new(Self {
+            acked: watch::Sender::new(counters.acked_out),
             pool,
             link_id,
             node_id: node_id.into(),
@@ -267,6 +273,12 @@ impl<S: Side, H: Handler> Link<S, H> {
     /// The handle that wakes this link's pump.
     pub fn outbox(&self) -> &Outbox {
         &self.outbox
+    }
+
+    /// The highest outbound id the peer acknowledged and this side recorded;
+    /// changes as acknowledgements are committed.
+    pub fn acked(&self) -> watch::Receiver<u64> {
+        self.acked.subscribe()
     }
 
     /// The handler.
@@ -297,6 +309,16 @@ impl<S: Side, H: Handler> Link<S, H> {
             connected_since_unix_ms: unix_ms(live.connected_since),
             last_heard_unix_ms: unix_ms(live.last_heard),
         })
+    }
+
+    fn publish_ack(&self, id: u64) {
+        self.acked.send_if_modified(|cur| {
+            let newer = id > *cur;
+            if newer {
+                *cur = id;
+            }
+            newer
+        });
     }
 
     fn set_live(&self, f: impl FnOnce(&mut LiveStatus)) {
@@ -377,6 +399,7 @@ impl<S: Side, H: Handler> Link<S, H> {
             db::record_ack(&self.pool, &self.link_id, claimed)
                 .await
                 .map_err(|e| (LinkErrorCode::ShuttingDown, format!("database unavailable: {e}")))?;
+            self.publish_ack(claimed);
         }
         Ok(claimed + 1)
     }
@@ -792,6 +815,7 @@ impl<S: Side, H: Handler> Link<S, H> {
                 match db::record_ack(&self.pool, &self.link_id, id).await {
                     Ok(true) => {
                         debug!(id, "acknowledged");
+                        self.publish_ack(id);
                         break;
                     }
                     Ok(false) => {
