@@ -45,7 +45,12 @@ impl CoordinatorAdmin for Admin {
                 link: Some(link),
                 acked_settlement_block: acked,
                 failed_connects: peer.dial.failed_connects.load(Ordering::Relaxed),
-                last_error: peer.dial.last_error.lock().map(|e| e.clone()).unwrap_or_default(),
+                last_error: peer
+                    .dial
+                    .last_error
+                    .lock()
+                    .map(|e| e.clone())
+                    .unwrap_or_default(),
             });
         }
         let settlement_height = settlement::height(&c.pool)

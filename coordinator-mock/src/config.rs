@@ -126,7 +126,11 @@ impl Config {
             )));
         }
         let config: Self = Figment::from(Toml::file_exact(path))
-            .merge(Env::raw().only(&["DATABASE_URL"]).map(|_| "database_url".into()))
+            .merge(
+                Env::raw()
+                    .only(&["DATABASE_URL"])
+                    .map(|_| "database_url".into()),
+            )
             .merge(Env::prefixed("COORDINATOR_").split("__"))
             .extract()
             .map_err(|e| ConfigError::Parse(describe(e)))?;
@@ -175,7 +179,10 @@ impl Config {
                 ));
             }
             if p.endpoint.parse::<tonic::transport::Uri>().is_err() {
-                return invalid(format!("processors[{i}].endpoint {:?} is not a URI", p.endpoint));
+                return invalid(format!(
+                    "processors[{i}].endpoint {:?} is not a URI",
+                    p.endpoint
+                ));
             }
         }
         self.link.validate("link").map_err(ConfigError::Invalid)?;
@@ -213,7 +220,10 @@ mod tests {
         let config = Config::from_toml(include_str!("../coordinator.example.toml"))
             .expect("the shipped example config must parse");
         assert_eq!(config.processors.len(), 1);
-        assert_eq!(config.settlement.block_interval, Some(Duration::from_secs(2)));
+        assert_eq!(
+            config.settlement.block_interval,
+            Some(Duration::from_secs(2))
+        );
     }
 
     #[test]

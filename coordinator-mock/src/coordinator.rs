@@ -1,8 +1,8 @@
 //! The coordinator: its database, one link per processor, the dialers that
 //! keep those links up, and the procedures it drives.
 
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use prost::Message as _;
@@ -89,7 +89,12 @@ impl Coordinator {
     /// Takes the instance lock, migrates, creates the links and starts one
     /// dialer per processor. Dialers stop when `shutdown` is cancelled.
     pub async fn start(config: &Config, shutdown: CancellationToken) -> Result<Arc<Self>, DbError> {
-        let lock = InstanceLock::acquire_key(&config.database_url, COORDINATOR_LOCK_KEY, "coordinator-mock").await?;
+        let lock = InstanceLock::acquire_key(
+            &config.database_url,
+            COORDINATOR_LOCK_KEY,
+            "coordinator-mock",
+        )
+        .await?;
         let pool = db::connect(&config.database_url, config.max_db_connections).await?;
         sqlx::migrate!("./migrations")
             .run(&pool)
@@ -124,7 +129,8 @@ impl Coordinator {
         for peer in &coordinator.peers {
             let span = info_span!("dialer", processor = %peer.endpoint.name);
             tokio::spawn(
-                dial_loop(peer.clone(), config.reconnect.clone(), shutdown.clone()).instrument(span),
+                dial_loop(peer.clone(), config.reconnect.clone(), shutdown.clone())
+                    .instrument(span),
             );
         }
         Ok(coordinator)
@@ -149,7 +155,11 @@ impl Coordinator {
     }
 
     /// Sends a link probe to one processor; returns its data id.
-    pub async fn send_probe(&self, processor: &str, payload: Vec<u8>) -> Result<u64, CoordinatorError> {
+    pub async fn send_probe(
+        &self,
+        processor: &str,
+        payload: Vec<u8>,
+    ) -> Result<u64, CoordinatorError> {
         if payload.len() > 64 * 1024 {
             return Err(CoordinatorError::InvalidArgument(format!(
                 "probe payload is {} bytes; at most 65536",

@@ -49,7 +49,10 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     processor::telemetry::init(&config.log.filter, config.log.json);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -68,11 +71,13 @@ fn main() -> ExitCode {
                         return;
                     }
                 };
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM received"),
-                _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
-            }
+            let what = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = tokio::signal::ctrl_c() => "interrupt",
+            };
+            // Cancel before logging: stopping must not depend on the log sink.
             signal.cancel();
+            tracing::info!("{what} received");
         });
         coordinator_mock::run::run(config, shutdown).await
     });

@@ -46,7 +46,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         "coordinator started; dialing processors"
     );
     if let Some(interval) = config.settlement.block_interval {
-        tokio::spawn(produce_blocks(coordinator.clone(), interval, shutdown.clone()));
+        tokio::spawn(produce_blocks(
+            coordinator.clone(),
+            interval,
+            shutdown.clone(),
+        ));
     }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -55,9 +59,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             source,
         })?;
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<CoordinatorAdminServer<Admin>>()
-        .await;
+    health.set_serving::<CoordinatorAdminServer<Admin>>().await;
     let (reflection_v1, reflection_v1alpha) = reflection()?;
     let guard = AdminGuardLayer::new(config.admin.concurrency_limit, config.admin.request_timeout);
     let admin = guard.layer(CoordinatorAdminServer::new(Admin::new(coordinator.clone())));
@@ -85,7 +87,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     Ok(())
 }
 
-async fn produce_blocks(coordinator: Arc<Coordinator>, interval: Duration, shutdown: CancellationToken) {
+async fn produce_blocks(
+    coordinator: Arc<Coordinator>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -94,7 +100,10 @@ async fn produce_blocks(coordinator: Arc<Coordinator>, interval: Duration, shutd
             _ = tick.tick() => {}
         }
         match coordinator.emit_settlement_block().await {
-            Ok(number) => info!(number, "settlement block produced and sent to every processor"),
+            Ok(number) => info!(
+                number,
+                "settlement block produced and sent to every processor"
+            ),
             Err(e) => warn!("producing a settlement block failed: {e}"),
         }
     }

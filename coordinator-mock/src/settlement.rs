@@ -30,11 +30,13 @@ pub async fn emit_block(pool: &PgPool, links: &[String]) -> Result<u64, sqlx::Er
         .await?;
     let number = u64::try_from(number).unwrap_or(0);
     let message = CoordinatorMessage {
-        kind: Some(coordinator_message::Kind::SettlementBlock(SettlementBlock {
-            number,
-            included_batch_ids: Vec::new(),
-            burns: Vec::new(),
-        })),
+        kind: Some(coordinator_message::Kind::SettlementBlock(
+            SettlementBlock {
+                number,
+                included_batch_ids: Vec::new(),
+                burns: Vec::new(),
+            },
+        )),
     };
     let out = [OutMessage {
         uid: block_uid(number),
@@ -93,9 +95,10 @@ pub async fn height(pool: &PgPool) -> Result<i64, sqlx::Error> {
 
 /// The highest block each processor acknowledged (-1: none).
 pub async fn acked_by(pool: &PgPool, processor: &str) -> Result<i64, sqlx::Error> {
-    let row = sqlx::query("SELECT COALESCE(MAX(number), -1) FROM settlement_acks WHERE processor = $1")
-        .bind(processor)
-        .fetch_one(pool)
-        .await?;
+    let row =
+        sqlx::query("SELECT COALESCE(MAX(number), -1) FROM settlement_acks WHERE processor = $1")
+            .bind(processor)
+            .fetch_one(pool)
+            .await?;
     Ok(row.get(0))
 }

@@ -1,1 +1,232 @@
-fn main() {}
+//! Link throughput: acknowledged messages per second through the real link,
+//! a coordinator-mock sending to a processor over loopback gRPC, both sides
+//! persisting to the real Postgres (fsync as the server is configured).
+//!
+//! `cargo bench -p processor --bench link [-- --messages N --payload BYTES --batch N]`
+//! Defaults: 100,000 messages of 256 bytes, enqueued 1,000 per transaction.
+//! Latency is per message: from the commit that enqueued it to the commit on
+//! the sender that recorded its acknowledgement (so it includes the
+//! receiver's commit and the ack's round trip).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use std::time::{Duration, Instant};
+
+use coordinator_mock::coordinator::Coordinator;
+use prost::Message as _;
+use proto::processor_v1::{CoordinatorMessage, LinkProbe, coordinator_message};
+use sqlx::{Connection, PgConnection};
+use tokio_util::sync::CancellationToken;
+
+struct Args {
+    messages: u64,
+    payload: usize,
+    batch: u64,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        messages: 100_000,
+        payload: 256,
+        batch: 1_000,
+    };
+    let argv: Vec<String> = std::env::args().collect();
+    let mut i = 1;
+    while i < argv.len() {
+        let value = argv.get(i + 1).and_then(|v| v.parse::<u64>().ok());
+        match (argv[i].as_str(), value) {
+            ("--messages", Some(v)) => a.messages = v,
+            ("--payload", Some(v)) => a.payload = usize::try_from(v).expect("payload size"),
+            ("--batch", Some(v)) => a.batch = v.max(1),
+            _ => {
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+    }
+    a
+}
+
+fn admin_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+async fn fresh_db(tag: &str) -> String {
+    let name = format!("bench_{tag}_{:08x}", rand::random::<u32>());
+    let mut conn = PgConnection::connect(&admin_url())
+        .await
+        .expect("Postgres is running");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("create database");
+    let (base, _) = admin_url()
+        .rsplit_once('/')
+        .map(|(b, d)| (b.to_owned(), d.to_owned()))
+        .expect("url");
+    format!("{base}/{name}")
+}
+
+async fn drop_db(url: &str) {
+    let name = url.rsplit('/').next().expect("db name").to_owned();
+    if let Ok(mut conn) = PgConnection::connect(&admin_url()).await {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut conn)
+        .await;
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let args = args();
+    let pdb = fresh_db("p").await;
+    let cdb = fresh_db("c").await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let shutdown = CancellationToken::new();
+    let pconfig = processor::config::Config::from_toml(&format!(
+        "node_id = \"validator-1\"\nlisten = \"127.0.0.1:{port}\"\ndatabase_url = \"{pdb}\"\n[log]\nfilter = \"warn\"\n"
+    ))
+    .unwrap();
+    processor::telemetry::init("warn", false);
+    let processor = tokio::spawn(processor::run::run(pconfig, shutdown.clone()));
+    let cconfig = coordinator_mock::config::Config::from_toml(&format!(
+        "listen = \"127.0.0.1:1\"\ndatabase_url = \"{cdb}\"\n\
+         [[processors]]\nname = \"validator-1\"\nendpoint = \"http://127.0.0.1:{port}\"\n\
+         [reconnect]\ninitial = \"20ms\"\nmax = \"200ms\"\n"
+    ))
+    .unwrap();
+    let coordinator = Coordinator::start(&cconfig, shutdown.clone())
+        .await
+        .unwrap();
+    let peer = coordinator.peer("validator-1").unwrap().clone();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !peer.link.live_status().connected {
+        assert!(Instant::now() < deadline, "the link did not come up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let payload = vec![0xA5_u8; args.payload];
+    let encoded = CoordinatorMessage {
+        kind: Some(coordinator_message::Kind::LinkProbe(LinkProbe { payload })),
+    }
+    .encode_to_vec();
+    println!(
+        "link bench: {} messages, {}-byte probe payload ({} bytes encoded), {} per enqueue transaction",
+        args.messages,
+        args.payload,
+        encoded.len(),
+        args.batch
+    );
+
+    // Acknowledgements, as the sender records them.
+    let mut acked_rx = peer.link.acked();
+    let total = args.messages;
+    let acks = tokio::spawn(async move {
+        let mut points: Vec<(u64, Instant)> = Vec::new();
+        loop {
+            if acked_rx.changed().await.is_err() {
+                break;
+            }
+            let id = *acked_rx.borrow_and_update();
+            points.push((id, Instant::now()));
+            if id >= total {
+                break;
+            }
+        }
+        points
+    });
+
+    let start = Instant::now();
+    let mut enqueued: Vec<(u64, Instant)> = Vec::new();
+    let mut next = 0_u64;
+    while next < args.messages {
+        let n = args.batch.min(args.messages - next);
+        let messages: Vec<processor::link::OutMessage> = (next..next + n)
+            .map(|i| processor::link::OutMessage {
+                uid: format!("bench/{i}"),
+                kind: "link_probe",
+                payload: encoded.clone(),
+            })
+            .collect();
+        let mut tx = coordinator.pool.begin().await.unwrap();
+        let ids = processor::link::enqueue(&mut tx, "validator-1", &messages)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        peer.link.outbox().wake();
+        enqueued.push((*ids.last().unwrap(), Instant::now()));
+        next += n;
+    }
+    let enqueue_done = start.elapsed();
+    let points = tokio::time::timeout(Duration::from_secs(600), acks)
+        .await
+        .expect("all acknowledged within 10 minutes")
+        .unwrap();
+    let elapsed = start.elapsed();
+
+    // Per-message latency: enqueue commit of its batch -> first recorded ack
+    // covering it.
+    let mut latencies = Vec::with_capacity(usize::try_from(args.messages).unwrap_or(0));
+    let mut batch_start = 1_u64;
+    let mut p = 0;
+    for (last_id, committed) in &enqueued {
+        for id in batch_start..=*last_id {
+            while points[p].0 < id {
+                p += 1;
+            }
+            latencies.push(points[p].1.saturating_duration_since(*committed));
+        }
+        batch_start = last_id + 1;
+    }
+    latencies.sort_unstable();
+
+    // Durability check: the receiver holds every message.
+    let mut pconn = PgConnection::connect(&pdb).await.unwrap();
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox")
+        .fetch_one(&mut pconn)
+        .await
+        .unwrap();
+    assert_eq!(
+        u64::try_from(stored).unwrap(),
+        args.messages,
+        "every message persisted once"
+    );
+    drop(pconn);
+
+    let rate = args.messages as f64 / elapsed.as_secs_f64();
+    println!(
+        "enqueue (sender commits): {:.2}s",
+        enqueue_done.as_secs_f64()
+    );
+    println!(
+        "acknowledged: {} messages in {:.2}s = {:.0} msgs/s (target 20,000)",
+        args.messages,
+        elapsed.as_secs_f64(),
+        rate
+    );
+    println!(
+        "ack latency: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3
+    );
+
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(15), processor).await;
+    drop(peer);
+    drop(coordinator);
+    drop_db(&pdb).await;
+    drop_db(&cdb).await;
+}

@@ -93,7 +93,10 @@ impl ProcessorAdmin for Admin {
         }))
     }
 
-    async fn list_inbox(&self, request: Request<ListRequest>) -> Result<Response<InboxPage>, Status> {
+    async fn list_inbox(
+        &self,
+        request: Request<ListRequest>,
+    ) -> Result<Response<InboxPage>, Status> {
         let request = request.into_inner();
         let limit = page_limit(&request)?;
         let rows = link_db::list_inbox(&self.pool, self.link.link_id(), request.after_id, limit)
@@ -119,9 +122,10 @@ impl ProcessorAdmin for Admin {
     ) -> Result<Response<QuarantinePage>, Status> {
         let request = request.into_inner();
         let limit = page_limit(&request)?;
-        let rows = link_db::list_quarantine(&self.pool, self.link.link_id(), request.after_id, limit)
-            .await
-            .map_err(ServiceError::from)?;
+        let rows =
+            link_db::list_quarantine(&self.pool, self.link.link_id(), request.after_id, limit)
+                .await
+                .map_err(ServiceError::from)?;
         Ok(Response::new(QuarantinePage {
             entries: rows
                 .into_iter()

@@ -133,7 +133,11 @@ impl Config {
 
     fn from_figment(base: Figment) -> Result<Self, ConfigError> {
         let config: Self = base
-            .merge(Env::raw().only(&["DATABASE_URL"]).map(|_| "database_url".into()))
+            .merge(
+                Env::raw()
+                    .only(&["DATABASE_URL"])
+                    .map(|_| "database_url".into()),
+            )
             .merge(Env::prefixed("PROCESSOR_").split("__"))
             .extract()
             .map_err(|e| ConfigError::Parse(describe(e)))?;
@@ -235,11 +239,16 @@ mod tests {
 
     #[test]
     fn bad_value_is_named() {
-        let text = "node_id = \"a\"\nlisten = \"not an address\"\ndatabase_url = \"postgres://x/y\"\n";
-        let msg = Config::from_toml(text).expect_err("bad address").to_string();
+        let text =
+            "node_id = \"a\"\nlisten = \"not an address\"\ndatabase_url = \"postgres://x/y\"\n";
+        let msg = Config::from_toml(text)
+            .expect_err("bad address")
+            .to_string();
         assert!(msg.contains("`listen`"), "{msg}");
         let text = "node_id = \"a\"\nlisten = \"127.0.0.1:1\"\ndatabase_url = \"postgres://x/y\"\n[link]\nheartbeat_interval = \"5s\"\npeer_timeout = \"2s\"\n";
-        let msg = Config::from_toml(text).expect_err("timeout below heartbeat").to_string();
+        let msg = Config::from_toml(text)
+            .expect_err("timeout below heartbeat")
+            .to_string();
         assert!(msg.contains("link.peer_timeout"), "{msg}");
     }
 

@@ -23,7 +23,9 @@ pub enum DbError {
         source: sqlx::Error,
     },
     /// Postgres could not be reached.
-    #[error("cannot connect to Postgres at {url}: {source}; is it running and does the database exist?")]
+    #[error(
+        "cannot connect to Postgres at {url}: {source}; is it running and does the database exist?"
+    )]
     Connect {
         /// The URL, password redacted.
         url: String,

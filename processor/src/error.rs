@@ -29,9 +29,9 @@ impl From<ServiceError> for Status {
             ServiceError::Storage(_) => Code::Unavailable,
         };
         let message = match &error {
-            ServiceError::Storage(e) => format!(
-                "the processor's database is unavailable ({e}); check Postgres and retry"
-            ),
+            ServiceError::Storage(e) => {
+                format!("the processor's database is unavailable ({e}); check Postgres and retry")
+            }
             other => other.to_string(),
         };
         Status::new(code, message)

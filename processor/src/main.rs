@@ -54,7 +54,10 @@ fn main() -> ExitCode {
                 }
             };
             processor::telemetry::init(&config.log.filter, config.log.json);
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("error: cannot start the async runtime: {e}");
@@ -95,9 +98,11 @@ async fn stop_on_signal(shutdown: CancellationToken) {
             return;
         }
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
-    }
+    let what = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "interrupt",
+    };
+    // Cancel before logging: stopping must not depend on the log sink.
     shutdown.cancel();
+    tracing::info!("{what} received");
 }

@@ -69,7 +69,9 @@ impl Processor for LinkService {
         request: Request<Streaming<CoordinatorFrame>>,
     ) -> Result<Response<FrameStream>, Status> {
         if self.shutdown.is_cancelled() {
-            return Err(Status::unavailable("the processor is shutting down; reconnect later"));
+            return Err(Status::unavailable(
+                "the processor is shutting down; reconnect later",
+            ));
         }
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(self.link.channel_capacity());
@@ -181,10 +183,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             Ok(())
         }
     };
-    if lock_lost.is_cancelled() {
-        if let Ok(Err(e)) = watchdog.await {
-            return Err(RunError::LockLost(e));
-        }
+    if lock_lost.is_cancelled()
+        && let Ok(Err(e)) = watchdog.await
+    {
+        return Err(RunError::LockLost(e));
     }
     pool.close().await;
     info!("stopped");

@@ -58,8 +58,11 @@ impl<S: NamedService> NamedService for AdminGuard<S> {
 
 impl<S> Service<http::Request<Body>> for AdminGuard<S>
 where
-    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = std::convert::Infallible>
-        + Clone
+    S: Service<
+            http::Request<Body>,
+            Response = http::Response<Body>,
+            Error = std::convert::Infallible,
+        > + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,

@@ -17,10 +17,10 @@ use proto::processor_v1::{
     Ping, ProcessorFrame, coordinator_frame, coordinator_message, processor_frame,
 };
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
-use tokio_util::sync::CancellationToken;
 
 /// Sends frames as raw bytes, so a test can send what no encoder would.
 #[derive(Debug, Default, Clone, Copy)]
@@ -92,7 +92,8 @@ impl RawLink {
     }
 
     async fn send(&self, frame: coordinator_frame::Frame) {
-        self.send_raw(CoordinatorFrame { frame: Some(frame) }.encode_to_vec()).await;
+        self.send_raw(CoordinatorFrame { frame: Some(frame) }.encode_to_vec())
+            .await;
     }
 
     async fn send_raw(&self, bytes: Vec<u8>) {
@@ -241,7 +242,10 @@ async fn bad_data_frames_get_clear_errors_and_lose_nothing() {
         .fetch_all(&pool)
         .await
         .unwrap();
-    assert_eq!(inbox, vec![(3, "link_probe".into()), (5, "link_probe".into())]);
+    assert_eq!(
+        inbox,
+        vec![(3, "link_probe".into()), (5, "link_probe".into())]
+    );
     let quarantine: Vec<(i64, String, Vec<u8>)> =
         sqlx::query_as("SELECT id, code, payload FROM quarantine ORDER BY id")
             .fetch_all(&pool)
@@ -259,9 +263,19 @@ async fn bad_data_frames_get_clear_errors_and_lose_nothing() {
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(inbox_three, probe("three"), "the replay of 2 changed nothing");
-    assert_eq!(scalar_i64(&pool, "SELECT last_handled_in FROM link_state").await, 5);
-    assert!(processor.child.try_wait().unwrap().is_none(), "the processor is still running");
+    assert_eq!(
+        inbox_three,
+        probe("three"),
+        "the replay of 2 changed nothing"
+    );
+    assert_eq!(
+        scalar_i64(&pool, "SELECT last_handled_in FROM link_state").await,
+        5
+    );
+    assert!(
+        processor.child.try_wait().unwrap().is_none(),
+        "the processor is still running"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,7 +292,10 @@ async fn garbage_frames_close_only_that_stream() {
     // A frame that is not a CoordinatorFrame at all, mid-stream.
     let mut link = RawLink::open(port).await;
     link.hello(0).await;
-    assert!(matches!(link.next().await, Some(processor_frame::Frame::Hello(_))));
+    assert!(matches!(
+        link.next().await,
+        Some(processor_frame::Frame::Hello(_))
+    ));
     link.data(1, probe("one")).await;
     link.expect_ack(1).await;
     link.send_raw(vec![0x0a, 0xff, 0xff, 0xff]).await;
@@ -311,7 +328,10 @@ async fn garbage_frames_close_only_that_stream() {
     }
     link.data(2, probe("two")).await;
     link.expect_ack(2).await;
-    assert!(processor.child.try_wait().unwrap().is_none(), "the processor is still running");
+    assert!(
+        processor.child.try_wait().unwrap().is_none(),
+        "the processor is still running"
+    );
     let pool = db.pool().await;
     assert_eq!(scalar_i64(&pool, "SELECT count(*) FROM inbox").await, 2);
     assert!(!processor.log_text().contains("panicked"));
@@ -322,7 +342,10 @@ async fn silent_peer_is_dropped_within_the_peer_timeout() {
     let (_db, _dir, _processor, port) = start("silent").await;
     let mut link = RawLink::open(port).await;
     link.hello(0).await;
-    assert!(matches!(link.next().await, Some(processor_frame::Frame::Hello(_))));
+    assert!(matches!(
+        link.next().await,
+        Some(processor_frame::Frame::Hello(_))
+    ));
     // Say nothing more; the processor pings and gives up after 1.5s.
     let started = Instant::now();
     let end = link.next().await;
@@ -336,9 +359,13 @@ async fn silent_peer_is_dropped_within_the_peer_timeout() {
     // A peer that answers pings keeps the stream.
     let mut link = RawLink::open(port).await;
     link.hello(0).await;
-    assert!(matches!(link.next().await, Some(processor_frame::Frame::Hello(_))));
+    assert!(matches!(
+        link.next().await,
+        Some(processor_frame::Frame::Hello(_))
+    ));
     for i in 0..15 {
-        link.send(coordinator_frame::Frame::Ping(Ping { nonce: i })).await;
+        link.send(coordinator_frame::Frame::Ping(Ping { nonce: i }))
+            .await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     link.data(1, probe("still here")).await;
@@ -369,12 +396,17 @@ async fn coordinator_notices_a_frozen_processor_and_recovers() {
 
     processor.signal(nix::sys::signal::Signal::SIGSTOP);
     let frozen_at = Instant::now();
-    eventually("the coordinator notices", Duration::from_secs(5), || async {
-        (!peer.link.live_status().connected).then_some(())
-    })
+    eventually(
+        "the coordinator notices",
+        Duration::from_secs(5),
+        || async { (!peer.link.live_status().connected).then_some(()) },
+    )
     .await;
     let noticed = frozen_at.elapsed();
-    assert!(noticed < Duration::from_secs(3), "noticed after {noticed:?}");
+    assert!(
+        noticed < Duration::from_secs(3),
+        "noticed after {noticed:?}"
+    );
     // Work queued meanwhile is delivered once the processor thaws.
     coordinator.emit_settlement_block().await.unwrap();
     processor.signal(nix::sys::signal::Signal::SIGCONT);
@@ -394,18 +426,26 @@ async fn coordinator_notices_a_frozen_processor_and_recovers() {
 async fn a_second_processor_on_the_same_database_refuses_to_start() {
     let (db, dir, mut first, port) = start("second").await;
     let mut second = spawn_processor("validator-1b", dir.path(), free_port(), &db.url, &[]);
-    let status = second.wait_exit(Duration::from_secs(20)).expect("the second one exits");
+    let status = second
+        .wait_exit(Duration::from_secs(20))
+        .expect("the second one exits");
     assert!(!status.success());
     let log = second.log_text();
     assert!(
         log.contains("another processor is already running on database"),
         "unclear refusal: {log}"
     );
-    assert!(first.child.try_wait().unwrap().is_none(), "the first keeps running");
+    assert!(
+        first.child.try_wait().unwrap().is_none(),
+        "the first keeps running"
+    );
     // And the first still serves.
     let mut link = RawLink::open(port).await;
     link.hello(0).await;
-    assert!(matches!(link.next().await, Some(processor_frame::Frame::Hello(_))));
+    assert!(matches!(
+        link.next().await,
+        Some(processor_frame::Frame::Hello(_))
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -413,19 +453,30 @@ async fn sigterm_drains_and_exits_zero() {
     let (db, _dir, mut processor, port) = start("term").await;
     let mut link = RawLink::open(port).await;
     link.hello(0).await;
-    assert!(matches!(link.next().await, Some(processor_frame::Frame::Hello(_))));
+    assert!(matches!(
+        link.next().await,
+        Some(processor_frame::Frame::Hello(_))
+    ));
     for id in 1..=200 {
         link.data(id, probe("work")).await;
     }
     processor.signal(nix::sys::signal::Signal::SIGTERM);
-    let status = processor.wait_exit(Duration::from_secs(15)).expect("exits after SIGTERM");
+    let status = processor
+        .wait_exit(Duration::from_secs(15))
+        .expect("exits after SIGTERM");
     assert!(status.success(), "exit status {status:?}");
     // Whatever was handled is complete: watermark, journal and effects agree.
     let pool = db.pool().await;
     let handled = scalar_i64(&pool, "SELECT last_handled_in FROM link_state").await;
-    assert_eq!(scalar_i64(&pool, "SELECT count(*) FROM inbox").await, handled);
+    assert_eq!(
+        scalar_i64(&pool, "SELECT count(*) FROM inbox").await,
+        handled
+    );
     let log = processor.log_text();
-    assert!(log.contains("SIGTERM received") && log.contains("stopped"), "{log}");
+    assert!(
+        log.contains("SIGTERM received") && log.contains("stopped"),
+        "{log}"
+    );
     // The peer was told why the stream closed, or saw it end.
     let mut told = false;
     while let Some(frame) = link.next().await {
@@ -433,5 +484,8 @@ async fn sigterm_drains_and_exits_zero() {
             told |= e.code() == LinkErrorCode::ShuttingDown;
         }
     }
-    assert!(told, "the coordinator is told the processor is shutting down");
+    assert!(
+        told,
+        "the coordinator is told the processor is shutting down"
+    );
 }

@@ -36,23 +36,44 @@ fn coordinator_config(db_url: &str, processors: &[(&str, u16)]) -> CoordinatorCo
 /// exactly once each way.
 async fn assert_exactly_once(processor: &PgPool, coordinator: &PgPool, link: &str, blocks: i64) {
     // Processor side: every block once, every inbound id once, no gaps.
-    assert_eq!(scalar_i64(processor, "SELECT count(*) FROM settlement_blocks").await, blocks);
     assert_eq!(
-        scalar_i64(processor, "SELECT count(DISTINCT number) FROM settlement_blocks").await,
+        scalar_i64(processor, "SELECT count(*) FROM settlement_blocks").await,
         blocks
     );
     assert_eq!(
-        scalar_i64(processor, "SELECT COALESCE(max(number) + 1, 0) FROM settlement_blocks").await,
+        scalar_i64(
+            processor,
+            "SELECT count(DISTINCT number) FROM settlement_blocks"
+        )
+        .await,
         blocks
     );
-    assert_eq!(scalar_i64(processor, "SELECT count(*) FROM inbox").await, blocks);
-    assert_eq!(scalar_i64(processor, "SELECT count(*) FROM quarantine").await, 0, "nothing refused");
+    assert_eq!(
+        scalar_i64(
+            processor,
+            "SELECT COALESCE(max(number) + 1, 0) FROM settlement_blocks"
+        )
+        .await,
+        blocks
+    );
+    assert_eq!(
+        scalar_i64(processor, "SELECT count(*) FROM inbox").await,
+        blocks
+    );
+    assert_eq!(
+        scalar_i64(processor, "SELECT count(*) FROM quarantine").await,
+        0,
+        "nothing refused"
+    );
     assert_eq!(
         scalar_i64(processor, "SELECT last_handled_in FROM link_state").await,
         blocks
     );
     // One acknowledgement per block in the processor's send log, all acked.
-    assert_eq!(scalar_i64(processor, "SELECT count(*) FROM send_log").await, blocks);
+    assert_eq!(
+        scalar_i64(processor, "SELECT count(*) FROM send_log").await,
+        blocks
+    );
     assert_eq!(
         scalar_i64(processor, "SELECT acked_out FROM link_state").await,
         blocks,
@@ -61,23 +82,43 @@ async fn assert_exactly_once(processor: &PgPool, coordinator: &PgPool, link: &st
     // Coordinator side.
     let q = |sql: &str| sql.replace("$LINK", &format!("'{link}'"));
     assert_eq!(
-        scalar_i64(coordinator, &q("SELECT count(*) FROM settlement_acks WHERE processor = $LINK")).await,
+        scalar_i64(
+            coordinator,
+            &q("SELECT count(*) FROM settlement_acks WHERE processor = $LINK")
+        )
+        .await,
         blocks
     );
     assert_eq!(
-        scalar_i64(coordinator, &q("SELECT count(*) FROM inbox WHERE link_id = $LINK")).await,
+        scalar_i64(
+            coordinator,
+            &q("SELECT count(*) FROM inbox WHERE link_id = $LINK")
+        )
+        .await,
         blocks
     );
     assert_eq!(
-        scalar_i64(coordinator, &q("SELECT count(*) FROM quarantine WHERE link_id = $LINK")).await,
+        scalar_i64(
+            coordinator,
+            &q("SELECT count(*) FROM quarantine WHERE link_id = $LINK")
+        )
+        .await,
         0
     );
     assert_eq!(
-        scalar_i64(coordinator, &q("SELECT last_handled_in FROM link_state WHERE link_id = $LINK")).await,
+        scalar_i64(
+            coordinator,
+            &q("SELECT last_handled_in FROM link_state WHERE link_id = $LINK")
+        )
+        .await,
         blocks
     );
     assert_eq!(
-        scalar_i64(coordinator, &q("SELECT acked_out FROM link_state WHERE link_id = $LINK")).await,
+        scalar_i64(
+            coordinator,
+            &q("SELECT acked_out FROM link_state WHERE link_id = $LINK")
+        )
+        .await,
         blocks
     );
 }
@@ -86,12 +127,16 @@ async fn assert_exactly_once(processor: &PgPool, coordinator: &PgPool, link: &st
 async fn wait_all_acked(processor: &PgPool, coordinator: &PgPool, link: &str, blocks: i64) {
     let sql = format!("SELECT count(*) FROM settlement_acks WHERE processor = '{link}'");
     let acked_sql = format!("SELECT acked_out FROM link_state WHERE link_id = '{link}'");
-    eventually("every block acknowledged", Duration::from_secs(60), || async {
-        let acks = scalar_i64(coordinator, &sql).await;
-        let acked = scalar_i64(coordinator, &acked_sql).await;
-        let processor_acked = scalar_i64(processor, "SELECT acked_out FROM link_state").await;
-        (acks == blocks && acked == blocks && processor_acked == blocks).then_some(())
-    })
+    eventually(
+        "every block acknowledged",
+        Duration::from_secs(60),
+        || async {
+            let acks = scalar_i64(coordinator, &sql).await;
+            let acked = scalar_i64(coordinator, &acked_sql).await;
+            let processor_acked = scalar_i64(processor, "SELECT acked_out FROM link_state").await;
+            (acks == blocks && acked == blocks && processor_acked == blocks).then_some(())
+        },
+    )
     .await;
 }
 
@@ -153,23 +198,33 @@ async fn processor_sigkilled_between_commit_and_ack() {
     );
     wait_port(port).await;
     let shutdown = CancellationToken::new();
-    let coordinator =
-        Coordinator::start(&coordinator_config(&cdb.url, &[("validator-1", port)]), shutdown.clone())
-            .await
-            .unwrap();
+    let coordinator = Coordinator::start(
+        &coordinator_config(&cdb.url, &[("validator-1", port)]),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
     let ppool = pdb.pool().await;
     let cpool = coordinator.pool.clone();
 
     coordinator.emit_settlement_block().await.unwrap();
     // Committed on the processor...
-    eventually("the processor commits block 0", Duration::from_secs(20), || async {
-        (scalar_i64(&ppool, "SELECT last_handled_in FROM link_state").await == 1).then_some(())
-    })
+    eventually(
+        "the processor commits block 0",
+        Duration::from_secs(20),
+        || async {
+            (scalar_i64(&ppool, "SELECT last_handled_in FROM link_state").await == 1).then_some(())
+        },
+    )
     .await;
     // ...and not acknowledged to the coordinator.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        scalar_i64(&cpool, "SELECT acked_out FROM link_state WHERE link_id = 'validator-1'").await,
+        scalar_i64(
+            &cpool,
+            "SELECT acked_out FROM link_state WHERE link_id = 'validator-1'"
+        )
+        .await,
         0,
         "the failpoint holds the Ack back"
     );
@@ -230,13 +285,21 @@ async fn coordinator_restarts_lose_and_repeat_nothing() {
         coordinator.kill9();
     }
     // A quiet coordinator lets everything drain.
-    let mut coordinator = spawn(&coordinator_bin(), "coordinator", dir.path(), &config(None), &[]);
+    let mut coordinator = spawn(
+        &coordinator_bin(),
+        "coordinator",
+        dir.path(),
+        &config(None),
+        &[],
+    );
     let blocks = scalar_i64(&cpool, "SELECT count(*) FROM settlement_blocks").await;
     assert!(blocks >= 200);
     let ppool = pdb.pool().await;
     wait_all_acked(&ppool, &cpool, "validator-1", blocks).await;
     coordinator.signal(nix::sys::signal::Signal::SIGTERM);
-    let status = coordinator.wait_exit(Duration::from_secs(15)).expect("coordinator exits on SIGTERM");
+    let status = coordinator
+        .wait_exit(Duration::from_secs(15))
+        .expect("coordinator exits on SIGTERM");
     assert!(status.success(), "coordinator exit status {status:?}");
     assert_exactly_once(&ppool, &cpool, "validator-1", blocks).await;
 }
@@ -250,10 +313,12 @@ async fn same_uid_enqueued_twice_is_one_row_and_one_delivery() {
     let _processor = spawn_processor("validator-1", dir.path(), port, &pdb.url, &[]);
     wait_port(port).await;
     let shutdown = CancellationToken::new();
-    let coordinator: Arc<Coordinator> =
-        Coordinator::start(&coordinator_config(&cdb.url, &[("validator-1", port)]), shutdown.clone())
-            .await
-            .unwrap();
+    let coordinator: Arc<Coordinator> = Coordinator::start(
+        &coordinator_config(&cdb.url, &[("validator-1", port)]),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
     let peer = coordinator.peer("validator-1").unwrap();
     let message = |text: &str| processor::link::OutMessage {
         uid: "probe/the-same-meaning".into(),
@@ -268,25 +333,40 @@ async fn same_uid_enqueued_twice_is_one_row_and_one_delivery() {
     // Two separate transactions, as two retries of one step would be; the
     // second carries different bytes, which must not go out either.
     let mut tx = coordinator.pool.begin().await.unwrap();
-    let first = processor::link::enqueue(&mut tx, "validator-1", &[message("first")]).await.unwrap();
-    tx.commit().await.unwrap();
-    let mut tx = coordinator.pool.begin().await.unwrap();
-    let second = processor::link::enqueue(&mut tx, "validator-1", &[message("second"), message("third")])
+    let first = processor::link::enqueue(&mut tx, "validator-1", &[message("first")])
         .await
         .unwrap();
     tx.commit().await.unwrap();
+    let mut tx = coordinator.pool.begin().await.unwrap();
+    let second = processor::link::enqueue(
+        &mut tx,
+        "validator-1",
+        &[message("second"), message("third")],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
     peer.link.outbox().wake();
     assert_eq!(first, vec![1]);
-    assert!(second.is_empty(), "a known uid is not enqueued again: {second:?}");
+    assert!(
+        second.is_empty(),
+        "a known uid is not enqueued again: {second:?}"
+    );
     assert_eq!(
-        scalar_i64(&coordinator.pool, "SELECT count(*) FROM send_log WHERE uid = 'probe/the-same-meaning'").await,
+        scalar_i64(
+            &coordinator.pool,
+            "SELECT count(*) FROM send_log WHERE uid = 'probe/the-same-meaning'"
+        )
+        .await,
         1
     );
     // Then a different message behind it, to know the first has been through.
     let mut tx = coordinator.pool.begin().await.unwrap();
     let mut later = message("later");
     later.uid = "probe/later".into();
-    processor::link::enqueue(&mut tx, "validator-1", &[later]).await.unwrap();
+    processor::link::enqueue(&mut tx, "validator-1", &[later])
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     peer.link.outbox().wake();
     let mut acked = peer.link.acked();
@@ -296,7 +376,11 @@ async fn same_uid_enqueued_twice_is_one_row_and_one_delivery() {
         .unwrap();
     let ppool = pdb.pool().await;
     assert_eq!(
-        scalar_i64(&ppool, "SELECT count(*) FROM inbox WHERE uid = 'probe/the-same-meaning'").await,
+        scalar_i64(
+            &ppool,
+            "SELECT count(*) FROM inbox WHERE uid = 'probe/the-same-meaning'"
+        )
+        .await,
         1,
         "delivered once"
     );
@@ -308,7 +392,9 @@ async fn same_uid_enqueued_twice_is_one_row_and_one_delivery() {
     let delivered = CoordinatorMessage::decode(payload.as_slice()).unwrap();
     assert_eq!(
         delivered.kind,
-        Some(coordinator_message::Kind::LinkProbe(LinkProbe { payload: b"first".to_vec() }))
+        Some(coordinator_message::Kind::LinkProbe(LinkProbe {
+            payload: b"first".to_vec()
+        }))
     );
     shutdown.cancel();
 }

@@ -4,7 +4,11 @@
 //! These are wire types: the processor and the coordinator convert them to
 //! their own domain types at the edge and never let them leak further.
 
-#![allow(missing_docs, clippy::large_enum_variant, clippy::doc_lazy_continuation)]
+#![allow(
+    missing_docs,
+    clippy::large_enum_variant,
+    clippy::doc_lazy_continuation
+)]
 
 /// Package `processor`.
 pub mod processor {

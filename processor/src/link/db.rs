@@ -85,10 +85,7 @@ pub async fn ensure_link(pool: &PgPool, link_id: &str) -> Result<(), sqlx::Error
 }
 
 /// Reads a link's watermarks.
-pub async fn counters(
-    conn: &mut PgConnection,
-    link_id: &str,
-) -> Result<LinkCounters, sqlx::Error> {
+pub async fn counters(conn: &mut PgConnection, link_id: &str) -> Result<LinkCounters, sqlx::Error> {
     let row = sqlx::query(
         "SELECT last_handled_in, last_enqueued_out, acked_out FROM link_state WHERE link_id = $1",
     )
@@ -117,12 +114,13 @@ pub async fn enqueue(
     if messages.is_empty() {
         return Ok(Vec::new());
     }
-    let last: i64 =
-        sqlx::query_scalar("SELECT last_enqueued_out FROM link_state WHERE link_id = $1 FOR UPDATE")
-            .bind(link_id)
-            .fetch_optional(&mut *conn)
-            .await?
-            .ok_or_else(|| sqlx::Error::RowNotFound)?;
+    let last: i64 = sqlx::query_scalar(
+        "SELECT last_enqueued_out FROM link_state WHERE link_id = $1 FOR UPDATE",
+    )
+    .bind(link_id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| sqlx::Error::RowNotFound)?;
     let uids: Vec<&str> = messages.iter().map(|m| m.uid.as_str()).collect();
     let kinds: Vec<&str> = messages.iter().map(|m| m.kind).collect();
     let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_slice()).collect();

@@ -361,14 +361,18 @@ impl<S: Side, H: Handler> Link<S, H> {
                 ),
             ));
         }
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(|e| (LinkErrorCode::ShuttingDown, format!("database unavailable: {e}")))?;
-        let counters = db::counters(&mut conn, &self.link_id)
-            .await
-            .map_err(|e| (LinkErrorCode::ShuttingDown, format!("database unavailable: {e}")))?;
+        let mut conn = self.pool.acquire().await.map_err(|e| {
+            (
+                LinkErrorCode::ShuttingDown,
+                format!("database unavailable: {e}"),
+            )
+        })?;
+        let counters = db::counters(&mut conn, &self.link_id).await.map_err(|e| {
+            (
+                LinkErrorCode::ShuttingDown,
+                format!("database unavailable: {e}"),
+            )
+        })?;
         drop(conn);
         let claimed = hello.last_handled_id;
         if claimed > counters.last_enqueued_out {
@@ -398,7 +402,12 @@ impl<S: Side, H: Handler> Link<S, H> {
             // killed between commit and ack): its Hello is the ack.
             db::record_ack(&self.pool, &self.link_id, claimed)
                 .await
-                .map_err(|e| (LinkErrorCode::ShuttingDown, format!("database unavailable: {e}")))?;
+                .map_err(|e| {
+                    (
+                        LinkErrorCode::ShuttingDown,
+                        format!("database unavailable: {e}"),
+                    )
+                })?;
             self.publish_ack(claimed);
         }
         Ok(claimed + 1)
@@ -468,7 +477,14 @@ impl<S: Side, H: Handler> Link<S, H> {
         let span = info_span!("link", side = S::NAME, link = %self.link_id, peer = %hello.node_id);
         let result = self
             .clone()
-            .run(inbound, out.clone(), hello.node_id.clone(), start_from, last_handled, token)
+            .run(
+                inbound,
+                out.clone(),
+                hello.node_id.clone(),
+                start_from,
+                last_handled,
+                token,
+            )
             .instrument(span)
             .await;
         // `finish` logs why the stream ended; the peer will reconnect.
@@ -518,7 +534,10 @@ impl<S: Side, H: Handler> Link<S, H> {
                 }
             },
             Ok(Some(Err(status))) => {
-                return Err(SessionError::Closed(format!("stream failed: {}", status.message())));
+                return Err(SessionError::Closed(format!(
+                    "stream failed: {}",
+                    status.message()
+                )));
             }
             Ok(None) => return Err(SessionError::Closed("peer closed the stream".into())),
             Err(_) => {
@@ -535,7 +554,14 @@ impl<S: Side, H: Handler> Link<S, H> {
         let span = info_span!("link", side = S::NAME, link = %self.link_id, peer = %hello.node_id);
         let result = self
             .clone()
-            .run(inbound, out.clone(), hello.node_id, start_from, last_handled, token)
+            .run(
+                inbound,
+                out.clone(),
+                hello.node_id,
+                start_from,
+                last_handled,
+                token,
+            )
             .instrument(span)
             .await;
         self.finish(&out, result).await
@@ -550,7 +576,9 @@ impl<S: Side, H: Handler> Link<S, H> {
 
     async fn read_last_handled(&self) -> Result<u64, sqlx::Error> {
         let mut conn = self.pool.acquire().await?;
-        Ok(db::counters(&mut conn, &self.link_id).await?.last_handled_in)
+        Ok(db::counters(&mut conn, &self.link_id)
+            .await?
+            .last_handled_in)
     }
 
     async fn finish(
@@ -562,9 +590,15 @@ impl<S: Side, H: Handler> Link<S, H> {
         match &result {
             Ok(()) | Err(SessionError::Stopped) => {
                 let (code, detail) = if self.shutdown.is_cancelled() {
-                    (LinkErrorCode::ShuttingDown, "shutting down; reconnect later")
+                    (
+                        LinkErrorCode::ShuttingDown,
+                        "shutting down; reconnect later",
+                    )
                 } else {
-                    (LinkErrorCode::Superseded, "a newer stream from the peer took over")
+                    (
+                        LinkErrorCode::Superseded,
+                        "a newer stream from the peer took over",
+                    )
                 };
                 info!(link = %self.link_id, "stream closed: {detail}");
                 send_error::<S>(out, code, detail.to_owned(), 0, 0).await;
@@ -600,7 +634,11 @@ impl<S: Side, H: Handler> Link<S, H> {
     where
         I: Stream<Item = Result<S::Inbound, tonic::Status>> + Unpin + Send + 'static,
     {
-        info!(resume_out_from = start_from, last_handled_in = last_handled, "stream up");
+        info!(
+            resume_out_from = start_from,
+            last_handled_in = last_handled,
+            "stream up"
+        );
         let now = SystemTime::now();
         self.set_live(|l| {
             l.peer = peer;
@@ -673,7 +711,9 @@ impl<S: Side, H: Handler> Link<S, H> {
                     ));
                 }
                 Some(LinkFrame::Hello(_)) => {
-                    return Err(SessionError::Protocol("a second Hello on one stream".into()));
+                    return Err(SessionError::Protocol(
+                        "a second Hello on one stream".into(),
+                    ));
                 }
                 Some(LinkFrame::Data(data)) => {
                     if data_tx.send(data).await.is_err() {
@@ -690,7 +730,11 @@ impl<S: Side, H: Handler> Link<S, H> {
                     });
                 }
                 Some(LinkFrame::Ping(Ping { nonce })) => {
-                    if out.send(S::wrap(LinkFrame::Pong(Pong { nonce }))).await.is_err() {
+                    if out
+                        .send(S::wrap(LinkFrame::Pong(Pong { nonce })))
+                        .await
+                        .is_err()
+                    {
                         return Err(SessionError::Closed("outbound channel closed".into()));
                     }
                 }
@@ -851,7 +895,11 @@ impl<S: Side, H: Handler> Link<S, H> {
                 return Err(SessionError::PeerSilent(Duration::from_millis(silent)));
             }
             nonce += 1;
-            if out.send(S::wrap(LinkFrame::Ping(Ping { nonce }))).await.is_err() {
+            if out
+                .send(S::wrap(LinkFrame::Ping(Ping { nonce })))
+                .await
+                .is_err()
+            {
                 return Err(SessionError::Closed("outbound channel closed".into()));
             }
         }
@@ -888,8 +936,14 @@ impl<S: Side, H: Handler> Link<S, H> {
                         next.id
                     );
                     warn!("{detail}");
-                    send_error::<S>(&out, LinkErrorCode::OutOfSequence, detail, next.id, expected)
-                        .await;
+                    send_error::<S>(
+                        &out,
+                        LinkErrorCode::OutOfSequence,
+                        detail,
+                        next.id,
+                        expected,
+                    )
+                    .await;
                 }
                 if batch.len() >= self.config.max_batch {
                     break;
@@ -902,7 +956,9 @@ impl<S: Side, H: Handler> Link<S, H> {
             if batch.is_empty() {
                 if duplicate {
                     // Redelivered after a lost ack: acknowledge, do not handle.
-                    let _ = out.send(S::wrap(LinkFrame::Ack(Ack { id: last_handled }))).await;
+                    let _ = out
+                        .send(S::wrap(LinkFrame::Ack(Ack { id: last_handled })))
+                        .await;
                 }
                 continue;
             }
@@ -914,7 +970,11 @@ impl<S: Side, H: Handler> Link<S, H> {
             fail::fail_point!("link-after-commit");
             last_handled = to;
             self.outbox.wake();
-            if out.send(S::wrap(LinkFrame::Ack(Ack { id: to }))).await.is_err() {
+            if out
+                .send(S::wrap(LinkFrame::Ack(Ack { id: to })))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -1045,7 +1105,15 @@ impl<S: Side, H: Handler> Link<S, H> {
             })
             .collect();
         let to = batch.last().map_or(last_handled, |d| d.id);
-        db::record_inbound(&mut tx, &self.link_id, &inbox, &quarantine, last_handled, to).await?;
+        db::record_inbound(
+            &mut tx,
+            &self.link_id,
+            &inbox,
+            &quarantine,
+            last_handled,
+            to,
+        )
+        .await?;
         tx.commit().await?;
         for (id, code, reason) in &rejected {
             warn!(id, code = code.as_str_name(), "quarantined: {reason}");

@@ -27,7 +27,11 @@ pub async fn any_burn_exists(conn: &mut PgConnection, burns: &[Burn]) -> Result<
 
 /// Stores a block and its burns.
 pub async fn insert(conn: &mut PgConnection, block: &SettlementBlock) -> Result<(), sqlx::Error> {
-    let included: Vec<i64> = block.included_batch_ids.iter().map(|&b| to_i64(b)).collect();
+    let included: Vec<i64> = block
+        .included_batch_ids
+        .iter()
+        .map(|&b| to_i64(b))
+        .collect();
     sqlx::query("INSERT INTO settlement_blocks (number, included_batch_ids) VALUES ($1, $2)")
         .bind(to_i64(block.number))
         .bind(&included)
@@ -35,7 +39,11 @@ pub async fn insert(conn: &mut PgConnection, block: &SettlementBlock) -> Result<
         .await?;
     if !block.burns.is_empty() {
         let ids: Vec<&str> = block.burns.iter().map(|b| b.burn_id.as_str()).collect();
-        let addresses: Vec<&str> = block.burns.iter().map(|b| b.monero_address.as_str()).collect();
+        let addresses: Vec<&str> = block
+            .burns
+            .iter()
+            .map(|b| b.monero_address.as_str())
+            .collect();
         let amounts: Vec<i64> = block.burns.iter().map(|b| to_i64(b.amount)).collect();
         sqlx::query(
             "INSERT INTO burns (burn_id, block_number, monero_address, amount)

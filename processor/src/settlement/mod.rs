@@ -4,7 +4,9 @@
 pub mod db;
 
 use prost::Message as _;
-use proto::processor_v1::{ProcessorMessage, SettlementBlock, SettlementBlockAck, processor_message};
+use proto::processor_v1::{
+    ProcessorMessage, SettlementBlock, SettlementBlockAck, processor_message,
+};
 use sqlx::PgConnection;
 
 use crate::link::{self, HandleError, OutMessage};
@@ -51,9 +53,11 @@ pub async fn take_in(
     }
     db::insert(conn, &block).await?;
     let ack = ProcessorMessage {
-        kind: Some(processor_message::Kind::SettlementBlockAck(SettlementBlockAck {
-            number: block.number,
-        })),
+        kind: Some(processor_message::Kind::SettlementBlockAck(
+            SettlementBlockAck {
+                number: block.number,
+            },
+        )),
     };
     link::enqueue(
         conn,

