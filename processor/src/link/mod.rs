@@ -738,7 +738,11 @@ impl<S: Side, H: Handler> Link<S, H> {
                         return Err(SessionError::Closed("outbound channel closed".into()));
                     }
                 }
-                Some(LinkFrame::Pong(_)) => {}
+                Some(LinkFrame::Pong(Pong { nonce })) => {
+                    // Our pings carry their send time (ms on `clock`).
+                    let rtt = since(clock).saturating_sub(nonce);
+                    debug!(rtt_ms = rtt, "heartbeat answered");
+                }
                 Some(LinkFrame::Error(error)) => {
                     let code = LinkErrorCode::try_from(error.code).unwrap_or_default();
                     warn!(
@@ -887,14 +891,14 @@ impl<S: Side, H: Handler> Link<S, H> {
         let mut tick = tokio::time::interval(self.config.heartbeat_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let timeout = u64::try_from(self.config.peer_timeout.as_millis()).unwrap_or(u64::MAX);
-        let mut nonce = 0_u64;
         loop {
             tick.tick().await;
             let silent = since(clock).saturating_sub(heard.load(Ordering::Relaxed));
             if silent > timeout {
                 return Err(SessionError::PeerSilent(Duration::from_millis(silent)));
             }
-            nonce += 1;
+            // The nonce is the send time, so the Pong tells the round trip.
+            let nonce = since(clock);
             if out
                 .send(S::wrap(LinkFrame::Ping(Ping { nonce })))
                 .await
