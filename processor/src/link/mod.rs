@@ -694,10 +694,12 @@ impl<S: Side, H: Handler> Link<S, H> {
                 Some(Err(status)) => {
                     // A frame that does not decode arrives here as a status
                     // from the codec; the stream cannot carry on after it.
-                    return Err(SessionError::Protocol(format!(
-                        "unreadable frame: {}",
-                        status.message()
-                    )));
+                    // Anything else is the transport (a cut connection).
+                    return Err(if status.message().contains("decode") {
+                        SessionError::Protocol(format!("unreadable frame: {}", status.message()))
+                    } else {
+                        SessionError::Closed(format!("stream failed: {}", status.message()))
+                    });
                 }
                 Some(Ok(frame)) => frame,
             };
@@ -971,9 +973,17 @@ impl<S: Side, H: Handler> Link<S, H> {
                 Some(to) => to,
                 None => return,
             };
-            fail::fail_point!("link-after-commit");
             last_handled = to;
+            // Wake the pump first: what the batch enqueued may leave even if
+            // the Ack is held back (the crash tests stop right here).
             self.outbox.wake();
+            // Fault injection for crash tests: hold every later Ack back, as
+            // a process stopped between commit and ack would. Awaiting (not
+            // fail's blocking `pause`) keeps the runtime's threads free.
+            if fail::eval("link-after-commit", |_| ()).is_some() {
+                warn!(id = to, "fault injection: committed, never acknowledging");
+                std::future::pending::<()>().await;
+            }
             if out
                 .send(S::wrap(LinkFrame::Ack(Ack { id: to })))
                 .await
