@@ -5,8 +5,9 @@ use std::sync::atomic::Ordering;
 
 use proto::coordinator_v1::coordinator_admin_server::CoordinatorAdmin;
 use proto::coordinator_v1::{
-    CoordinatorStatus, EmitSettlementBlockRequest, EmitSettlementBlockResponse, GetStatusRequest,
-    ProcessorView, SendProbeRequest, SendProbeResponse,
+    CoordinatorStatus, EmitSettlementBlockRequest, EmitSettlementBlockResponse, GetKeyGenRequest,
+    GetStatusRequest, KeyGenList, KeyGenStatus, ListKeyGensRequest, ProcessorView,
+    SendProbeRequest, SendProbeResponse, StartKeyGenRequest, StartKeyGenResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -81,5 +82,41 @@ impl CoordinatorAdmin for Admin {
             .send_probe(&request.processor, request.payload)
             .await?;
         Ok(Response::new(SendProbeResponse { id }))
+    }
+
+    async fn start_key_gen(
+        &self,
+        request: Request<StartKeyGenRequest>,
+    ) -> Result<Response<StartKeyGenResponse>, Status> {
+        let request = request.into_inner();
+        let session = self
+            .coordinator
+            .start_keygen(request.threshold, &request.processors)
+            .await?;
+        Ok(Response::new(StartKeyGenResponse { session }))
+    }
+
+    async fn get_key_gen(
+        &self,
+        request: Request<GetKeyGenRequest>,
+    ) -> Result<Response<KeyGenStatus>, Status> {
+        let session = request.into_inner().session;
+        let mut found = crate::keygen::status(&self.coordinator.pool, Some(session))
+            .await
+            .map_err(CoordinatorError::from)?;
+        let status = found
+            .pop()
+            .ok_or(CoordinatorError::UnknownSession(session))?;
+        Ok(Response::new(status))
+    }
+
+    async fn list_key_gens(
+        &self,
+        _request: Request<ListKeyGensRequest>,
+    ) -> Result<Response<KeyGenList>, Status> {
+        let sessions = crate::keygen::status(&self.coordinator.pool, None)
+            .await
+            .map_err(CoordinatorError::from)?;
+        Ok(Response::new(KeyGenList { sessions }))
     }
 }

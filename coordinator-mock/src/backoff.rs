@@ -30,7 +30,7 @@ impl Backoff {
         let base = self.next;
         // The cap is a ceiling: the doubled delay is limited by `max`.
         self.next = self.next.saturating_mul(2).min(self.max);
-        let jitter = rand::rng().random_range(0.8..=1.0);
+        let jitter = rand::thread_rng().gen_range(0.8..=1.0);
         base.mul_f64(jitter).min(self.max)
     }
 

@@ -37,6 +37,9 @@ pub struct Config {
     /// Settlement-chain simulation.
     #[serde(default)]
     pub settlement: SettlementConfig,
+    /// Key generation.
+    #[serde(default)]
+    pub keygen: KeygenConfig,
     /// The admin API.
     #[serde(default)]
     pub admin: AdminConfig,
@@ -56,6 +59,7 @@ impl std::fmt::Debug for Config {
             .field("link", &self.link)
             .field("reconnect", &self.reconnect)
             .field("settlement", &self.settlement)
+            .field("keygen", &self.keygen)
             .field("admin", &self.admin)
             .field("log", &self.log)
             .finish()
@@ -106,6 +110,28 @@ pub struct SettlementConfig {
     /// the admin API).
     #[serde(with = "humantime_serde")]
     pub block_interval: Option<Duration>,
+}
+
+/// How key generations run.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeygenConfig {
+    /// A round not finished by every participant within this time fails,
+    /// naming the silent ones.
+    #[serde(with = "humantime_serde")]
+    pub round_timeout: Duration,
+    /// If set, start session 0 with this threshold among every configured
+    /// processor as soon as all have announced their identity keys.
+    pub auto_start_threshold: Option<u32>,
+}
+
+impl Default for KeygenConfig {
+    fn default() -> Self {
+        Self {
+            round_timeout: Duration::from_secs(60),
+            auto_start_threshold: None,
+        }
+    }
 }
 
 fn default_node_id() -> String {
@@ -200,6 +226,17 @@ impl Config {
         }
         if self.settlement.block_interval.is_some_and(|d| d.is_zero()) {
             return invalid("settlement.block_interval must be more than 0".into());
+        }
+        if self.keygen.round_timeout.is_zero() {
+            return invalid("keygen.round_timeout must be more than 0".into());
+        }
+        if let Some(t) = self.keygen.auto_start_threshold {
+            let n = self.processors.len();
+            if t < 2 || t as usize > n {
+                return invalid(format!(
+                    "keygen.auto_start_threshold {t} is not within 2..={n} (the configured processors)"
+                ));
+            }
         }
         if self.admin.request_timeout.is_zero() {
             return invalid("admin.request_timeout must be more than 0".into());

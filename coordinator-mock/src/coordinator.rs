@@ -56,6 +56,12 @@ pub enum CoordinatorError {
     /// A request value is out of range.
     #[error("{0}")]
     InvalidArgument(String),
+    /// The request cannot be served yet.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// No such key generation session.
+    #[error("no key generation session {0}")]
+    UnknownSession(u64),
     /// Postgres trouble.
     #[error("database: {0}")]
     Storage(#[from] sqlx::Error),
@@ -66,6 +72,10 @@ impl From<CoordinatorError> for tonic::Status {
         match &e {
             CoordinatorError::UnknownProcessor(_) => tonic::Status::not_found(e.to_string()),
             CoordinatorError::InvalidArgument(_) => tonic::Status::invalid_argument(e.to_string()),
+            CoordinatorError::FailedPrecondition(_) => {
+                tonic::Status::failed_precondition(e.to_string())
+            }
+            CoordinatorError::UnknownSession(_) => tonic::Status::not_found(e.to_string()),
             CoordinatorError::Storage(_) => tonic::Status::unavailable(format!(
                 "the coordinator's database is unavailable ({e}); check Postgres and retry"
             )),
@@ -152,6 +162,35 @@ impl Coordinator {
             peer.link.outbox().wake();
         }
         Ok(number)
+    }
+
+    /// Starts a key generation among `processors` (names; empty: all, in
+    /// configuration order). Returns the session number.
+    pub async fn start_keygen(
+        &self,
+        threshold: u32,
+        processors: &[String],
+    ) -> Result<u64, CoordinatorError> {
+        let names: Vec<String> = if processors.is_empty() {
+            self.peers.iter().map(|p| p.endpoint.name.clone()).collect()
+        } else {
+            for name in processors {
+                self.peer(name)?;
+            }
+            processors.to_vec()
+        };
+        let session = crate::keygen::start(&self.pool, threshold, &names).await?;
+        for peer in &self.peers {
+            peer.link.outbox().wake();
+        }
+        Ok(session)
+    }
+
+    /// Wakes every link's pump (after a commit that enqueued to several).
+    pub fn wake_all(&self) {
+        for peer in &self.peers {
+            peer.link.outbox().wake();
+        }
     }
 
     /// Sends a link probe to one processor; returns its data id.

@@ -6,7 +6,7 @@ use sqlx::PgConnection;
 
 use processor::link::{HandleError, Handler, Inbound};
 
-use crate::settlement;
+use crate::{keygen, settlement};
 
 /// Dispatches processor messages.
 #[derive(Debug, Clone, Default)]
@@ -33,6 +33,11 @@ impl Handler for ProcessorHandler {
                 settlement::record_ack(conn, inbound.link_id, ack.number).await
             }
             Some(Kind::LinkProbe(_)) => Ok(()),
+            Some(Kind::Identity(m)) => keygen::record_identity(conn, inbound.link_id, m).await,
+            Some(Kind::KeyGenRound1(m)) => keygen::round1(conn, inbound.link_id, m).await,
+            Some(Kind::KeyGenRound2(m)) => keygen::round2(conn, inbound.link_id, m).await,
+            Some(Kind::KeyGenerated(m)) => keygen::generated(conn, inbound.link_id, m).await,
+            Some(Kind::KeyGenBlame(m)) => keygen::blame(conn, inbound.link_id, m).await,
             Some(other) => Err(HandleError::Rejected(format!(
                 "{} is not acted on by coordinator-mock {}; it is kept in the quarantine",
                 proto::processor_message_kind(&ProcessorMessage { kind: Some(other) }),

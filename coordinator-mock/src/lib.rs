@@ -8,5 +8,6 @@ pub mod backoff;
 pub mod config;
 pub mod coordinator;
 pub mod inbound;
+pub mod keygen;
 pub mod run;
 pub mod settlement;

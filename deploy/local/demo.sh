@@ -37,10 +37,13 @@ for db in demo_processor_1 demo_coordinator; do
   psql -q -d "$PG_URL" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" >/dev/null
 done
 
+"$BIN/processor" generate-kek --out "$work/kek.hex" >/dev/null
 cat > "$work/processor.toml" <<TOML
 node_id = "validator-1"
 listen = "127.0.0.1:$PROCESSOR_PORT"
 database_url = "$PG_BASE/demo_processor_1"
+[keystore]
+kek_file = "$work/kek.hex"
 [link]
 heartbeat_interval = "1s"
 peer_timeout = "5s"

@@ -95,8 +95,17 @@ async fn main() {
         l.local_addr().unwrap().port()
     };
     let shutdown = CancellationToken::new();
+    let dir = tempfile::tempdir().unwrap();
+    let kek = dir.path().join("kek");
+    std::fs::write(
+        &kek,
+        processor::keystore::Kek::generate().to_hex().as_bytes(),
+    )
+    .unwrap();
     let pconfig = processor::config::Config::from_toml(&format!(
-        "node_id = \"validator-1\"\nlisten = \"127.0.0.1:{port}\"\ndatabase_url = \"{pdb}\"\n[log]\nfilter = \"warn\"\n"
+        "node_id = \"validator-1\"\nlisten = \"127.0.0.1:{port}\"\ndatabase_url = \"{pdb}\"\n\
+         [keystore]\nkek_file = \"{}\"\n[log]\nfilter = \"warn\"\n",
+        kek.display()
     ))
     .unwrap();
     processor::telemetry::init("warn", false);

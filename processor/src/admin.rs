@@ -5,8 +5,9 @@ use std::time::SystemTime;
 
 use proto::processor_v1::processor_admin_server::ProcessorAdmin;
 use proto::processor_v1::{
-    GetStatusRequest, InboxEntry, InboxPage, ListRequest, ProcessorStatus, QuarantineEntry,
-    QuarantinePage, SendLogEntry, SendLogPage, SettlementBlockEntry, SettlementBlockPage,
+    GetStatusRequest, InboxEntry, InboxPage, KeyInfo, KeyList, ListKeysRequest, ListRequest,
+    ProcessorStatus, QuarantineEntry, QuarantinePage, SendLogEntry, SendLogPage,
+    SettlementBlockEntry, SettlementBlockPage,
 };
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
@@ -14,7 +15,7 @@ use tonic::{Request, Response, Status};
 use crate::error::ServiceError;
 use crate::inbound::CoordinatorHandler;
 use crate::link::{Link, ProcessorSide, db as link_db};
-use crate::settlement;
+use crate::{keygen, settlement};
 
 /// The processor's link type.
 pub type CoordinatorLink = Link<ProcessorSide, CoordinatorHandler>;
@@ -23,6 +24,7 @@ pub type CoordinatorLink = Link<ProcessorSide, CoordinatorHandler>;
 #[derive(Debug, Clone)]
 pub struct Admin {
     pool: PgPool,
+    identity: [u8; 32],
     link: Arc<CoordinatorLink>,
     node_id: String,
     started: SystemTime,
@@ -30,9 +32,15 @@ pub struct Admin {
 
 impl Admin {
     /// A new admin service over the processor's state.
-    pub fn new(pool: PgPool, link: Arc<CoordinatorLink>, node_id: String) -> Self {
+    pub fn new(
+        pool: PgPool,
+        link: Arc<CoordinatorLink>,
+        node_id: String,
+        identity: [u8; 32],
+    ) -> Self {
         Self {
             pool,
+            identity,
             link,
             node_id,
             started: SystemTime::now(),
@@ -160,6 +168,33 @@ impl ProcessorAdmin for Admin {
                     received_unix_ms: b.received_unix_ms,
                 })
                 .collect(),
+        }))
+    }
+
+    async fn list_keys(
+        &self,
+        _request: Request<ListKeysRequest>,
+    ) -> Result<Response<KeyList>, Status> {
+        let rows = keygen::db::list(&self.pool)
+            .await
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(KeyList {
+            keys: rows
+                .into_iter()
+                .map(|k| KeyInfo {
+                    session: k.session,
+                    threshold: u32::from(k.threshold),
+                    participants: u32::try_from(k.participant_keys.len()).unwrap_or(u32::MAX),
+                    own_index: u32::from(k.own_index),
+                    status: k.status,
+                    group_key: k.group_key.map(hex::encode).unwrap_or_default(),
+                    monero_address: k.monero_address.unwrap_or_default(),
+                    failure: k.failure.unwrap_or_default(),
+                    blamed: k.blamed.map(u32::from).unwrap_or(0),
+                    updated_unix_ms: k.updated_unix_ms,
+                })
+                .collect(),
+            identity_public_key: hex::encode(self.identity),
         }))
     }
 }

@@ -29,6 +29,8 @@ pub struct Config {
     /// Most connections in the Postgres pool.
     #[serde(default = "default_max_connections")]
     pub max_db_connections: u32,
+    /// Key material at rest.
+    pub keystore: KeystoreConfig,
     /// The coordinator link.
     #[serde(default)]
     pub link: LinkConfig,
@@ -48,11 +50,23 @@ impl std::fmt::Debug for Config {
             .field("listen", &self.listen)
             .field("database_url", &redact_url(&self.database_url))
             .field("max_db_connections", &self.max_db_connections)
+            .field("keystore", &self.keystore)
             .field("link", &self.link)
             .field("admin", &self.admin)
             .field("log", &self.log)
             .finish()
     }
+}
+
+/// Where the key-encryption key comes from.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KeystoreConfig {
+    /// A file holding the 32-byte key-encryption key as 64 hex characters
+    /// (e.g. a mounted Secret; `processor generate-kek --out FILE` makes
+    /// one). Every secret in the database is sealed under it; it is never
+    /// stored in the database. Losing it loses the key shares.
+    pub kek_file: std::path::PathBuf,
 }
 
 /// Limits of the admin/query API.
@@ -164,6 +178,11 @@ impl Config {
                     .into(),
             ));
         }
+        if self.keystore.kek_file.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid(
+                "keystore.kek_file must not be empty".into(),
+            ));
+        }
         self.link.validate("link").map_err(ConfigError::Invalid)?;
         if self.admin.request_timeout.is_zero() {
             return Err(ConfigError::Invalid(
@@ -231,7 +250,7 @@ mod tests {
 
     #[test]
     fn unknown_field_is_named() {
-        let text = "node_id = \"a\"\nlisten = \"127.0.0.1:1\"\ndatabase_url = \"postgres://x/y\"\n[link]\nheartbeat = \"1s\"\n";
+        let text = "node_id = \"a\"\nlisten = \"127.0.0.1:1\"\ndatabase_url = \"postgres://x/y\"\n[keystore]\nkek_file = \"k\"\n[link]\nheartbeat = \"1s\"\n";
         let err = Config::from_toml(text).expect_err("unknown field must be refused");
         let msg = err.to_string();
         assert!(msg.contains("link") && msg.contains("heartbeat"), "{msg}");
@@ -245,7 +264,7 @@ mod tests {
             .expect_err("bad address")
             .to_string();
         assert!(msg.contains("`listen`"), "{msg}");
-        let text = "node_id = \"a\"\nlisten = \"127.0.0.1:1\"\ndatabase_url = \"postgres://x/y\"\n[link]\nheartbeat_interval = \"5s\"\npeer_timeout = \"2s\"\n";
+        let text = "node_id = \"a\"\nlisten = \"127.0.0.1:1\"\ndatabase_url = \"postgres://x/y\"\n[keystore]\nkek_file = \"k\"\n[link]\nheartbeat_interval = \"5s\"\npeer_timeout = \"2s\"\n";
         let msg = Config::from_toml(text)
             .expect_err("timeout below heartbeat")
             .to_string();
@@ -263,7 +282,7 @@ mod tests {
     #[test]
     fn password_is_redacted() {
         let config = Config::from_toml(
-            "node_id = \"a\"\nlisten = \"127.0.0.1:1\"\ndatabase_url = \"postgres://u:hunter2@h/d\"\n",
+            "node_id = \"a\"\nlisten = \"127.0.0.1:1\"\ndatabase_url = \"postgres://u:hunter2@h/d\"\n[keystore]\nkek_file = \"k\"\n",
         )
         .expect("valid");
         let shown = format!("{config:?}");

@@ -4,12 +4,22 @@
 use proto::processor_v1::{CoordinatorMessage, coordinator_message::Kind};
 use sqlx::PgConnection;
 
+use crate::keystore::Keystore;
 use crate::link::{HandleError, Handler, Inbound};
-use crate::settlement;
+use crate::{keygen, settlement};
 
 /// Dispatches coordinator messages to the processor's modules.
-#[derive(Debug, Clone, Default)]
-pub struct CoordinatorHandler;
+#[derive(Debug, Clone)]
+pub struct CoordinatorHandler {
+    keystore: Keystore,
+}
+
+impl CoordinatorHandler {
+    /// A handler using `keystore` for everything secret.
+    pub fn new(keystore: Keystore) -> Self {
+        Self { keystore }
+    }
+}
 
 impl Handler for CoordinatorHandler {
     type Message = CoordinatorMessage;
@@ -31,6 +41,16 @@ impl Handler for CoordinatorHandler {
             Some(Kind::SettlementBlock(block)) => {
                 settlement::take_in(conn, inbound.link_id, block).await
             }
+            Some(Kind::KeyGenStart(m)) => {
+                keygen::start(conn, inbound.link_id, &self.keystore, m).await
+            }
+            Some(Kind::KeyGenRound1(m)) => {
+                keygen::round1_packages(conn, inbound.link_id, &self.keystore, m).await
+            }
+            Some(Kind::KeyGenRound2(m)) => {
+                keygen::round2_packages(conn, inbound.link_id, &self.keystore, m).await
+            }
+            Some(Kind::KeyConfirmed(m)) => keygen::confirmed(conn, m).await,
             // Journaled by the link; a probe has no other effect.
             Some(Kind::LinkProbe(_)) => Ok(()),
             Some(other) => Err(HandleError::Rejected(format!(

@@ -9,6 +9,8 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod inbound;
+pub mod keygen;
+pub mod keystore;
 pub mod link;
 pub mod run;
 pub mod server;

@@ -23,6 +23,13 @@ enum Command {
         #[arg(long, short, env = "PROCESSOR_CONFIG")]
         config: PathBuf,
     },
+    /// Write a new random key-encryption key (64 hex characters) to a file
+    /// readable only by its owner. Refuses to overwrite an existing file.
+    GenerateKek {
+        /// Where to write it.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Check a configuration file (with environment overrides) and print it,
     /// secrets redacted.
     CheckConfig {
@@ -35,6 +42,16 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::GenerateKek { out } => match write_kek(&out) {
+            Ok(()) => {
+                println!("wrote a new key-encryption key to {}", out.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: cannot write {}: {e}", out.display());
+                ExitCode::FAILURE
+            }
+        },
         Command::CheckConfig { config } => match Config::load(&config) {
             Ok(config) => {
                 println!("{config:#?}");
@@ -80,6 +97,20 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn write_kek(path: &std::path::Path) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let kek = processor::keystore::Kek::generate();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(kek.to_hex().as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()
 }
 
 /// Fault injection for crash tests: only when `FAILPOINTS` is set.

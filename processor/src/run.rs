@@ -19,6 +19,8 @@ use crate::admin::{Admin, CoordinatorLink};
 use crate::config::Config;
 use crate::db::{self, DbError, InstanceLock};
 use crate::inbound::CoordinatorHandler;
+use crate::keygen;
+use crate::keystore::Keystore;
 use crate::link::Link;
 use crate::server::{AdminGuardLayer, reflection, trace_call};
 
@@ -42,6 +44,9 @@ pub enum RunError {
     /// The gRPC server failed.
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// The keystore cannot be opened (KEK file, wrong KEK).
+    #[error(transparent)]
+    Keystore(#[from] crate::keystore::KeystoreError),
     /// Reflection could not be built from the contract.
     #[error("gRPC reflection setup failed: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -88,17 +93,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     let pool = db::connect(&config.database_url, config.max_db_connections).await?;
     db::migrate(&pool, &config.database_url).await?;
     info!(node_id = %config.node_id, "database ready, instance lock held");
+    let keystore = Keystore::open(&pool, &config.keystore.kek_file).await?;
+    info!(identity = %hex::encode(keystore.identity_public()), "keystore open");
 
     let link: Arc<CoordinatorLink> = Link::new(
         pool.clone(),
         COORDINATOR_LINK,
         config.node_id.clone(),
         config.link.clone(),
-        CoordinatorHandler,
+        CoordinatorHandler::new(keystore.clone()),
         shutdown.child_token(),
     )
     .await
     .map_err(DbError::from)?;
+    // The coordinator needs our identity key before it can start a DKG.
+    let mut tx = pool.begin().await.map_err(DbError::from)?;
+    keygen::announce_identity(&mut tx, COORDINATOR_LINK, &keystore)
+        .await
+        .map_err(DbError::from)?;
+    tx.commit().await.map_err(DbError::from)?;
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -120,6 +133,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         pool.clone(),
         link.clone(),
         config.node_id.clone(),
+        keystore.identity_public(),
     )));
     let link_service = ProcessorServer::new(LinkService {
         link: link.clone(),

@@ -33,92 +33,65 @@ fn coordinator_config(db_url: &str, processors: &[(&str, u16)]) -> CoordinatorCo
 }
 
 /// Checks both databases agree that every settlement block went through
-/// exactly once each way.
+/// exactly once each way. The processor also sent one identity announcement.
 async fn assert_exactly_once(processor: &PgPool, coordinator: &PgPool, link: &str, blocks: i64) {
+    let p = |sql: &'static str| scalar_i64(processor, sql);
     // Processor side: every block once, every inbound id once, no gaps.
+    assert_eq!(p("SELECT count(*) FROM settlement_blocks").await, blocks);
     assert_eq!(
-        scalar_i64(processor, "SELECT count(*) FROM settlement_blocks").await,
+        p("SELECT count(DISTINCT number) FROM settlement_blocks").await,
         blocks
     );
     assert_eq!(
-        scalar_i64(
-            processor,
-            "SELECT count(DISTINCT number) FROM settlement_blocks"
-        )
-        .await,
+        p("SELECT COALESCE(max(number) + 1, 0) FROM settlement_blocks").await,
         blocks
     );
+    assert_eq!(p("SELECT count(*) FROM inbox").await, blocks);
     assert_eq!(
-        scalar_i64(
-            processor,
-            "SELECT COALESCE(max(number) + 1, 0) FROM settlement_blocks"
-        )
-        .await,
-        blocks
-    );
-    assert_eq!(
-        scalar_i64(processor, "SELECT count(*) FROM inbox").await,
-        blocks
-    );
-    assert_eq!(
-        scalar_i64(processor, "SELECT count(*) FROM quarantine").await,
+        p("SELECT count(*) FROM quarantine").await,
         0,
         "nothing refused"
     );
+    assert_eq!(p("SELECT last_handled_in FROM link_state").await, blocks);
+    // One acknowledgement per block in its send log, all acknowledged.
     assert_eq!(
-        scalar_i64(processor, "SELECT last_handled_in FROM link_state").await,
+        p("SELECT count(*) FROM send_log WHERE kind = 'settlement_block_ack'").await,
         blocks
     );
-    // One acknowledgement per block in the processor's send log, all acked.
+    assert_eq!(p("SELECT count(*) FROM send_log").await, blocks + 1);
     assert_eq!(
-        scalar_i64(processor, "SELECT count(*) FROM send_log").await,
-        blocks
-    );
-    assert_eq!(
-        scalar_i64(processor, "SELECT acked_out FROM link_state").await,
-        blocks,
-        "every processor message acknowledged"
+        p("SELECT acked_out FROM link_state").await,
+        blocks + 1,
+        "all acknowledged"
     );
     // Coordinator side.
-    let q = |sql: &str| sql.replace("$LINK", &format!("'{link}'"));
+    let c = |sql: &str| {
+        let sql = sql.replace("$LINK", &format!("'{link}'"));
+        async move { scalar_i64(coordinator, &sql).await }
+    };
     assert_eq!(
-        scalar_i64(
-            coordinator,
-            &q("SELECT count(*) FROM settlement_acks WHERE processor = $LINK")
-        )
-        .await,
+        c("SELECT count(*) FROM settlement_acks WHERE processor = $LINK").await,
         blocks
     );
     assert_eq!(
-        scalar_i64(
-            coordinator,
-            &q("SELECT count(*) FROM inbox WHERE link_id = $LINK")
-        )
-        .await,
+        c("SELECT count(*) FROM inbox WHERE link_id = $LINK AND kind = 'settlement_block_ack'")
+            .await,
         blocks
     );
     assert_eq!(
-        scalar_i64(
-            coordinator,
-            &q("SELECT count(*) FROM quarantine WHERE link_id = $LINK")
-        )
-        .await,
+        c("SELECT count(*) FROM inbox WHERE link_id = $LINK").await,
+        blocks + 1
+    );
+    assert_eq!(
+        c("SELECT count(*) FROM quarantine WHERE link_id = $LINK").await,
         0
     );
     assert_eq!(
-        scalar_i64(
-            coordinator,
-            &q("SELECT last_handled_in FROM link_state WHERE link_id = $LINK")
-        )
-        .await,
-        blocks
+        c("SELECT last_handled_in FROM link_state WHERE link_id = $LINK").await,
+        blocks + 1
     );
     assert_eq!(
-        scalar_i64(
-            coordinator,
-            &q("SELECT acked_out FROM link_state WHERE link_id = $LINK")
-        )
-        .await,
+        c("SELECT acked_out FROM link_state WHERE link_id = $LINK").await,
         blocks
     );
 }
@@ -133,8 +106,9 @@ async fn wait_all_acked(processor: &PgPool, coordinator: &PgPool, link: &str, bl
         || async {
             let acks = scalar_i64(coordinator, &sql).await;
             let acked = scalar_i64(coordinator, &acked_sql).await;
+            // The processor sends its identity, then one ack per block.
             let processor_acked = scalar_i64(processor, "SELECT acked_out FROM link_state").await;
-            (acks == blocks && acked == blocks && processor_acked == blocks).then_some(())
+            (acks == blocks && acked == blocks && processor_acked == blocks + 1).then_some(())
         },
     )
     .await;
@@ -194,7 +168,7 @@ async fn processor_sigkilled_between_commit_and_ack() {
         dir.path(),
         port,
         &pdb.url,
-        &[("FAILPOINTS", "link-after-commit=pause")],
+        &[("FAILPOINTS", "link-after-commit=return")],
     );
     wait_port(port).await;
     let shutdown = CancellationToken::new();

@@ -107,7 +107,7 @@ async fn grpcurl_lists_queries_and_checks_health() {
                     "processor.v1.ProcessorAdmin/GetStatus",
                 ]);
                 (s.contains("\"lastHandledInboundId\": \"2\"")
-                    && s.contains("\"ackedOutboundId\": \"1\""))
+                    && s.contains("\"ackedOutboundId\": \"2\""))
                 .then_some(s)
             }
         },

@@ -74,5 +74,6 @@ pub fn processor_message_kind(message: &processor_v1::ProcessorMessage) -> &'sta
         Some(Kind::Fault(_)) => "fault",
         Some(Kind::SettlementBlockAck(_)) => "settlement_block_ack",
         Some(Kind::LinkProbe(_)) => "link_probe",
+        Some(Kind::Identity(_)) => "identity",
     }
 }

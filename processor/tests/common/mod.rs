@@ -104,19 +104,36 @@ pub fn coordinator_bin() -> PathBuf {
     path
 }
 
+/// The KEK file of processor `name` in `dir`, created on first use so that
+/// a restarted processor finds the same one.
+pub fn kek_file(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.kek"));
+    if !path.exists() {
+        std::fs::write(
+            &path,
+            processor::keystore::Kek::generate().to_hex().as_bytes(),
+        )
+        .expect("write KEK file");
+    }
+    path
+}
+
 /// A processor configuration for tests: fast heartbeats.
-pub fn processor_config(node_id: &str, port: u16, db_url: &str) -> String {
+pub fn processor_config(node_id: &str, port: u16, db_url: &str, kek: &Path) -> String {
     format!(
         r#"node_id = "{node_id}"
 listen = "127.0.0.1:{port}"
 database_url = "{db_url}"
+[keystore]
+kek_file = "{}"
 [link]
 heartbeat_interval = "200ms"
 peer_timeout = "1500ms"
 poll_interval = "100ms"
 [log]
 filter = "info,processor=debug"
-"#
+"#,
+        kek.display()
     )
 }
 
@@ -212,7 +229,7 @@ pub fn spawn_processor(
         Path::new(env!("CARGO_BIN_EXE_processor")),
         name,
         dir,
-        &processor_config(name, port, db_url),
+        &processor_config(name, port, db_url, &kek_file(dir, name)),
         env,
     )
 }

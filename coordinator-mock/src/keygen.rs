@@ -1,0 +1,617 @@
+//! Key generation as the coordinator runs it: one round at a time, relaying
+//! packages (round-2 ciphertexts only to their recipient), confirming the key
+//! when every participant reports the same one, recording blame, and
+//! reporting participants that stay silent past the round timeout.
+
+use std::collections::HashMap;
+
+use prost::Message as _;
+use proto::processor_v1::{
+    CoordinatorMessage, KeyConfirmed, KeyGenBlame, KeyGenRound1, KeyGenRound1Packages,
+    KeyGenRound2, KeyGenRound2Packages, KeyGenStart, KeyGenerated, Participant, ProcessorIdentity,
+    coordinator_message::Kind,
+};
+use sqlx::{PgConnection, PgPool, Row};
+use tracing::{info, warn};
+
+use processor::link::{self, HandleError, OutMessage};
+
+use crate::coordinator::CoordinatorError;
+
+fn out(uid: String, kind: &'static str, message: Kind) -> OutMessage {
+    OutMessage {
+        uid,
+        kind,
+        payload: CoordinatorMessage {
+            kind: Some(message),
+        }
+        .encode_to_vec(),
+    }
+}
+
+fn i64_of(v: u64) -> Result<i64, HandleError> {
+    i64::try_from(v).map_err(|_| HandleError::Rejected(format!("session {v} out of range")))
+}
+
+/// `ProcessorIdentity`: remember the key to put in `KeyGenStart`.
+pub async fn record_identity(
+    conn: &mut PgConnection,
+    processor: &str,
+    message: ProcessorIdentity,
+) -> Result<(), HandleError> {
+    if message.encryption_public_key.len() != 32 {
+        return Err(HandleError::Rejected(format!(
+            "identity key of {processor} is {} bytes, not 32",
+            message.encryption_public_key.len()
+        )));
+    }
+    sqlx::query(
+        "INSERT INTO processor_identities (processor, encryption_public_key) VALUES ($1, $2)
+         ON CONFLICT (processor) DO UPDATE SET encryption_public_key = EXCLUDED.encryption_public_key, updated_at = now()",
+    )
+    .bind(processor)
+    .bind(&message.encryption_public_key)
+    .execute(&mut *conn)
+    .await?;
+    info!(processor, key = %hex_of(&message.encryption_public_key), "processor identity recorded");
+    Ok(())
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Starts session `next` among `processors` (names, in index order).
+pub async fn start(
+    pool: &PgPool,
+    threshold: u32,
+    processors: &[String],
+) -> Result<u64, CoordinatorError> {
+    let n = processors.len();
+    if n < 2 {
+        return Err(CoordinatorError::InvalidArgument(format!(
+            "a key needs at least 2 processors, got {n}"
+        )));
+    }
+    if threshold < 2 || threshold as usize > n {
+        return Err(CoordinatorError::InvalidArgument(format!(
+            "threshold {threshold} is not within 2..={n}"
+        )));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for p in processors {
+        if !seen.insert(p) {
+            return Err(CoordinatorError::InvalidArgument(format!(
+                "processor {p:?} listed twice"
+            )));
+        }
+    }
+    let mut tx = pool.begin().await?;
+    let names: Vec<&str> = processors.iter().map(String::as_str).collect();
+    let rows = sqlx::query(
+        "SELECT processor, encryption_public_key FROM processor_identities WHERE processor = ANY($1)",
+    )
+    .bind(&names)
+    .fetch_all(&mut *tx)
+    .await?;
+    let keys: HashMap<String, Vec<u8>> = rows.into_iter().map(|r| (r.get(0), r.get(1))).collect();
+    for p in processors {
+        if !keys.contains_key(p) {
+            return Err(CoordinatorError::FailedPrecondition(format!(
+                "processor {p:?} has not announced its identity key yet; is it connected?"
+            )));
+        }
+    }
+    sqlx::query("LOCK TABLE keygen_sessions IN EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await?;
+    let session: i64 =
+        sqlx::query_scalar("SELECT COALESCE(MAX(session) + 1, 0) FROM keygen_sessions")
+            .fetch_one(&mut *tx)
+            .await?;
+    sqlx::query(
+        "INSERT INTO keygen_sessions (session, threshold, status) VALUES ($1, $2, 'round1')",
+    )
+    .bind(session)
+    .bind(i32::try_from(threshold).unwrap_or(i32::MAX))
+    .execute(&mut *tx)
+    .await?;
+    let participants: Vec<Participant> = processors
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Participant {
+            index: u32::try_from(i + 1).unwrap_or(u32::MAX),
+            encryption_public_key: keys[p].clone(),
+        })
+        .collect();
+    for (i, p) in processors.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO keygen_participants (session, idx, processor) VALUES ($1, $2, $3)",
+        )
+        .bind(session)
+        .bind(i32::try_from(i + 1).unwrap_or(i32::MAX))
+        .bind(p)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let session_u = u64::try_from(session).unwrap_or(0);
+    let mut order: Vec<(usize, &String)> = processors.iter().enumerate().collect();
+    order.sort_by(|a, b| a.1.cmp(b.1));
+    for (i, p) in order {
+        link::enqueue(
+            &mut tx,
+            p,
+            &[out(
+                format!("keygen-start/{session}"),
+                "key_gen_start",
+                Kind::KeyGenStart(KeyGenStart {
+                    session: session_u,
+                    threshold,
+                    own_index: u32::try_from(i + 1).unwrap_or(u32::MAX),
+                    participants: participants.clone(),
+                }),
+            )],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    info!(session, threshold, n, "key generation started");
+    Ok(session_u)
+}
+
+struct SessionRow {
+    session: i64,
+    attempt: i32,
+    status: String,
+}
+
+/// Locks the session (serializing every handler of it: the last to arrive
+/// sees everyone's submissions) and finds the sender's index.
+async fn lock_session(
+    conn: &mut PgConnection,
+    session: u64,
+    processor: &str,
+) -> Result<(SessionRow, i32), HandleError> {
+    let session = i64_of(session)?;
+    let row = sqlx::query(
+        "SELECT session, attempt, status FROM keygen_sessions WHERE session = $1 FOR UPDATE",
+    )
+    .bind(session)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| HandleError::Rejected(format!("no key generation session {session}")))?;
+    let s = SessionRow {
+        session: row.get(0),
+        attempt: row.get(1),
+        status: row.get(2),
+    };
+    let index: i32 = sqlx::query_scalar(
+        "SELECT idx FROM keygen_participants WHERE session = $1 AND processor = $2",
+    )
+    .bind(session)
+    .bind(processor)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| {
+        HandleError::Rejected(format!(
+            "{processor} is not a participant of session {session}"
+        ))
+    })?;
+    Ok((s, index))
+}
+
+/// The participants' link ids by index, sorted by link id for lock order.
+async fn participants(
+    conn: &mut PgConnection,
+    session: i64,
+) -> Result<Vec<(i32, String)>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT idx, processor FROM keygen_participants WHERE session = $1 ORDER BY processor",
+    )
+    .bind(session)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+fn expect_status(s: &SessionRow, status: &str, attempt: u32) -> Result<(), HandleError> {
+    if s.status != status {
+        return Err(HandleError::Rejected(format!(
+            "session {} is in status {}, not {status}",
+            s.session, s.status
+        )));
+    }
+    if i64::from(s.attempt) != i64::from(attempt) {
+        return Err(HandleError::Rejected(format!(
+            "session {} is at attempt {}, not {attempt}",
+            s.session, s.attempt
+        )));
+    }
+    Ok(())
+}
+
+/// `KeyGenRound1`: store; when all are in, broadcast them.
+pub async fn round1(
+    conn: &mut PgConnection,
+    processor: &str,
+    m: KeyGenRound1,
+) -> Result<(), HandleError> {
+    let (s, index) = lock_session(conn, m.session, processor).await?;
+    expect_status(&s, "round1", m.attempt)?;
+    let stored = sqlx::query("UPDATE keygen_participants SET round1 = $3 WHERE session = $1 AND idx = $2 AND round1 IS NULL")
+        .bind(s.session)
+        .bind(index)
+        .bind(&m.package)
+        .execute(&mut *conn)
+        .await?;
+    if stored.rows_affected() == 0 {
+        return Err(HandleError::Rejected(format!(
+            "{processor} sent round 1 of session {} twice",
+            s.session
+        )));
+    }
+    let rows = sqlx::query("SELECT idx, round1 FROM keygen_participants WHERE session = $1")
+        .bind(s.session)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut packages = HashMap::new();
+    for r in &rows {
+        if let Some(p) = r.get::<Option<Vec<u8>>, _>(1) {
+            packages.insert(u32::try_from(r.get::<i32, _>(0)).unwrap_or(0), p);
+        }
+    }
+    if packages.len() < rows.len() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE keygen_sessions SET status = 'round2', round_started_at = now() WHERE session = $1",
+    )
+    .bind(s.session)
+    .execute(&mut *conn)
+    .await?;
+    let message = Kind::KeyGenRound1(KeyGenRound1Packages {
+        session: m.session,
+        attempt: m.attempt,
+        packages,
+    });
+    for (_, link_id) in participants(conn, s.session).await? {
+        link::enqueue(
+            conn,
+            &link_id,
+            &[out(
+                format!("keygen-round1-packages/{}/{}", s.session, s.attempt),
+                "key_gen_round1",
+                message.clone(),
+            )],
+        )
+        .await?;
+    }
+    info!(
+        session = s.session,
+        "key generation: every round-1 package in, relayed"
+    );
+    Ok(())
+}
+
+/// `KeyGenRound2`: store; when all are in, send each recipient its share.
+pub async fn round2(
+    conn: &mut PgConnection,
+    processor: &str,
+    m: KeyGenRound2,
+) -> Result<(), HandleError> {
+    let (s, index) = lock_session(conn, m.session, processor).await?;
+    expect_status(&s, "round2", m.attempt)?;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM keygen_participants WHERE session = $1")
+        .bind(s.session)
+        .fetch_one(&mut *conn)
+        .await?;
+    let mut expected: Vec<i64> = (1..=n).filter(|&i| i != i64::from(index)).collect();
+    let mut got: Vec<i64> = m.packages.keys().map(|&k| i64::from(k)).collect();
+    expected.sort_unstable();
+    got.sort_unstable();
+    if got != expected {
+        return Err(HandleError::Rejected(format!(
+            "{processor} sent round-2 packages for {got:?}, expected {expected:?}"
+        )));
+    }
+    let done = sqlx::query("UPDATE keygen_participants SET round2_done = TRUE WHERE session = $1 AND idx = $2 AND NOT round2_done")
+        .bind(s.session)
+        .bind(index)
+        .execute(&mut *conn)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(HandleError::Rejected(format!(
+            "{processor} sent round 2 of session {} twice",
+            s.session
+        )));
+    }
+    for (to, ciphertext) in &m.packages {
+        sqlx::query("INSERT INTO keygen_round2 (session, from_idx, to_idx, ciphertext) VALUES ($1, $2, $3, $4)")
+            .bind(s.session)
+            .bind(index)
+            .bind(i32::try_from(*to).unwrap_or(i32::MAX))
+            .bind(ciphertext)
+            .execute(&mut *conn)
+            .await?;
+    }
+    let pending: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM keygen_participants WHERE session = $1 AND NOT round2_done",
+    )
+    .bind(s.session)
+    .fetch_one(&mut *conn)
+    .await?;
+    if pending > 0 {
+        return Ok(());
+    }
+    sqlx::query("UPDATE keygen_sessions SET status = 'generating', round_started_at = now() WHERE session = $1")
+        .bind(s.session)
+        .execute(&mut *conn)
+        .await?;
+    for (to, link_id) in participants(conn, s.session).await? {
+        let rows = sqlx::query(
+            "SELECT from_idx, ciphertext FROM keygen_round2 WHERE session = $1 AND to_idx = $2",
+        )
+        .bind(s.session)
+        .bind(to)
+        .fetch_all(&mut *conn)
+        .await?;
+        let packages = rows
+            .into_iter()
+            .map(|r| {
+                (
+                    u32::try_from(r.get::<i32, _>(0)).unwrap_or(0),
+                    r.get::<Vec<u8>, _>(1),
+                )
+            })
+            .collect();
+        let message = Kind::KeyGenRound2(KeyGenRound2Packages {
+            session: m.session,
+            attempt: m.attempt,
+            packages,
+        });
+        link::enqueue(
+            conn,
+            &link_id,
+            &[out(
+                format!("keygen-round2-packages/{}/{}", s.session, s.attempt),
+                "key_gen_round2",
+                message,
+            )],
+        )
+        .await?;
+    }
+    info!(
+        session = s.session,
+        "key generation: every round-2 package in, relayed to recipients"
+    );
+    Ok(())
+}
+
+/// `KeyGenerated`: when everyone reported, confirm if they agree.
+pub async fn generated(
+    conn: &mut PgConnection,
+    processor: &str,
+    m: KeyGenerated,
+) -> Result<(), HandleError> {
+    let (s, index) = lock_session(conn, m.session, processor).await?;
+    if s.status != "generating" {
+        return Err(HandleError::Rejected(format!(
+            "session {} is in status {}, not generating",
+            s.session, s.status
+        )));
+    }
+    sqlx::query("UPDATE keygen_participants SET group_key = $3, monero_address = $4 WHERE session = $1 AND idx = $2")
+        .bind(s.session)
+        .bind(index)
+        .bind(&m.group_key)
+        .bind(&m.monero_address)
+        .execute(&mut *conn)
+        .await?;
+    let rows = sqlx::query("SELECT processor, group_key, monero_address FROM keygen_participants WHERE session = $1 ORDER BY idx")
+        .bind(s.session)
+        .fetch_all(&mut *conn)
+        .await?;
+    let reports: Vec<(String, Option<Vec<u8>>, Option<String>)> = rows
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    if reports.iter().any(|r| r.1.is_none()) {
+        return Ok(());
+    }
+    let first = reports[0].clone();
+    if let Some(odd) = reports.iter().find(|r| r.1 != first.1 || r.2 != first.2) {
+        let failure = format!(
+            "participants disagree on the key: {} reported {}, {} reported {}",
+            first.0,
+            hex_of(first.1.as_deref().unwrap_or_default()),
+            odd.0,
+            hex_of(odd.1.as_deref().unwrap_or_default())
+        );
+        warn!(session = s.session, "{failure}");
+        sqlx::query(
+            "UPDATE keygen_sessions SET status = 'failed', failure = $2 WHERE session = $1",
+        )
+        .bind(s.session)
+        .bind(&failure)
+        .execute(&mut *conn)
+        .await?;
+        return Ok(());
+    }
+    let group_key = first.1.unwrap_or_default();
+    sqlx::query("UPDATE keygen_sessions SET status = 'confirmed', group_key = $2, monero_address = $3 WHERE session = $1")
+        .bind(s.session)
+        .bind(&group_key)
+        .bind(&first.2)
+        .execute(&mut *conn)
+        .await?;
+    let message = Kind::KeyConfirmed(KeyConfirmed {
+        session: m.session,
+        group_key: group_key.clone(),
+    });
+    for (_, link_id) in participants(conn, s.session).await? {
+        link::enqueue(
+            conn,
+            &link_id,
+            &[out(
+                format!("keygen-confirmed/{}", s.session),
+                "key_confirmed",
+                message.clone(),
+            )],
+        )
+        .await?;
+    }
+    info!(session = s.session, group_key = %hex_of(&group_key), address = first.2.as_deref().unwrap_or(""), "key confirmed by every participant");
+    Ok(())
+}
+
+/// `KeyGenBlame`: record it; the session fails.
+pub async fn blame(
+    conn: &mut PgConnection,
+    processor: &str,
+    m: KeyGenBlame,
+) -> Result<(), HandleError> {
+    let (s, index) = lock_session(conn, m.session, processor).await?;
+    let accused: Option<String> = sqlx::query_scalar(
+        "SELECT processor FROM keygen_participants WHERE session = $1 AND idx = $2",
+    )
+    .bind(s.session)
+    .bind(i32::try_from(m.accused).unwrap_or(0))
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(accused) = accused else {
+        return Err(HandleError::Rejected(format!(
+            "{processor} blamed participant {}, who is not in session {}",
+            m.accused, s.session
+        )));
+    };
+    sqlx::query(
+        "INSERT INTO keygen_blames (session, accuser, accused, reason, evidence) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (session, accuser) DO NOTHING",
+    )
+    .bind(s.session)
+    .bind(index)
+    .bind(i32::try_from(m.accused).unwrap_or(0))
+    .bind(&m.reason)
+    .bind(&m.evidence)
+    .execute(&mut *conn)
+    .await?;
+    let failure = format!("{processor} blamed {accused}: {}", m.reason);
+    warn!(session = s.session, "{failure}");
+    sqlx::query("UPDATE keygen_sessions SET status = 'failed', failure = COALESCE(failure, $2) WHERE session = $1")
+        .bind(s.session)
+        .bind(&failure)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Marks sessions whose current round outlived `timeout` as failed, naming
+/// the participants that did not answer. Returns how many it marked.
+pub async fn expire(pool: &PgPool, timeout: std::time::Duration) -> Result<usize, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let rows = sqlx::query(
+        "SELECT session, status FROM keygen_sessions
+         WHERE status IN ('round1', 'round2', 'generating') AND round_started_at < now() - $1::interval
+         FOR UPDATE SKIP LOCKED",
+    )
+    .bind(format!("{} milliseconds", timeout.as_millis()))
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut marked = 0;
+    for row in rows {
+        let session: i64 = row.get(0);
+        let status: String = row.get(1);
+        let condition = match status.as_str() {
+            "round1" => "round1 IS NULL",
+            "round2" => "NOT round2_done",
+            _ => "group_key IS NULL",
+        };
+        let silent: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT processor FROM keygen_participants WHERE session = $1 AND {condition} ORDER BY idx"
+        )))
+        .bind(session)
+        .fetch_all(&mut *tx)
+        .await?;
+        let failure = format!(
+            "{status} timed out after {timeout:?}; silent: {}",
+            silent.join(", ")
+        );
+        warn!(session, "key generation {failure}");
+        sqlx::query("UPDATE keygen_sessions SET status = 'failed', failure = $2, silent = $3 WHERE session = $1")
+            .bind(session)
+            .bind(&failure)
+            .bind(&silent)
+            .execute(&mut *tx)
+            .await?;
+        marked += 1;
+    }
+    tx.commit().await?;
+    Ok(marked)
+}
+
+/// A session's progress for the admin API.
+pub async fn status(
+    pool: &PgPool,
+    session: Option<u64>,
+) -> Result<Vec<proto::coordinator_v1::KeyGenStatus>, sqlx::Error> {
+    let sessions = sqlx::query(
+        "SELECT session, threshold, status, group_key, monero_address, failure, silent
+         FROM keygen_sessions WHERE $1::bigint IS NULL OR session = $1 ORDER BY session",
+    )
+    .bind(session.map(|s| i64::try_from(s).unwrap_or(i64::MAX)))
+    .fetch_all(pool)
+    .await?;
+    let mut out = Vec::with_capacity(sessions.len());
+    for s in sessions {
+        let id: i64 = s.get(0);
+        let participants = sqlx::query(
+            "SELECT idx, processor, round1 IS NOT NULL, round2_done, group_key FROM keygen_participants WHERE session = $1 ORDER BY idx",
+        )
+        .bind(id)
+        .fetch_all(pool)
+        .await?;
+        let names: HashMap<i32, String> =
+            participants.iter().map(|p| (p.get(0), p.get(1))).collect();
+        let blames = sqlx::query("SELECT accuser, accused, reason FROM keygen_blames WHERE session = $1 ORDER BY accuser")
+            .bind(id)
+            .fetch_all(pool)
+            .await?;
+        out.push(proto::coordinator_v1::KeyGenStatus {
+            session: u64::try_from(id).unwrap_or(0),
+            threshold: u32::try_from(s.get::<i32, _>(1)).unwrap_or(0),
+            status: s.get(2),
+            group_key: s
+                .get::<Option<Vec<u8>>, _>(3)
+                .map(|k| hex_of(&k))
+                .unwrap_or_default(),
+            monero_address: s.get::<Option<String>, _>(4).unwrap_or_default(),
+            failure: s.get::<Option<String>, _>(5).unwrap_or_default(),
+            participants: participants
+                .iter()
+                .map(|p| proto::coordinator_v1::KeyGenParticipant {
+                    index: u32::try_from(p.get::<i32, _>(0)).unwrap_or(0),
+                    processor: p.get(1),
+                    round1: p.get(2),
+                    round2: p.get(3),
+                    group_key: p
+                        .get::<Option<Vec<u8>>, _>(4)
+                        .map(|k| hex_of(&k))
+                        .unwrap_or_default(),
+                })
+                .collect(),
+            blames: blames
+                .iter()
+                .map(|b| {
+                    let name = |i: i32| names.get(&i).cloned().unwrap_or_else(|| format!("#{i}"));
+                    proto::coordinator_v1::KeyGenBlameView {
+                        accuser: name(b.get(0)),
+                        accused: name(b.get(1)),
+                        reason: b.get(2),
+                    }
+                })
+                .collect(),
+            silent: s.get(6),
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,191 @@
+//! The `keys` table: one row per key (session).
+
+use sqlx::{PgConnection, PgPool, Row};
+
+use crate::link::db::{to_i64, to_u64};
+
+/// A key's stored state.
+#[derive(Debug, Clone)]
+pub struct KeyRow {
+    /// Session.
+    pub session: u64,
+    /// Attempt.
+    pub attempt: u32,
+    /// t.
+    pub threshold: u16,
+    /// Our index.
+    pub own_index: u16,
+    /// Identity keys of participants 1..n.
+    pub participant_keys: Vec<Vec<u8>>,
+    /// Status.
+    pub status: String,
+    /// Sealed round-1 secret (until round 2 is done).
+    pub sealed_round1_secret: Option<Vec<u8>>,
+    /// Sealed round-2 secret (until the key is generated).
+    pub sealed_round2_secret: Option<Vec<u8>>,
+    /// Everyone's round-1 packages, index order.
+    pub round1_packages: Option<Vec<Vec<u8>>>,
+    /// Sealed key package.
+    pub sealed_key_package: Option<Vec<u8>>,
+    /// Public key package.
+    pub public_key_package: Option<Vec<u8>>,
+    /// Group key.
+    pub group_key: Option<Vec<u8>>,
+    /// Address.
+    pub monero_address: Option<String>,
+    /// Failure.
+    pub failure: Option<String>,
+    /// Blamed participant.
+    pub blamed: Option<u16>,
+    /// Last update, Unix ms.
+    pub updated_unix_ms: i64,
+}
+
+const COLUMNS: &str = "session, attempt, threshold, own_index, participant_keys, status, \
+    sealed_round1_secret, sealed_round2_secret, round1_packages, sealed_key_package, \
+    public_key_package, group_key, monero_address, failure, blamed, \
+    (extract(epoch from updated_at) * 1000)::bigint";
+
+fn small(v: i32) -> u16 {
+    u16::try_from(v).unwrap_or(0)
+}
+
+fn from_row(r: &sqlx::postgres::PgRow) -> KeyRow {
+    KeyRow {
+        session: to_u64(r.get(0)),
+        attempt: u32::try_from(r.get::<i32, _>(1)).unwrap_or(0),
+        threshold: small(r.get(2)),
+        own_index: small(r.get(3)),
+        participant_keys: r.get(4),
+        status: r.get(5),
+        sealed_round1_secret: r.get(6),
+        sealed_round2_secret: r.get(7),
+        round1_packages: r.get(8),
+        sealed_key_package: r.get(9),
+        public_key_package: r.get(10),
+        group_key: r.get(11),
+        monero_address: r.get(12),
+        failure: r.get(13),
+        blamed: r.get::<Option<i32>, _>(14).map(small),
+        updated_unix_ms: r.get(15),
+    }
+}
+
+/// Loads a key and locks its row for the caller's transaction.
+pub async fn lock(conn: &mut PgConnection, session: u64) -> Result<Option<KeyRow>, sqlx::Error> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM keys WHERE session = $1 FOR UPDATE"
+    )))
+    .bind(to_i64(session))
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.as_ref().map(from_row))
+}
+
+/// Every key, in session order.
+pub async fn list(pool: &PgPool) -> Result<Vec<KeyRow>, sqlx::Error> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM keys ORDER BY session"
+    )))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.iter().map(from_row).collect())
+}
+
+/// Stores a new key in round 1.
+pub async fn insert_round1(
+    conn: &mut PgConnection,
+    session: u64,
+    attempt: u32,
+    threshold: u16,
+    own_index: u16,
+    participant_keys: &[Vec<u8>],
+    sealed_round1_secret: &[u8],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO keys (session, attempt, threshold, own_index, participant_keys, status, sealed_round1_secret)
+         VALUES ($1, $2, $3, $4, $5, 'round1', $6)",
+    )
+    .bind(to_i64(session))
+    .bind(i32::try_from(attempt).unwrap_or(i32::MAX))
+    .bind(i32::from(threshold))
+    .bind(i32::from(own_index))
+    .bind(participant_keys)
+    .bind(sealed_round1_secret)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Round 2 done: keep the round-1 packages, swap the sealed secrets.
+pub async fn set_round2(
+    conn: &mut PgConnection,
+    session: u64,
+    sealed_round2_secret: &[u8],
+    round1_packages: &[Vec<u8>],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE keys SET status = 'round2', sealed_round1_secret = NULL, sealed_round2_secret = $2,
+                round1_packages = $3, updated_at = now()
+         WHERE session = $1",
+    )
+    .bind(to_i64(session))
+    .bind(sealed_round2_secret)
+    .bind(round1_packages)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Key generated: store it, forget the round secrets.
+pub async fn set_generated(
+    conn: &mut PgConnection,
+    session: u64,
+    sealed_key_package: &[u8],
+    public_key_package: &[u8],
+    group_key: &[u8],
+    monero_address: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE keys SET status = 'generated', sealed_round2_secret = NULL, sealed_key_package = $2,
+                public_key_package = $3, group_key = $4, monero_address = $5, updated_at = now()
+         WHERE session = $1",
+    )
+    .bind(to_i64(session))
+    .bind(sealed_key_package)
+    .bind(public_key_package)
+    .bind(group_key)
+    .bind(monero_address)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The coordinator confirmed the key: it is active.
+pub async fn set_confirmed(conn: &mut PgConnection, session: u64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE keys SET status = 'confirmed', updated_at = now() WHERE session = $1")
+        .bind(to_i64(session))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The DKG failed; secrets of the attempt are dropped.
+pub async fn set_failed(
+    conn: &mut PgConnection,
+    session: u64,
+    failure: &str,
+    blamed: Option<u16>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE keys SET status = 'failed', failure = $2, blamed = $3,
+                sealed_round1_secret = NULL, sealed_round2_secret = NULL, updated_at = now()
+         WHERE session = $1",
+    )
+    .bind(to_i64(session))
+    .bind(failure)
+    .bind(blamed.map(i32::from))
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,554 @@
+//! The FROST DKG (frost-ed25519 `keys::dkg::part1/2/3`) with every secret
+//! kept sealed between rounds, and the conversions of the result: to
+//! `dkg::ThresholdKeys<Ed25519>` for Monero multisig, and to the group's
+//! Monero address.
+
+use std::collections::{BTreeMap, HashMap};
+
+use ciphersuite::Ciphersuite;
+use curve25519_dalek::Scalar;
+use curve25519_dalek::constants::ED25519_BASEPOINT_TABLE;
+use curve25519_dalek::edwards::CompressedEdwardsY;
+use dalek_ff_group::Ed25519;
+use frost_ed25519::Identifier;
+use frost_ed25519::keys::dkg::{self as frost_dkg, round1, round2};
+use frost_ed25519::keys::{KeyPackage, PublicKeyPackage, SigningShare};
+use rand_core::OsRng;
+use sha2::{Digest, Sha512};
+use zeroize::Zeroizing;
+
+use super::seal::{decrypt_from, encrypt_to};
+use super::{Keystore, KeystoreError};
+
+/// One DKG attempt as this processor sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DkgParams {
+    /// The key's session number.
+    pub session: u64,
+    /// The attempt.
+    pub attempt: u32,
+    /// Signers needed (t).
+    pub threshold: u16,
+    /// This processor's index (1..=n).
+    pub own_index: u16,
+    /// Every participant's index and X25519 identity key.
+    pub participants: BTreeMap<u16, [u8; 32]>,
+}
+
+impl DkgParams {
+    /// n.
+    pub fn n(&self) -> u16 {
+        u16::try_from(self.participants.len()).unwrap_or(u16::MAX)
+    }
+
+    /// Checks the parameters are a well-formed t-of-n with us in it.
+    pub fn validate(&self, own_identity: &[u8; 32]) -> Result<(), String> {
+        let n = self.n();
+        if n < 2 {
+            return Err(format!("a key needs at least 2 participants, got {n}"));
+        }
+        if self.threshold < 2 || self.threshold > n {
+            return Err(format!(
+                "threshold {} is not within 2..={n}",
+                self.threshold
+            ));
+        }
+        let expected: Vec<u16> = (1..=n).collect();
+        let got: Vec<u16> = self.participants.keys().copied().collect();
+        if got != expected {
+            return Err(format!("participant indices must be 1..={n}, got {got:?}"));
+        }
+        match self.participants.get(&self.own_index) {
+            None => Err(format!("own index {} is not a participant", self.own_index)),
+            Some(key) if key != own_identity => Err(format!(
+                "participant {} has identity key {}, but this processor's is {}",
+                self.own_index,
+                hex::encode(key),
+                hex::encode(own_identity)
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn purpose(&self, what: &str) -> String {
+        format!("keygen/{}/{}/{what}", self.session, self.attempt)
+    }
+
+    fn context(&self, from: u16, to: u16) -> Vec<u8> {
+        format!(
+            "keygen-round2/{}/{}/{from}->{to}",
+            self.session, self.attempt
+        )
+        .into_bytes()
+    }
+}
+
+/// A participant misbehaved; the evidence lets others check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blame {
+    /// The participant at fault.
+    pub accused: u16,
+    /// What they did.
+    pub reason: String,
+    /// What shows it (the offending package, or the decrypted share).
+    pub evidence: Vec<u8>,
+}
+
+/// Why a DKG round did not produce output.
+#[derive(Debug, thiserror::Error)]
+pub enum DkgError {
+    /// A participant misbehaved (frost's `culprits()`, or an undecodable or
+    /// undecryptable package).
+    #[error("participant {} misbehaved: {}", .0.accused, .0.reason)]
+    Blame(Blame),
+    /// The input does not fit the session (missing or extra packages).
+    #[error("{0}")]
+    Invalid(String),
+    /// Keystore trouble.
+    #[error(transparent)]
+    Keystore(#[from] KeystoreError),
+}
+
+/// Round 1's output: the broadcast package and the sealed secret.
+#[derive(Debug, Clone)]
+pub struct Round1Output {
+    /// Sealed `round1::SecretPackage`.
+    pub sealed_secret: Vec<u8>,
+    /// Serialized `round1::Package`, for everyone.
+    pub package: Vec<u8>,
+}
+
+/// Round 2's output: one encrypted package per other participant.
+#[derive(Debug, Clone)]
+pub struct Round2Output {
+    /// Sealed `round2::SecretPackage`.
+    pub sealed_secret: Vec<u8>,
+    /// Recipient index -> ciphertext only the recipient can open.
+    pub packages: BTreeMap<u16, Vec<u8>>,
+}
+
+/// The DKG's result.
+#[derive(Debug, Clone)]
+pub struct GeneratedKey {
+    /// Sealed `KeyPackage` (this processor's secret share).
+    pub sealed_key_package: Vec<u8>,
+    /// Serialized `PublicKeyPackage` (public).
+    pub public_key_package: Vec<u8>,
+    /// The group public key (compressed Ed25519).
+    pub group_key: [u8; 32],
+    /// The group's Monero address (mainnet prefix, as regtest uses).
+    pub monero_address: String,
+}
+
+fn identifier(index: u16) -> Result<Identifier, DkgError> {
+    Identifier::try_from(index).map_err(|e| DkgError::Invalid(format!("index {index}: {e}")))
+}
+
+fn index_of(params: &DkgParams, id: &Identifier) -> Option<u16> {
+    params
+        .participants
+        .keys()
+        .copied()
+        .find(|&i| Identifier::try_from(i).ok().as_ref() == Some(id))
+}
+
+/// Turns frost's error into a blame when it names a culprit.
+fn blame_from(
+    params: &DkgParams,
+    error: &frost_ed25519::Error,
+    evidence: impl Fn(u16) -> Vec<u8>,
+) -> DkgError {
+    match error.culprits().first().and_then(|c| index_of(params, c)) {
+        Some(accused) => DkgError::Blame(Blame {
+            accused,
+            reason: error.to_string(),
+            evidence: evidence(accused),
+        }),
+        None => DkgError::Invalid(format!("DKG failed without a culprit: {error}")),
+    }
+}
+
+fn expect_others<T>(
+    params: &DkgParams,
+    got: &BTreeMap<u16, T>,
+    what: &str,
+) -> Result<(), DkgError> {
+    let expected: Vec<u16> = params
+        .participants
+        .keys()
+        .copied()
+        .filter(|&i| i != params.own_index)
+        .collect();
+    let have: Vec<u16> = got
+        .keys()
+        .copied()
+        .filter(|&i| i != params.own_index)
+        .collect();
+    if have != expected {
+        return Err(DkgError::Invalid(format!(
+            "{what}: expected packages from {expected:?}, got {have:?}"
+        )));
+    }
+    Ok(())
+}
+
+impl Keystore {
+    /// Round 1: fresh polynomial, commitments and proof of knowledge.
+    pub fn dkg_round1(&self, params: &DkgParams) -> Result<Round1Output, DkgError> {
+        let (secret, package) = frost_dkg::part1(
+            identifier(params.own_index)?,
+            params.n(),
+            params.threshold,
+            OsRng,
+        )
+        .map_err(|e| DkgError::Invalid(format!("round 1: {e}")))?;
+        let secret_bytes = Zeroizing::new(
+            secret
+                .serialize()
+                .map_err(|e| DkgError::Invalid(format!("serializing round 1 secret: {e}")))?,
+        );
+        Ok(Round1Output {
+            sealed_secret: self.seal(&params.purpose("round1-secret"), &secret_bytes),
+            package: package
+                .serialize()
+                .map_err(|e| DkgError::Invalid(format!("serializing round 1 package: {e}")))?,
+        })
+    }
+
+    /// Round 2: checks everyone's round-1 package (blaming a bad proof of
+    /// knowledge) and encrypts a share to each other participant.
+    pub fn dkg_round2(
+        &self,
+        params: &DkgParams,
+        sealed_round1_secret: &[u8],
+        round1_packages: &BTreeMap<u16, Vec<u8>>,
+    ) -> Result<Round2Output, DkgError> {
+        expect_others(params, round1_packages, "round 1")?;
+        let secret_bytes =
+            self.open_sealed(&params.purpose("round1-secret"), sealed_round1_secret)?;
+        let secret = round1::SecretPackage::deserialize(&secret_bytes)
+            .map_err(|_| KeystoreError::Malformed(params.purpose("round1-secret")))?;
+        let others = parse_round1(params, round1_packages)?;
+        let (secret2, packages) = frost_dkg::part2(secret, &others).map_err(|e| {
+            blame_from(params, &e, |i| {
+                round1_packages.get(&i).cloned().unwrap_or_default()
+            })
+        })?;
+        let mut out = BTreeMap::new();
+        let mut corrupt = fail::eval("keygen-corrupt-share", |_| ()).is_some();
+        for (id, package) in packages {
+            let to = index_of(params, &id).ok_or_else(|| {
+                DkgError::Invalid("frost produced a package for a stranger".into())
+            })?;
+            let package = if corrupt {
+                // Fault injection for blame tests: one wrong share.
+                corrupt = false;
+                tracing::warn!(to, "fault injection: sending a corrupted DKG share");
+                corrupted(&package)
+            } else {
+                package
+            };
+            let plain = Zeroizing::new(
+                package
+                    .serialize()
+                    .map_err(|e| DkgError::Invalid(format!("serializing round 2 package: {e}")))?,
+            );
+            let recipient = params.participants[&to];
+            out.insert(
+                to,
+                encrypt_to(
+                    &self.identity,
+                    &recipient,
+                    &params.context(params.own_index, to),
+                    &plain,
+                ),
+            );
+        }
+        let secret2_bytes = Zeroizing::new(
+            secret2
+                .serialize()
+                .map_err(|e| DkgError::Invalid(format!("serializing round 2 secret: {e}")))?,
+        );
+        Ok(Round2Output {
+            sealed_secret: self.seal(&params.purpose("round2-secret"), &secret2_bytes),
+            packages: out,
+        })
+    }
+
+    /// Round 3: decrypts and verifies the shares addressed to us (blaming a
+    /// bad one) and derives the key, its `ThresholdKeys` form and address.
+    pub fn dkg_round3(
+        &self,
+        params: &DkgParams,
+        sealed_round2_secret: &[u8],
+        round1_packages: &BTreeMap<u16, Vec<u8>>,
+        round2_ciphertexts: &BTreeMap<u16, Vec<u8>>,
+    ) -> Result<GeneratedKey, DkgError> {
+        expect_others(params, round2_ciphertexts, "round 2")?;
+        let secret_bytes =
+            self.open_sealed(&params.purpose("round2-secret"), sealed_round2_secret)?;
+        let secret = round2::SecretPackage::deserialize(&secret_bytes)
+            .map_err(|_| KeystoreError::Malformed(params.purpose("round2-secret")))?;
+        let round1 = parse_round1(params, round1_packages)?;
+        let mut round2 = BTreeMap::new();
+        let mut plaintexts: BTreeMap<u16, Zeroizing<Vec<u8>>> = BTreeMap::new();
+        for (&from, ciphertext) in round2_ciphertexts {
+            if from == params.own_index {
+                continue;
+            }
+            let sender = params.participants[&from];
+            let plain = decrypt_from(
+                &self.identity,
+                &sender,
+                &params.context(from, params.own_index),
+                ciphertext,
+            )
+            .map_err(|_| {
+                DkgError::Blame(Blame {
+                    accused: from,
+                    reason: "its round-2 package does not decrypt under its identity key".into(),
+                    evidence: ciphertext.clone(),
+                })
+            })?;
+            let package = round2::Package::deserialize(&plain).map_err(|e| {
+                DkgError::Blame(Blame {
+                    accused: from,
+                    reason: format!("its round-2 package does not parse: {e}"),
+                    evidence: plain.to_vec(),
+                })
+            })?;
+            round2.insert(identifier(from)?, package);
+            plaintexts.insert(from, plain);
+        }
+        let (key_package, public_key_package) = frost_dkg::part3(&secret, &round1, &round2)
+            .map_err(|e| {
+                blame_from(params, &e, |i| {
+                    plaintexts.get(&i).map(|p| p.to_vec()).unwrap_or_default()
+                })
+            })?;
+        let group_key: [u8; 32] = public_key_package
+            .verifying_key()
+            .serialize()
+            .map_err(|e| DkgError::Invalid(format!("group key: {e}")))?
+            .try_into()
+            .map_err(|_| DkgError::Invalid("group key is not 32 bytes".into()))?;
+        // The multisig form must agree on the group key (shares line up:
+        // frost identifier i is the scalar i).
+        let keys = threshold_keys(
+            params.threshold,
+            params.n(),
+            params.own_index,
+            &key_package,
+            &public_key_package,
+        )?;
+        if keys.group_key().0.compress().to_bytes() != group_key {
+            return Err(DkgError::Invalid(
+                "ThresholdKeys recomputed a different group key than frost".into(),
+            ));
+        }
+        let key_bytes = Zeroizing::new(
+            key_package
+                .serialize()
+                .map_err(|e| DkgError::Invalid(format!("serializing key package: {e}")))?,
+        );
+        Ok(GeneratedKey {
+            sealed_key_package: self.seal(&key_purpose(params.session), &key_bytes),
+            public_key_package: public_key_package
+                .serialize()
+                .map_err(|e| DkgError::Invalid(format!("serializing public key package: {e}")))?,
+            group_key,
+            monero_address: monero_address(&group_key)
+                .ok_or_else(|| DkgError::Invalid("group key is not a valid point".into()))?,
+        })
+    }
+
+    /// Opens a stored key package (for signing; tests use it to check).
+    pub fn open_key_package(
+        &self,
+        session: u64,
+        sealed: &[u8],
+    ) -> Result<KeyPackage, KeystoreError> {
+        let bytes = self.open_sealed(&key_purpose(session), sealed)?;
+        KeyPackage::deserialize(&bytes).map_err(|_| KeystoreError::Malformed(key_purpose(session)))
+    }
+}
+
+/// The seal purpose of a session's key package.
+pub fn key_purpose(session: u64) -> String {
+    format!("key/{session}/key-package")
+}
+
+fn parse_round1(
+    params: &DkgParams,
+    packages: &BTreeMap<u16, Vec<u8>>,
+) -> Result<BTreeMap<Identifier, round1::Package>, DkgError> {
+    let mut out = BTreeMap::new();
+    for (&from, bytes) in packages {
+        if from == params.own_index {
+            continue;
+        }
+        let package = round1::Package::deserialize(bytes).map_err(|e| {
+            DkgError::Blame(Blame {
+                accused: from,
+                reason: format!("its round-1 package does not parse: {e}"),
+                evidence: bytes.clone(),
+            })
+        })?;
+        out.insert(identifier(from)?, package);
+    }
+    Ok(out)
+}
+
+fn corrupted(package: &round2::Package) -> round2::Package {
+    let mut bytes = package.signing_share().serialize();
+    bytes[0] ^= 0x01;
+    SigningShare::deserialize(&bytes)
+        .map(round2::Package::new)
+        .unwrap_or_else(|_| package.clone())
+}
+
+/// Converts a frost key to the `ThresholdKeys` monero-wallet's multisig needs.
+pub fn threshold_keys(
+    t: u16,
+    n: u16,
+    own_index: u16,
+    key_package: &KeyPackage,
+    public_key_package: &PublicKeyPackage,
+) -> Result<dkg::ThresholdKeys<Ed25519>, DkgError> {
+    let bad = |what: &str| DkgError::Invalid(format!("converting to ThresholdKeys: {what}"));
+    let participant = |i: u16| dkg::Participant::new(i).ok_or_else(|| bad("index 0"));
+    let params = dkg::ThresholdParams::new(t, n, participant(own_index)?)
+        .map_err(|e| bad(&e.to_string()))?;
+    let secret_bytes = Zeroizing::new(key_package.signing_share().serialize());
+    let secret = Zeroizing::new(
+        Ed25519::read_F(&mut secret_bytes.as_slice()).map_err(|_| bad("secret share"))?,
+    );
+    let mut shares = HashMap::new();
+    for i in 1..=n {
+        let id = identifier(i)?;
+        let share = public_key_package
+            .verifying_shares()
+            .get(&id)
+            .ok_or_else(|| bad("missing verification share"))?
+            .serialize()
+            .map_err(|_| bad("verification share"))?;
+        let point =
+            Ed25519::read_G(&mut share.as_slice()).map_err(|_| bad("verification share"))?;
+        shares.insert(participant(i)?, point);
+    }
+    dkg::ThresholdKeys::new(params, dkg::Interpolation::Lagrange, secret, shares)
+        .map_err(|e| bad(&e.to_string()))
+}
+
+/// The private view key every processor derives from the group key.
+pub fn view_key(group_key: &[u8; 32]) -> Zeroizing<Scalar> {
+    let mut hash = Sha512::new();
+    hash.update(b"monero-custody/view-key/v1");
+    hash.update(group_key);
+    Zeroizing::new(Scalar::from_bytes_mod_order_wide(&hash.finalize().into()))
+}
+
+/// The group's Monero address: spend key = group key, view key as above.
+pub fn monero_address(group_key: &[u8; 32]) -> Option<String> {
+    let spend = CompressedEdwardsY(*group_key).decompress()?;
+    let view = &*view_key(group_key) * ED25519_BASEPOINT_TABLE;
+    Some(
+        monero_address::MoneroAddress::new(
+            monero_address::Network::Mainnet,
+            monero_address::AddressType::Legacy,
+            monero_ed25519::Point::from(spend),
+            monero_ed25519::Point::from(view),
+        )
+        .to_string(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keystore::Kek;
+    use x25519_dalek::{PublicKey, StaticSecret};
+
+    fn keystores(n: u16) -> Vec<Keystore> {
+        (0..n)
+            .map(|_| {
+                let identity = StaticSecret::random_from_rng(OsRng);
+                Keystore {
+                    kek: Kek::generate(),
+                    identity_public: PublicKey::from(&identity),
+                    identity,
+                }
+            })
+            .collect()
+    }
+
+    fn params(stores: &[Keystore], t: u16, own: u16) -> DkgParams {
+        DkgParams {
+            session: 7,
+            attempt: 0,
+            threshold: t,
+            own_index: own,
+            participants: stores
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (u16::try_from(i + 1).expect("small"), s.identity_public()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn three_parties_agree_and_blame_a_bad_proof() {
+        let stores = keystores(3);
+        let ps: Vec<DkgParams> = (1..=3).map(|i| params(&stores, 2, i)).collect();
+        let r1: Vec<Round1Output> = stores
+            .iter()
+            .zip(&ps)
+            .map(|(s, p)| s.dkg_round1(p).expect("round 1"))
+            .collect();
+        let all1: BTreeMap<u16, Vec<u8>> = r1
+            .iter()
+            .enumerate()
+            .map(|(i, o)| (i as u16 + 1, o.package.clone()))
+            .collect();
+
+        // A round-1 package with another participant's proof is blamed.
+        let mut forged = all1.clone();
+        forged.insert(3, all1[&2].clone());
+        match stores[0].dkg_round2(&ps[0], &r1[0].sealed_secret, &forged) {
+            Err(DkgError::Blame(b)) => assert_eq!(b.accused, 3, "{b:?}"),
+            other => panic!("expected blame of 3, got {other:?}"),
+        }
+
+        let r2: Vec<Round2Output> = (0..3)
+            .map(|i| {
+                stores[i]
+                    .dkg_round2(&ps[i], &r1[i].sealed_secret, &all1)
+                    .expect("round 2")
+            })
+            .collect();
+        let keys: Vec<GeneratedKey> = (0..3)
+            .map(|i| {
+                let me = i as u16 + 1;
+                let to_me: BTreeMap<u16, Vec<u8>> = r2
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(j, o)| (j as u16 + 1, o.packages[&me].clone()))
+                    .collect();
+                stores[i]
+                    .dkg_round3(&ps[i], &r2[i].sealed_secret, &all1, &to_me)
+                    .expect("round 3")
+            })
+            .collect();
+        assert!(keys.iter().all(|k| k.group_key == keys[0].group_key));
+        assert!(
+            keys.iter()
+                .all(|k| k.monero_address == keys[0].monero_address)
+        );
+        assert!(
+            keys[0].monero_address.starts_with('4'),
+            "{}",
+            keys[0].monero_address
+        );
+    }
+}

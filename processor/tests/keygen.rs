@@ -1,0 +1,579 @@
+//! Threshold key generation end to end: real processors (child processes),
+//! the coordinator-mock driving rounds, real Postgres, monero-wallet-rpc
+//! checking the address, ed25519-dalek checking a threshold signature.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use coordinator_mock::coordinator::Coordinator;
+use processor::keystore::{Kek, Keystore};
+use sqlx::{PgPool, Row};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    dbs: Vec<TestDb>,
+    ports: Vec<u16>,
+    procs: Vec<Option<Proc>>,
+    coordinator: Arc<Coordinator>,
+    shutdown: CancellationToken,
+    _cdb: TestDb,
+}
+
+fn name(i: usize) -> String {
+    format!("validator-{}", i + 1)
+}
+
+impl Cluster {
+    async fn start(
+        tag: &str,
+        n: usize,
+        env: impl Fn(usize) -> Vec<(&'static str, &'static str)>,
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut dbs = Vec::new();
+        let mut ports = Vec::new();
+        let mut procs = Vec::new();
+        for i in 0..n {
+            let db = TestDb::new(&format!("{tag}{i}")).await;
+            let port = free_port();
+            procs.push(Some(spawn_processor(
+                &name(i),
+                dir.path(),
+                port,
+                &db.url,
+                &env(i),
+            )));
+            dbs.push(db);
+            ports.push(port);
+        }
+        for &port in &ports {
+            wait_port(port).await;
+        }
+        let cdb = TestDb::new(&format!("{tag}c")).await;
+        let mut text = format!(
+            "listen = \"127.0.0.1:1\"\ndatabase_url = \"{}\"\n\
+             [link]\nheartbeat_interval = \"200ms\"\npeer_timeout = \"1500ms\"\npoll_interval = \"100ms\"\n\
+             [reconnect]\ninitial = \"50ms\"\nmax = \"500ms\"\n",
+            cdb.url
+        );
+        for (i, port) in ports.iter().enumerate() {
+            text.push_str(&format!(
+                "[[processors]]\nname = \"{}\"\nendpoint = \"http://127.0.0.1:{port}\"\n",
+                name(i)
+            ));
+        }
+        let config = coordinator_mock::config::Config::from_toml(&text).unwrap();
+        let shutdown = CancellationToken::new();
+        let coordinator = Coordinator::start(&config, shutdown.clone()).await.unwrap();
+        let pool = coordinator.pool.clone();
+        let want = i64::try_from(n).unwrap();
+        eventually(
+            "every processor announced its identity",
+            Duration::from_secs(30),
+            || async {
+                (scalar_i64(&pool, "SELECT count(*) FROM processor_identities").await == want)
+                    .then_some(())
+            },
+        )
+        .await;
+        Self {
+            dir,
+            dbs,
+            ports,
+            procs,
+            coordinator,
+            shutdown,
+            _cdb: cdb,
+        }
+    }
+
+    async fn wait_status(&self, session: u64, status: &str) -> proto::coordinator_v1::KeyGenStatus {
+        let pool = self.coordinator.pool.clone();
+        eventually(
+            &format!("session {session} {status}"),
+            Duration::from_secs(60),
+            || async {
+                let s = coordinator_mock::keygen::status(&pool, Some(session))
+                    .await
+                    .unwrap()
+                    .pop()?;
+                assert!(
+                    s.status == status || s.status != "failed",
+                    "session {session} failed: {}",
+                    s.failure
+                );
+                (s.status == status).then_some(s)
+            },
+        )
+        .await
+    }
+
+    fn kek(&self, i: usize) -> PathBuf {
+        kek_file(self.dir.path(), &name(i))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn key_row(pool: &PgPool, session: i64) -> (String, Vec<u8>, String) {
+    let r = sqlx::query("SELECT status, group_key, monero_address FROM keys WHERE session = $1")
+        .bind(session)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    (
+        r.get(0),
+        r.get::<Option<Vec<u8>>, _>(1).unwrap_or_default(),
+        r.get::<Option<String>, _>(2).unwrap_or_default(),
+    )
+}
+
+/// Opens processor `i`'s key package with its KEK, as the keystore would.
+async fn key_package(
+    pool: &PgPool,
+    kek: &Path,
+    session: i64,
+) -> (
+    frost_ed25519::keys::KeyPackage,
+    frost_ed25519::keys::PublicKeyPackage,
+) {
+    let keystore = Keystore::open_with(pool, Kek::from_file(kek).unwrap())
+        .await
+        .unwrap();
+    let r =
+        sqlx::query("SELECT sealed_key_package, public_key_package FROM keys WHERE session = $1")
+            .bind(session)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    let sealed: Vec<u8> = r.get(0);
+    let public: Vec<u8> = r.get(1);
+    (
+        keystore
+            .open_key_package(u64::try_from(session).unwrap(), &sealed)
+            .unwrap(),
+        frost_ed25519::keys::PublicKeyPackage::deserialize(&public).unwrap(),
+    )
+}
+
+/// monero-wallet-rpc (Debian `monero`) without a daemon: enough for
+/// `validate_address`.
+struct WalletRpc {
+    _proc: Proc,
+    port: u16,
+}
+
+impl WalletRpc {
+    async fn start(dir: &Path) -> Self {
+        let port = free_port();
+        let wallets = dir.join("wallets");
+        std::fs::create_dir_all(&wallets).unwrap();
+        let log = dir.join("wallet-rpc.log");
+        let file = std::fs::File::create(&log).unwrap();
+        let child = std::process::Command::new("monero-wallet-rpc")
+            .args([
+                "--rpc-bind-ip",
+                "127.0.0.1",
+                "--rpc-bind-port",
+                &port.to_string(),
+            ])
+            .args(["--disable-rpc-login", "--offline", "--non-interactive"])
+            .args(["--rpc-ssl", "disabled", "--daemon-ssl", "disabled"])
+            .arg("--wallet-dir")
+            .arg(&wallets)
+            .arg("--shared-ringdb-dir")
+            .arg(dir.join("ringdb"))
+            .arg("--log-file")
+            .arg(dir.join("wallet-rpc.internal.log"))
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("monero-wallet-rpc from the Debian `monero` package (apt-get install monero)");
+        wait_port(port).await;
+        Self {
+            _proc: Proc {
+                child,
+                log,
+                name: "monero-wallet-rpc".into(),
+            },
+            port,
+        }
+    }
+
+    async fn call(&self, method: &str, params: serde_json::Value) -> serde_json::Value {
+        let body =
+            serde_json::json!({"jsonrpc": "2.0", "id": "0", "method": method, "params": params})
+                .to_string();
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        let request = format!(
+            "POST /json_rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+             Connection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        // Read the head, then exactly Content-Length bytes of body.
+        let mut response = Vec::new();
+        let mut buf = [0_u8; 4096];
+        tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let n = stream.read(&mut buf).await.unwrap();
+                response.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&response).into_owned();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap())
+                        })
+                        .expect("a Content-Length");
+                    if body.len() >= length {
+                        return serde_json::from_str::<serde_json::Value>(&body[..length])
+                            .expect("JSON-RPC answer");
+                    }
+                }
+                assert!(n > 0, "monero-wallet-rpc closed early: {text}");
+            }
+        })
+        .await
+        .expect("monero-wallet-rpc answers within 30s")
+    }
+}
+
+async fn check_dkg(t: u32, n: usize, wallet: &WalletRpc) {
+    let cluster = Cluster::start(&format!("dkg{n}_"), n, |_| vec![]).await;
+    let session = cluster.coordinator.start_keygen(t, &[]).await.unwrap();
+    let status = cluster.wait_status(session, "confirmed").await;
+    assert_eq!(status.participants.len(), n);
+
+    // Every processor holds the same confirmed key and address.
+    let mut seen = Vec::new();
+    for db in &cluster.dbs {
+        let pool = db.pool().await;
+        eventually(
+            "the processor took the confirmation in",
+            Duration::from_secs(20),
+            || async { (key_row(&pool, 0).await.0 == "confirmed").then_some(()) },
+        )
+        .await;
+        seen.push(key_row(&pool, 0).await);
+    }
+    let (_, group_key, address) = seen[0].clone();
+    assert!(
+        seen.iter().all(|s| s.1 == group_key && s.2 == address),
+        "{seen:?}"
+    );
+    assert_eq!(hex::encode(&group_key), status.group_key);
+    assert_eq!(address, status.monero_address);
+
+    // monero-wallet-rpc accepts the address as a mainnet standard address.
+    let answer = wallet
+        .call(
+            "validate_address",
+            serde_json::json!({"address": address, "any_net_type": true}),
+        )
+        .await;
+    assert_eq!(answer["result"]["valid"], true, "{answer}");
+    assert_eq!(answer["result"]["nettype"], "mainnet", "{answer}");
+    assert_eq!(answer["result"]["subaddress"], false, "{answer}");
+    let mut broken = address.clone();
+    broken.replace_range(10..11, if &address[10..11] == "a" { "b" } else { "a" });
+    let answer = wallet
+        .call(
+            "validate_address",
+            serde_json::json!({"address": broken, "any_net_type": true}),
+        )
+        .await;
+    assert_eq!(
+        answer["result"]["valid"], false,
+        "a corrupted address must be refused: {answer}"
+    );
+
+    // The last t processors sign with FROST; a standard Ed25519 verifier
+    // accepts the signature under the group key.
+    let mut packages = BTreeMap::new();
+    let mut public = None;
+    for i in (n - t as usize)..n {
+        let pool = cluster.dbs[i].pool().await;
+        let (kp, pkp) = key_package(&pool, &cluster.kek(i), 0).await;
+        packages.insert(*kp.identifier(), kp);
+        public = Some(pkp);
+    }
+    let public = public.unwrap();
+    let message = b"batch 0 of session 0";
+    let mut nonces = BTreeMap::new();
+    let mut commitments = BTreeMap::new();
+    for (id, kp) in &packages {
+        let (nonce, commitment) =
+            frost_ed25519::round1::commit(kp.signing_share(), &mut rand::thread_rng());
+        nonces.insert(*id, nonce);
+        commitments.insert(*id, commitment);
+    }
+    let signing = frost_ed25519::SigningPackage::new(commitments, message);
+    let mut shares = BTreeMap::new();
+    for (id, kp) in &packages {
+        shares.insert(
+            *id,
+            frost_ed25519::round2::sign(&signing, &nonces[id], kp).unwrap(),
+        );
+    }
+    let signature = frost_ed25519::aggregate(&signing, &shares, &public).unwrap();
+    let bytes: [u8; 64] = signature.serialize().unwrap().try_into().unwrap();
+    let key =
+        ed25519_dalek::VerifyingKey::from_bytes(&group_key.clone().try_into().unwrap()).unwrap();
+    let sig = ed25519_dalek::Signature::from_bytes(&bytes);
+    key.verify_strict(message, &sig)
+        .expect("the threshold signature verifies");
+    assert!(key.verify_strict(b"another message", &sig).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dkg_2_of_3_and_5_of_7_through_the_coordinator() {
+    let wallet_dir = tempfile::tempdir().unwrap();
+    let wallet = WalletRpc::start(wallet_dir.path()).await;
+    check_dkg(2, 3, &wallet).await;
+    check_dkg(5, 7, &wallet).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_between_rounds_finishes_the_same_dkg() {
+    // Processor 2 commits round 1 and stops before acknowledging it.
+    let mut cluster = Cluster::start("dkgkill", 3, |i| {
+        if i == 1 {
+            vec![("FAILPOINTS", "link-after-commit=return")]
+        } else {
+            vec![]
+        }
+    })
+    .await;
+    let session = cluster.coordinator.start_keygen(2, &[]).await.unwrap();
+    // Everyone's round 1 (processor 2's included, sent by its pump) is in.
+    cluster.wait_status(session, "round2").await;
+    let p2 = cluster.dbs[1].pool().await;
+    assert_eq!(key_row(&p2, 0).await.0, "round1");
+    cluster.procs[1].as_mut().unwrap().kill9();
+
+    let dir = cluster.dir.path().to_path_buf();
+    cluster.procs[1] = Some(spawn_processor(
+        &name(1),
+        &dir,
+        cluster.ports[1],
+        &cluster.dbs[1].url,
+        &[],
+    ));
+    let status = cluster.wait_status(session, "confirmed").await;
+    for db in &cluster.dbs {
+        let pool = db.pool().await;
+        eventually("confirmed everywhere", Duration::from_secs(20), || async {
+            (key_row(&pool, 0).await.0 == "confirmed").then_some(())
+        })
+        .await;
+        assert_eq!(hex::encode(key_row(&pool, 0).await.1), status.group_key);
+    }
+    // One round-1 package ever left processor 2, and it is the one used.
+    let sent: Vec<Vec<u8>> =
+        sqlx::query_scalar("SELECT payload FROM send_log WHERE uid = 'keygen-round1/0/0'")
+            .fetch_all(&p2)
+            .await
+            .unwrap();
+    assert_eq!(sent.len(), 1);
+    let stored: Vec<u8> =
+        sqlx::query_scalar("SELECT round1 FROM keygen_participants WHERE session = 0 AND idx = 2")
+            .fetch_one(&cluster.coordinator.pool)
+            .await
+            .unwrap();
+    let sent =
+        <proto::processor_v1::ProcessorMessage as prost::Message>::decode(sent[0].as_slice())
+            .unwrap();
+    match sent.kind {
+        Some(proto::processor_v1::processor_message::Kind::KeyGenRound1(r)) => {
+            assert_eq!(r.package, stored)
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(
+        scalar_i64(
+            &p2,
+            "SELECT count(*) FROM send_log WHERE kind = 'key_gen_round2'"
+        )
+        .await,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_share_is_blamed_by_name() {
+    let mut cluster = Cluster::start("dkgblame", 3, |i| {
+        if i == 2 {
+            vec![("FAILPOINTS", "keygen-corrupt-share=return")]
+        } else {
+            vec![]
+        }
+    })
+    .await;
+    let session = cluster.coordinator.start_keygen(2, &[]).await.unwrap();
+    let pool = cluster.coordinator.pool.clone();
+    let status = eventually("the blame arrives", Duration::from_secs(60), || async {
+        let s = coordinator_mock::keygen::status(&pool, Some(session))
+            .await
+            .unwrap()
+            .pop()?;
+        (!s.blames.is_empty()).then_some(s)
+    })
+    .await;
+    assert_eq!(status.status, "failed");
+    assert!(
+        status.blames.iter().all(|b| b.accused == "validator-3"),
+        "{:?}",
+        status.blames
+    );
+    assert!(
+        status.failure.contains("blamed validator-3"),
+        "{}",
+        status.failure
+    );
+    // The victim recorded it too, and nobody crashed.
+    let victim = cluster.dbs[0].pool().await;
+    let r = sqlx::query("SELECT status, blamed FROM keys WHERE session = 0")
+        .fetch_one(&victim)
+        .await
+        .unwrap();
+    assert_eq!(r.get::<String, _>(0), "failed");
+    assert_eq!(r.get::<Option<i32>, _>(1), Some(3));
+    for p in cluster.procs.iter_mut() {
+        assert!(
+            p.as_mut().unwrap().child.try_wait().unwrap().is_none(),
+            "a processor exited"
+        );
+    }
+}
+
+fn pg_dump(url: &str) -> Vec<u8> {
+    let out = std::process::Command::new("pg_dump")
+        .args(["--data-only", "--inserts", url])
+        .output()
+        .expect("pg_dump (postgresql-client)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// The dump's data, without the random `\restrict` token newer pg_dump adds.
+fn data_of(url: &str) -> String {
+    String::from_utf8_lossy(&pg_dump(url))
+        .lines()
+        .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_holds_no_plaintext_share() {
+    let cluster = Cluster::start("dkgdump", 3, |_| vec![]).await;
+    let session = cluster.coordinator.start_keygen(2, &[]).await.unwrap();
+    cluster.wait_status(session, "confirmed").await;
+    for i in 0..3 {
+        let pool = cluster.dbs[i].pool().await;
+        eventually("confirmed", Duration::from_secs(20), || async {
+            (key_row(&pool, 0).await.0 == "confirmed").then_some(())
+        })
+        .await;
+        let (kp, _) = key_package(&pool, &cluster.kek(i), 0).await;
+        let share = kp.signing_share().serialize();
+        let kek = std::fs::read_to_string(cluster.kek(i)).unwrap();
+        let dump = pg_dump(&cluster.dbs[i].url);
+        let text = String::from_utf8_lossy(&dump);
+        assert!(
+            text.contains("INSERT INTO public.keys"),
+            "the dump has the keys table"
+        );
+        assert!(
+            !text.contains(&hex::encode(&share)),
+            "plaintext share (hex) in the dump of processor {i}"
+        );
+        assert!(
+            !dump.windows(share.len()).any(|w| w == share.as_slice()),
+            "plaintext share (raw) in the dump"
+        );
+        assert!(!text.contains(kek.trim()), "the KEK is in the database");
+        // Round secrets are gone once the key exists.
+        assert_eq!(
+            scalar_i64(&pool, "SELECT count(*) FROM keys WHERE sealed_round1_secret IS NOT NULL OR sealed_round2_secret IS NOT NULL").await,
+            0
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_kek_is_refused_and_nothing_is_overwritten() {
+    let db = TestDb::new("wrongkek").await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut first = spawn_processor("validator-1", dir.path(), port, &db.url, &[]);
+    wait_port(port).await;
+    first.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(first.wait_exit(Duration::from_secs(15)).unwrap().success());
+    let before = data_of(&db.url);
+
+    let other = dir.path().join("other.kek");
+    std::fs::write(&other, Kek::generate().to_hex().as_bytes()).unwrap();
+    let config = processor_config("validator-1", port, &db.url, &other);
+    let mut second = spawn(
+        Path::new(env!("CARGO_BIN_EXE_processor")),
+        "wrong",
+        dir.path(),
+        &config,
+        &[],
+    );
+    let status = second.wait_exit(Duration::from_secs(20)).expect("exits");
+    assert!(!status.success());
+    let log = second.log_text();
+    assert!(
+        log.contains("does not open this database's sealed keys"),
+        "{log}"
+    );
+    assert_eq!(data_of(&db.url), before, "the database changed");
+
+    // A KEK file that is not a key names the field.
+    let bad = dir.path().join("bad.kek");
+    std::fs::write(&bad, "not hex").unwrap();
+    let config = processor_config("validator-1", port, &db.url, &bad);
+    let mut third = spawn(
+        Path::new(env!("CARGO_BIN_EXE_processor")),
+        "bad",
+        dir.path(),
+        &config,
+        &[],
+    );
+    assert!(
+        !third
+            .wait_exit(Duration::from_secs(20))
+            .expect("exits")
+            .success()
+    );
+    let log = third.log_text();
+    assert!(
+        log.contains("keystore.kek_file") && log.contains("64 hex characters"),
+        "{log}"
+    );
+    assert_eq!(data_of(&db.url), before);
+}
