@@ -9,8 +9,10 @@ use prost::Message as _;
 use proto::processor_v1::processor_client::ProcessorClient;
 use proto::processor_v1::{CoordinatorMessage, LinkProbe, coordinator_message};
 use sqlx::PgPool;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
+
 use tracing::{Instrument, info, info_span, warn};
 
 use processor::db::{self, DbError, InstanceLock};
@@ -136,6 +138,11 @@ impl Coordinator {
             peers,
             _lock: lock,
         });
+        tokio::spawn(keygen_timer(
+            coordinator.clone(),
+            config.keygen.clone(),
+            shutdown.clone(),
+        ));
         for peer in &coordinator.peers {
             let span = info_span!("dialer", processor = %peer.endpoint.name);
             tokio::spawn(
@@ -226,6 +233,45 @@ impl Coordinator {
         tx.commit().await?;
         peer.link.outbox().wake();
         Ok(ids.first().copied().unwrap_or(0))
+    }
+}
+
+/// Fails key generations whose round outlived the timeout, and starts the
+/// automatic first key generation once every processor has an identity.
+async fn keygen_timer(
+    coordinator: Arc<Coordinator>,
+    config: crate::config::KeygenConfig,
+    shutdown: CancellationToken,
+) {
+    let mut auto = config.auto_start_threshold;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        if let Err(e) = crate::keygen::expire(&coordinator.pool, config.round_timeout).await {
+            warn!("checking key generation timeouts failed: {e}");
+        }
+        if let Some(threshold) = auto {
+            let existing: Result<i64, _> =
+                sqlx::query_scalar("SELECT count(*) FROM keygen_sessions")
+                    .fetch_one(&coordinator.pool)
+                    .await;
+            if existing.is_ok_and(|n| n > 0) {
+                auto = None;
+                continue;
+            }
+            match coordinator.start_keygen(threshold, &[]).await {
+                Ok(session) => {
+                    info!(session, threshold, "automatic key generation started");
+                    auto = None;
+                }
+                Err(CoordinatorError::FailedPrecondition(why)) => {
+                    tracing::debug!("automatic key generation waits: {why}");
+                }
+                Err(e) => warn!("automatic key generation failed to start: {e}"),
+            }
+        }
     }
 }
 

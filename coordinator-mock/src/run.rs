@@ -45,11 +45,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         processors = coordinator.peers.len(),
         "coordinator started; dialing processors"
     );
-    tokio::spawn(keygen_timer(
-        coordinator.clone(),
-        config.keygen.clone(),
-        shutdown.clone(),
-    ));
     if let Some(interval) = config.settlement.block_interval {
         tokio::spawn(produce_blocks(
             coordinator.clone(),
@@ -90,45 +85,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     coordinator.pool.close().await;
     info!("stopped");
     Ok(())
-}
-
-/// Fails key generations whose round outlived the timeout, and starts the
-/// automatic first key generation once every processor has an identity.
-async fn keygen_timer(
-    coordinator: Arc<Coordinator>,
-    config: crate::config::KeygenConfig,
-    shutdown: CancellationToken,
-) {
-    let mut auto = config.auto_start_threshold;
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_millis(500)) => {}
-        }
-        if let Err(e) = crate::keygen::expire(&coordinator.pool, config.round_timeout).await {
-            warn!("checking key generation timeouts failed: {e}");
-        }
-        if let Some(threshold) = auto {
-            let existing: Result<i64, _> =
-                sqlx::query_scalar("SELECT count(*) FROM keygen_sessions")
-                    .fetch_one(&coordinator.pool)
-                    .await;
-            if existing.is_ok_and(|n| n > 0) {
-                auto = None;
-                continue;
-            }
-            match coordinator.start_keygen(threshold, &[]).await {
-                Ok(session) => {
-                    info!(session, threshold, "automatic key generation started");
-                    auto = None;
-                }
-                Err(crate::coordinator::CoordinatorError::FailedPrecondition(why)) => {
-                    tracing::debug!("automatic key generation waits: {why}");
-                }
-                Err(e) => warn!("automatic key generation failed to start: {e}"),
-            }
-        }
-    }
 }
 
 async fn produce_blocks(

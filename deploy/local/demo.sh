@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
-# The local run: one processor and one coordinator-mock on the local Postgres,
-# exchanging heartbeats and settlement blocks over the exactly-once link.
-# Their logs are interleaved here; Ctrl-C stops both.
+# The local run: three processors and a coordinator-mock on the local
+# Postgres. The processors announce their identity keys, the coordinator runs
+# a 2-of-3 FROST key generation (every round through the exactly-once links)
+# and confirms the group key and Monero address; settlement blocks then flow
+# every 2 seconds. Logs are interleaved here; Ctrl-C stops everything.
 #
-#   bash deploy/local/demo.sh              # runs until Ctrl-C
+#   bash deploy/local/demo.sh                   # runs until Ctrl-C
 #   DEMO_SECONDS=20 bash deploy/local/demo.sh   # stops by itself
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 PG_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 PG_BASE="${PG_URL%/*}"
-PROCESSOR_PORT="${PROCESSOR_PORT:-50051}"
+PROCESSOR_PORT="${PROCESSOR_PORT:-50051}"   # processors use this port and the next two
 COORDINATOR_PORT="${COORDINATOR_PORT:-50060}"
+N=3
 
 say() { printf '\033[1m[demo]\033[0m %s\n' "$*"; }
 fail() { printf '\033[1;31m[demo] %s\033[0m\n' "$*" >&2; exit 1; }
@@ -32,34 +35,39 @@ cargo build --quiet --bin processor --bin coordinator-mock
 BIN="${CARGO_TARGET_DIR:-target}/debug"
 
 work=$(mktemp -d)
-say "fresh databases demo_processor_1 and demo_coordinator; files in $work"
-for db in demo_processor_1 demo_coordinator; do
+say "fresh databases demo_processor_{1..$N} and demo_coordinator; files in $work"
+for db in $(seq -f "demo_processor_%g" 1 $N) demo_coordinator; do
   psql -q -d "$PG_URL" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" >/dev/null
 done
 
-"$BIN/processor" generate-kek --out "$work/kek.hex" >/dev/null
-cat > "$work/processor.toml" <<TOML
-node_id = "validator-1"
-listen = "127.0.0.1:$PROCESSOR_PORT"
-database_url = "$PG_BASE/demo_processor_1"
+processors=""
+for i in $(seq 1 $N); do
+  port=$((PROCESSOR_PORT + i - 1))
+  "$BIN/processor" generate-kek --out "$work/kek-$i.hex" >/dev/null
+  cat > "$work/processor-$i.toml" <<TOML
+node_id = "validator-$i"
+listen = "127.0.0.1:$port"
+database_url = "$PG_BASE/demo_processor_$i"
 [keystore]
-kek_file = "$work/kek.hex"
+kek_file = "$work/kek-$i.hex"
 [link]
 heartbeat_interval = "1s"
 peer_timeout = "5s"
 [log]
-filter = "info,processor::link=debug"
+filter = "info"
 TOML
+  processors+=$'[[processors]]\n'"name = \"validator-$i\""$'\n'"endpoint = \"http://127.0.0.1:$port\""$'\n'
+done
 cat > "$work/coordinator.toml" <<TOML
 listen = "127.0.0.1:$COORDINATOR_PORT"
 database_url = "$PG_BASE/demo_coordinator"
-[[processors]]
-name = "validator-1"
-endpoint = "http://127.0.0.1:$PROCESSOR_PORT"
+$processors
+[keygen]
+auto_start_threshold = 2
 [settlement]
 block_interval = "2s"
 [log]
-filter = "info,processor::link=debug"
+filter = "info"
 TOML
 
 pids=()
@@ -68,12 +76,13 @@ cleanup() {
   say "stopping"
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  say "link state afterwards:"
-  psql -d "$PG_BASE/demo_processor_1" -c \
-    "SELECT 'processor' AS side, last_handled_in, last_enqueued_out, acked_out, (SELECT count(*) FROM settlement_blocks) AS blocks_taken_in FROM link_state" \
-    2>/dev/null || true
+  say "keys and links afterwards:"
+  for i in $(seq 1 $N); do
+    psql -d "$PG_BASE/demo_processor_$i" -Atc \
+      "SELECT 'validator-$i: key ' || session || ' ' || status || ' ' || COALESCE(monero_address, '') FROM keys" 2>/dev/null || true
+  done
   psql -d "$PG_BASE/demo_coordinator" -c \
-    "SELECT 'coordinator' AS side, link_id, last_handled_in, last_enqueued_out, acked_out, (SELECT count(*) FROM settlement_acks) AS blocks_acked FROM link_state" \
+    "SELECT link_id AS processor, last_handled_in, last_enqueued_out, acked_out FROM link_state ORDER BY link_id" \
     2>/dev/null || true
   rm -rf "$work"
 }
@@ -82,14 +91,16 @@ trap cleanup INT TERM EXIT
 export NO_COLOR=1
 # Process substitution keeps $! the binary's own pid, so the signals below
 # reach it (not a pipeline's last stage).
-"$BIN/processor" run --config "$work/processor.toml" > >(sed -u 's/^/processor   | /') 2>&1 &
-pids+=($!)
+for i in $(seq 1 $N); do
+  "$BIN/processor" run --config "$work/processor-$i.toml" > >(sed -u "s/^/validator-$i | /") 2>&1 &
+  pids+=($!)
+done
 sleep 1
 "$BIN/coordinator-mock" run --config "$work/coordinator.toml" > >(sed -u 's/^/coordinator | /') 2>&1 &
 pids+=($!)
 
-say "processor gRPC on 127.0.0.1:$PROCESSOR_PORT, coordinator admin on 127.0.0.1:$COORDINATOR_PORT"
-say "try: grpcurl -plaintext 127.0.0.1:$PROCESSOR_PORT processor.v1.ProcessorAdmin/GetStatus"
+say "processors on 127.0.0.1:$PROCESSOR_PORT..$((PROCESSOR_PORT + N - 1)), coordinator admin on 127.0.0.1:$COORDINATOR_PORT"
+say "try: grpcurl -plaintext 127.0.0.1:$PROCESSOR_PORT processor.v1.ProcessorAdmin/ListKeys"
 if [ -n "${DEMO_SECONDS:-}" ]; then
   sleep "$DEMO_SECONDS"
 else

@@ -38,6 +38,15 @@ impl Cluster {
         n: usize,
         env: impl Fn(usize) -> Vec<(&'static str, &'static str)>,
     ) -> Self {
+        Self::start_with(tag, n, env, "").await
+    }
+
+    async fn start_with(
+        tag: &str,
+        n: usize,
+        env: impl Fn(usize) -> Vec<(&'static str, &'static str)>,
+        coordinator_extra: &str,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut dbs = Vec::new();
         let mut ports = Vec::new();
@@ -65,6 +74,7 @@ impl Cluster {
              [reconnect]\ninitial = \"50ms\"\nmax = \"500ms\"\n",
             cdb.url
         );
+        text.push_str(coordinator_extra);
         for (i, port) in ports.iter().enumerate() {
             text.push_str(&format!(
                 "[[processors]]\nname = \"{}\"\nendpoint = \"http://127.0.0.1:{port}\"\n",
@@ -282,6 +292,30 @@ async fn check_dkg(t: u32, n: usize, wallet: &WalletRpc) {
     assert_eq!(hex::encode(&group_key), status.group_key);
     assert_eq!(address, status.monero_address);
 
+    // An operator sees the same with grpcurl.
+    let out = std::process::Command::new(grpcurl())
+        .args(["-plaintext", "-emit-defaults"])
+        .arg(format!("127.0.0.1:{}", cluster.ports[0]))
+        .arg("processor.v1.ProcessorAdmin/ListKeys")
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        listed.contains(&format!("\"groupKey\": \"{}\"", hex::encode(&group_key))),
+        "{listed}"
+    );
+    assert!(
+        listed.contains(&format!("\"moneroAddress\": \"{address}\"")),
+        "{listed}"
+    );
+    assert!(listed.contains("\"status\": \"confirmed\""), "{listed}");
+    assert!(listed.contains(&format!("\"threshold\": {t}")), "{listed}");
+
     // monero-wallet-rpc accepts the address as a mainnet standard address.
     let answer = wallet
         .call(
@@ -304,6 +338,20 @@ async fn check_dkg(t: u32, n: usize, wallet: &WalletRpc) {
         answer["result"]["valid"], false,
         "a corrupted address must be refused: {answer}"
     );
+
+    // A later session's key is generated while session 0 stays active.
+    if n == 3 {
+        let next = cluster.coordinator.start_keygen(2, &[]).await.unwrap();
+        assert_eq!(next, 1);
+        let second = cluster.wait_status(next, "confirmed").await;
+        assert_ne!(second.group_key, status.group_key);
+        let pool = cluster.dbs[0].pool().await;
+        eventually("session 1 confirmed", Duration::from_secs(20), || async {
+            (key_row(&pool, 1).await.0 == "confirmed").then_some(())
+        })
+        .await;
+        assert_eq!(key_row(&pool, 0).await.0, "confirmed");
+    }
 
     // The last t processors sign with FROST; a standard Ed25519 verifier
     // accepts the signature under the group key.
@@ -576,4 +624,40 @@ async fn a_wrong_kek_is_refused_and_nothing_is_overwritten() {
         "{log}"
     );
     assert_eq!(data_of(&db.url), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_participant_is_reported_after_the_round_timeout() {
+    let mut cluster = Cluster::start_with(
+        "dkgsilent",
+        3,
+        |_| vec![],
+        "[keygen]\nround_timeout = \"2s\"\n",
+    )
+    .await;
+    // validator-3 announced its identity, then goes silent.
+    cluster.procs[2]
+        .as_mut()
+        .unwrap()
+        .signal(nix::sys::signal::Signal::SIGSTOP);
+    let session = cluster.coordinator.start_keygen(2, &[]).await.unwrap();
+    let pool = cluster.coordinator.pool.clone();
+    let status = eventually("the round times out", Duration::from_secs(30), || async {
+        let s = coordinator_mock::keygen::status(&pool, Some(session))
+            .await
+            .unwrap()
+            .pop()?;
+        (s.status == "failed").then_some(s)
+    })
+    .await;
+    assert_eq!(status.silent, vec!["validator-3".to_string()], "{status:?}");
+    assert!(
+        status.failure.contains("timed out") && status.failure.contains("validator-3"),
+        "{}",
+        status.failure
+    );
+    cluster.procs[2]
+        .as_mut()
+        .unwrap()
+        .signal(nix::sys::signal::Signal::SIGCONT);
 }
