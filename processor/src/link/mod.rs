@@ -747,6 +747,13 @@ impl<S: Side, H: Handler> Link<S, H> {
                 }
                 Some(LinkFrame::Error(error)) => {
                     let code = LinkErrorCode::try_from(error.code).unwrap_or_default();
+                    if matches!(code, LinkErrorCode::ShuttingDown | LinkErrorCode::Superseded) {
+                        // Routine: the peer is stopping or replaced this stream.
+                        return Err(SessionError::Closed(format!(
+                            "peer closed the stream: {}",
+                            error.detail
+                        )));
+                    }
                     warn!(
                         code = code_name(error.code),
                         id = error.id,
@@ -757,12 +764,6 @@ impl<S: Side, H: Handler> Link<S, H> {
                     match code {
                         LinkErrorCode::OutOfSequence if error.expected_id > 0 => {
                             rewind_tx.send_replace(error.expected_id);
-                        }
-                        LinkErrorCode::ShuttingDown | LinkErrorCode::Superseded => {
-                            return Err(SessionError::Closed(format!(
-                                "peer closed the stream: {}",
-                                error.detail
-                            )));
                         }
                         LinkErrorCode::StateMismatch
                         | LinkErrorCode::UnsupportedVersion
