@@ -61,24 +61,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
-        let signal = shutdown.clone();
-        tokio::spawn(async move {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::error!("cannot listen for SIGTERM: {e}");
-                        return;
-                    }
-                };
-            let what = tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = tokio::signal::ctrl_c() => "interrupt",
-            };
-            // Cancel before logging: stopping must not depend on the log sink.
-            signal.cancel();
-            tracing::info!("{what} received");
-        });
+        tokio::spawn(processor::run::stop_on_signal(shutdown.clone()));
         coordinator_mock::run::run(config, shutdown).await
     });
     match result {

@@ -14,40 +14,11 @@ use coordinator_mock::coordinator::Coordinator;
 use processor::keystore::Kek;
 use processor::keystore::Keystore;
 use processor::keystore::dkg::DkgParams;
-use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 
-fn admin_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-async fn fresh_db(tag: &str) -> String {
-    let name = format!("bench_{tag}_{:08x}", rand::random::<u32>());
-    let mut conn = PgConnection::connect(&admin_url())
-        .await
-        .expect("Postgres is running");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .expect("create database");
-    let base = admin_url()
-        .rsplit_once('/')
-        .map(|(b, _)| b.to_owned())
-        .expect("url");
-    format!("{base}/{name}")
-}
-
-async fn drop_db(url: &str) {
-    let name = url.rsplit('/').next().expect("db name").to_owned();
-    if let Ok(mut conn) = PgConnection::connect(&admin_url()).await {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-        )))
-        .execute(&mut conn)
-        .await;
-    }
-}
+#[path = "support/db.rs"]
+mod db;
+use db::{drop_db, fresh_db};
 
 fn threshold(n: u16) -> u16 {
     2 * n / 3 + 1

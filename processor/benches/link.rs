@@ -18,6 +18,10 @@ use proto::processor_v1::{CoordinatorMessage, LinkProbe, coordinator_message};
 use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 
+#[path = "support/db.rs"]
+mod db;
+use db::{drop_db, fresh_db};
+
 struct Args {
     messages: u64,
     payload: usize,
@@ -46,38 +50,6 @@ fn args() -> Args {
         i += 2;
     }
     a
-}
-
-fn admin_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-async fn fresh_db(tag: &str) -> String {
-    let name = format!("bench_{tag}_{:08x}", rand::random::<u32>());
-    let mut conn = PgConnection::connect(&admin_url())
-        .await
-        .expect("Postgres is running");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .expect("create database");
-    let (base, _) = admin_url()
-        .rsplit_once('/')
-        .map(|(b, d)| (b.to_owned(), d.to_owned()))
-        .expect("url");
-    format!("{base}/{name}")
-}
-
-async fn drop_db(url: &str) {
-    let name = url.rsplit('/').next().expect("db name").to_owned();
-    if let Ok(mut conn) = PgConnection::connect(&admin_url()).await {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-        )))
-        .execute(&mut conn)
-        .await;
-    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -84,7 +84,7 @@ fn main() -> ExitCode {
             let result = runtime.block_on(async move {
                 let _failpoints = failpoints();
                 let shutdown = CancellationToken::new();
-                tokio::spawn(stop_on_signal(shutdown.clone()));
+                tokio::spawn(processor::run::stop_on_signal(shutdown.clone()));
                 processor::run::run(config, shutdown).await
             });
             match result {
@@ -119,21 +119,4 @@ fn failpoints() -> Option<fail::FailScenario<'static>> {
         tracing::warn!(failpoints = ?v, "fault injection is ON (FAILPOINTS is set); never do this in production");
         fail::FailScenario::setup()
     })
-}
-
-async fn stop_on_signal(shutdown: CancellationToken) {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("cannot listen for SIGTERM: {e}");
-            return;
-        }
-    };
-    let what = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = tokio::signal::ctrl_c() => "interrupt",
-    };
-    // Cancel before logging: stopping must not depend on the log sink.
-    shutdown.cancel();
-    tracing::info!("{what} received");
 }

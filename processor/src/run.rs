@@ -206,3 +206,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     info!("stopped");
     result
 }
+
+/// Cancels `shutdown` on SIGTERM or Ctrl-C.
+pub async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            error!("cannot listen for SIGTERM: {e}");
+            return;
+        }
+    };
+    let what = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "interrupt",
+    };
+    // Cancel before logging: stopping must not depend on the log sink.
+    shutdown.cancel();
+    info!("{what} received");
+}

@@ -747,7 +747,10 @@ impl<S: Side, H: Handler> Link<S, H> {
                 }
                 Some(LinkFrame::Error(error)) => {
                     let code = LinkErrorCode::try_from(error.code).unwrap_or_default();
-                    if matches!(code, LinkErrorCode::ShuttingDown | LinkErrorCode::Superseded) {
+                    if matches!(
+                        code,
+                        LinkErrorCode::ShuttingDown | LinkErrorCode::Superseded
+                    ) {
                         // Routine: the peer is stopping or replaced this stream.
                         return Err(SessionError::Closed(format!(
                             "peer closed the stream: {}",
