@@ -7,7 +7,8 @@ use proto::coordinator_v1::coordinator_admin_server::CoordinatorAdmin;
 use proto::coordinator_v1::{
     CoordinatorStatus, EmitSettlementBlockRequest, EmitSettlementBlockResponse, GetKeyGenRequest,
     GetStatusRequest, KeyGenList, KeyGenStatus, ListKeyGensRequest, ProcessorView,
-    SendProbeRequest, SendProbeResponse, StartKeyGenRequest, StartKeyGenResponse,
+    RegisterAccountRequest, RegisterAccountResponse, SendProbeRequest, SendProbeResponse,
+    StartKeyGenRequest, StartKeyGenResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -118,5 +119,17 @@ impl CoordinatorAdmin for Admin {
             .await
             .map_err(CoordinatorError::from)?;
         Ok(Response::new(KeyGenList { sessions }))
+    }
+
+    async fn register_account(
+        &self,
+        request: Request<RegisterAccountRequest>,
+    ) -> Result<Response<RegisterAccountResponse>, Status> {
+        let account = request.into_inner().account;
+        let newly_registered = self.coordinator.register_account(account).await?;
+        Ok(Response::new(RegisterAccountResponse {
+            account,
+            newly_registered,
+        }))
     }
 }

@@ -193,6 +193,45 @@ impl Coordinator {
         Ok(session)
     }
 
+    /// Registers a deposit account with every processor. Returns false if it
+    /// was registered before (nothing is sent twice).
+    pub async fn register_account(&self, account: u32) -> Result<bool, CoordinatorError> {
+        let stored = i32::try_from(account)
+            .ok()
+            .filter(|&a| a >= 1)
+            .ok_or_else(|| {
+                CoordinatorError::InvalidArgument(format!(
+                    "account {account} cannot be registered: accounts start at 1 (0 is the processors' own)"
+                ))
+            })?;
+        let mut tx = self.pool.begin().await?;
+        let inserted =
+            sqlx::query("INSERT INTO accounts (account) VALUES ($1) ON CONFLICT DO NOTHING")
+                .bind(stored)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                == 1;
+        let message = CoordinatorMessage {
+            kind: Some(coordinator_message::Kind::RegisterAccount(
+                proto::processor_v1::RegisterAccount { account },
+            )),
+        };
+        let out = [OutMessage {
+            uid: format!("register-account/{account}"),
+            kind: "register_account",
+            payload: message.encode_to_vec(),
+        }];
+        let mut links: Vec<&str> = self.peers.iter().map(|p| p.link.link_id()).collect();
+        links.sort_unstable();
+        for link_id in links {
+            link::enqueue(&mut tx, link_id, &out).await?;
+        }
+        tx.commit().await?;
+        self.wake_all();
+        Ok(inserted)
+    }
+
     /// Wakes every link's pump (after a commit that enqueued to several).
     pub fn wake_all(&self) {
         for peer in &self.peers {

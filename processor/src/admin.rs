@@ -5,9 +5,9 @@ use std::time::SystemTime;
 
 use proto::processor_v1::processor_admin_server::ProcessorAdmin;
 use proto::processor_v1::{
-    GetStatusRequest, InboxEntry, InboxPage, KeyInfo, KeyList, ListKeysRequest, ListRequest,
-    ProcessorStatus, QuarantineEntry, QuarantinePage, SendLogEntry, SendLogPage,
-    SettlementBlockEntry, SettlementBlockPage,
+    DepositAddress, DepositAddressRequest, GetStatusRequest, InboxEntry, InboxPage, KeyInfo,
+    KeyList, ListKeysRequest, ListRequest, ProcessorStatus, QuarantineEntry, QuarantinePage,
+    SendLogEntry, SendLogPage, SettlementBlockEntry, SettlementBlockPage,
 };
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use crate::error::ServiceError;
 use crate::inbound::CoordinatorHandler;
 use crate::link::{Link, ProcessorSide, db as link_db};
-use crate::{keygen, settlement};
+use crate::{accounts, keygen, settlement};
 
 /// The processor's link type.
 pub type CoordinatorLink = Link<ProcessorSide, CoordinatorHandler>;
@@ -195,6 +195,48 @@ impl ProcessorAdmin for Admin {
                 })
                 .collect(),
             identity_public_key: hex::encode(self.identity),
+        }))
+    }
+
+    async fn get_deposit_address(
+        &self,
+        request: Request<DepositAddressRequest>,
+    ) -> Result<Response<DepositAddress>, Status> {
+        let account = request.into_inner().account;
+        let stored = i32::try_from(account)
+            .ok()
+            .filter(|&a| a >= 1)
+            .ok_or_else(|| {
+                ServiceError::InvalidArgument(format!(
+                    "account {account} is not a deposit account (they start at 1)"
+                ))
+            })?;
+        if !accounts::db::exists(&self.pool, stored)
+            .await
+            .map_err(ServiceError::from)?
+        {
+            return Err(ServiceError::NotFound(format!(
+                "account {account} is not registered; register it through the coordinator"
+            ))
+            .into());
+        }
+        let (session, group_key) = keygen::db::active(&self.pool)
+            .await
+            .map_err(ServiceError::from)?
+            .ok_or_else(|| {
+                ServiceError::FailedPrecondition(
+                    "no key is active yet; run a key generation first".into(),
+                )
+            })?;
+        let address = accounts::deposit_address(&group_key, account).ok_or_else(|| {
+            ServiceError::FailedPrecondition(format!(
+                "the active key of session {session} gives no address"
+            ))
+        })?;
+        Ok(Response::new(DepositAddress {
+            account,
+            session,
+            address,
         }))
     }
 }

@@ -6,7 +6,7 @@ use sqlx::PgConnection;
 
 use crate::keystore::Keystore;
 use crate::link::{HandleError, Handler, Inbound};
-use crate::{keygen, settlement};
+use crate::{accounts, keygen, settlement};
 
 /// Dispatches coordinator messages to the processor's modules.
 #[derive(Debug, Clone)]
@@ -51,6 +51,7 @@ impl Handler for CoordinatorHandler {
                 keygen::round2_packages(conn, inbound.link_id, &self.keystore, m).await
             }
             Some(Kind::KeyConfirmed(m)) => keygen::confirmed(conn, m).await,
+            Some(Kind::RegisterAccount(m)) => accounts::register(conn, m.account).await,
             // Journaled by the link; a probe has no other effect.
             Some(Kind::LinkProbe(_)) => Ok(()),
             Some(other) => Err(HandleError::Rejected(format!(

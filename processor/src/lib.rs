@@ -4,6 +4,7 @@
 //! ([`link`]), keeps all state in its own Postgres, and answers operators'
 //! queries ([`admin`]).
 
+pub mod accounts;
 pub mod admin;
 pub mod config;
 pub mod db;

@@ -339,6 +339,75 @@ async fn check_dkg(t: u32, n: usize, wallet: &WalletRpc) {
         "a corrupted address must be refused: {answer}"
     );
 
+    // A deposit account, registered once through the coordinator, has the
+    // same subaddress on every processor; the wallet accepts it.
+    if n == 3 {
+        assert!(cluster.coordinator.register_account(7).await.unwrap());
+        assert!(
+            !cluster.coordinator.register_account(7).await.unwrap(),
+            "idempotent"
+        );
+        let mut addresses = Vec::new();
+        for port in &cluster.ports {
+            let channel =
+                tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+                    .unwrap()
+                    .connect()
+                    .await
+                    .unwrap();
+            let mut admin =
+                proto::processor_v1::processor_admin_client::ProcessorAdminClient::new(channel);
+            let deposit = eventually(
+                "the account reaches the processor",
+                Duration::from_secs(20),
+                || {
+                    let mut admin = admin.clone();
+                    async move {
+                        admin
+                            .get_deposit_address(proto::processor_v1::DepositAddressRequest {
+                                account: 7,
+                            })
+                            .await
+                            .ok()
+                            .map(|r| r.into_inner())
+                    }
+                },
+            )
+            .await;
+            assert_eq!((deposit.account, deposit.session), (7, 0));
+            addresses.push(deposit.address);
+            let missing = admin
+                .get_deposit_address(proto::processor_v1::DepositAddressRequest { account: 8 })
+                .await
+                .expect_err("account 8 is not registered");
+            assert_eq!(missing.code(), tonic::Code::NotFound, "{missing:?}");
+            let zero = admin
+                .get_deposit_address(proto::processor_v1::DepositAddressRequest { account: 0 })
+                .await
+                .expect_err("account 0 is reserved");
+            assert_eq!(zero.code(), tonic::Code::InvalidArgument, "{zero:?}");
+        }
+        assert!(
+            addresses.iter().all(|a| *a == addresses[0]),
+            "{addresses:?}"
+        );
+        assert_ne!(addresses[0], address);
+        let answer = wallet
+            .call(
+                "validate_address",
+                serde_json::json!({"address": addresses[0], "any_net_type": true}),
+            )
+            .await;
+        assert_eq!(answer["result"]["valid"], true, "{answer}");
+        assert_eq!(answer["result"]["subaddress"], true, "{answer}");
+        for db in &cluster.dbs {
+            assert_eq!(
+                scalar_i64(&db.pool().await, "SELECT count(*) FROM accounts").await,
+                1
+            );
+        }
+    }
+
     // A later session's key is generated while session 0 stays active.
     if n == 3 {
         let next = cluster.coordinator.start_keygen(2, &[]).await.unwrap();

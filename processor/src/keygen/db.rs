@@ -189,3 +189,16 @@ pub async fn set_failed(
     .await?;
     Ok(())
 }
+
+/// The active key: the newest confirmed session, with its group key.
+pub async fn active(pool: &PgPool) -> Result<Option<(u64, [u8; 32])>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT session, group_key FROM keys WHERE status = 'confirmed' ORDER BY session DESC LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.and_then(|r| {
+        let key: Vec<u8> = r.get(1);
+        Some((to_u64(r.get(0)), key.try_into().ok()?))
+    }))
+}
