@@ -31,6 +31,9 @@ pub struct Config {
     pub max_db_connections: u32,
     /// Key material at rest.
     pub keystore: KeystoreConfig,
+    /// The Monero daemon to scan (absent: no scanning).
+    #[serde(default)]
+    pub monero: Option<crate::scanner::MoneroConfig>,
     /// The coordinator link.
     #[serde(default)]
     pub link: LinkConfig,
@@ -51,6 +54,7 @@ impl std::fmt::Debug for Config {
             .field("database_url", &redact_url(&self.database_url))
             .field("max_db_connections", &self.max_db_connections)
             .field("keystore", &self.keystore)
+            .field("monero", &self.monero)
             .field("link", &self.link)
             .field("admin", &self.admin)
             .field("log", &self.log)
@@ -182,6 +186,9 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "keystore.kek_file must not be empty".into(),
             ));
+        }
+        if let Some(monero) = &self.monero {
+            monero.validate().map_err(ConfigError::Invalid)?;
         }
         self.link.validate("link").map_err(ConfigError::Invalid)?;
         if self.admin.request_timeout.is_zero() {

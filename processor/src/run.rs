@@ -113,6 +113,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         .map_err(DbError::from)?;
     tx.commit().await.map_err(DbError::from)?;
 
+    if let Some(monero) = config.monero.clone() {
+        let daemon = Arc::new(crate::monero::Daemon::new(monero.daemon_url.clone()));
+        info!(daemon = %monero.daemon_url, confirmations = monero.confirmations, "scanning monerod");
+        tokio::spawn(crate::scanner::run(
+            pool.clone(),
+            daemon,
+            monero,
+            shutdown.clone(),
+        ));
+    }
+
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| RunError::Bind {

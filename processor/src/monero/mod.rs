@@ -1,0 +1,101 @@
+//! The processor's view of `monerod`: tip height and scannable blocks, over
+//! monero-daemon-rpc with the simple-request transport. A daemon that is
+//! down or answers garbage is an error the caller retries; the connection
+//! is rebuilt after any failure.
+
+use std::ops::RangeInclusive;
+
+use monero_daemon_rpc::MoneroDaemon;
+use monero_simple_request_rpc::SimpleRequestTransport;
+use monero_wallet::interface::{ProvidesBlockchainMeta, ProvidesScannableBlocks, ScannableBlock};
+
+/// The daemon could not answer.
+#[derive(Debug, thiserror::Error)]
+#[error("monerod at {url} did not answer {what}: {detail}")]
+pub struct DaemonError {
+    /// The daemon.
+    pub url: String,
+    /// The request.
+    pub what: String,
+    /// Why.
+    pub detail: String,
+}
+
+/// A connection to one `monerod`, made on first use and remade after errors.
+pub struct Daemon {
+    url: String,
+    connection: tokio::sync::Mutex<Option<MoneroDaemon<SimpleRequestTransport>>>,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Daemon {
+    /// A daemon at `url` (e.g. "http://127.0.0.1:18081"); nothing is
+    /// contacted yet.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            connection: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    fn error(&self, what: &str, detail: impl std::fmt::Display) -> DaemonError {
+        DaemonError {
+            url: self.url.clone(),
+            what: what.to_owned(),
+            detail: detail.to_string(),
+        }
+    }
+
+    async fn connection(&self) -> Result<MoneroDaemon<SimpleRequestTransport>, DaemonError> {
+        let mut slot = self.connection.lock().await;
+        if let Some(daemon) = slot.as_ref() {
+            return Ok(daemon.clone());
+        }
+        let daemon = SimpleRequestTransport::new(self.url.clone())
+            .await
+            .map_err(|e| self.error("a connection", format!("{e:?}")))?;
+        *slot = Some(daemon.clone());
+        Ok(daemon)
+    }
+
+    async fn forget(&self) {
+        *self.connection.lock().await = None;
+    }
+
+    /// The number (height) of the latest block.
+    pub async fn tip(&self) -> Result<u64, DaemonError> {
+        let daemon = self.connection().await?;
+        match daemon.latest_block_number().await {
+            Ok(n) => Ok(n as u64),
+            Err(e) => {
+                self.forget().await;
+                Err(self.error("get_height", format!("{e:?}")))
+            }
+        }
+    }
+
+    /// The blocks numbered `range`, checked for consistency, in order.
+    pub async fn blocks(
+        &self,
+        range: RangeInclusive<u64>,
+    ) -> Result<Vec<ScannableBlock>, DaemonError> {
+        let what = format!("blocks {}..={}", range.start(), range.end());
+        let range = usize::try_from(*range.start()).map_err(|e| self.error(&what, e))?
+            ..=usize::try_from(*range.end()).map_err(|e| self.error(&what, e))?;
+        let daemon = self.connection().await?;
+        match daemon.contiguous_scannable_blocks(range).await {
+            Ok(blocks) => Ok(blocks),
+            Err(e) => {
+                self.forget().await;
+                Err(self.error(&what, format!("{e:?}")))
+            }
+        }
+    }
+}

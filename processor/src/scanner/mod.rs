@@ -1,0 +1,228 @@
+//! Follows `monerod`, finalizes blocks `confirmations` deep, and stores the
+//! outputs paid to the active key (its main address: the processors' own;
+//! each registered account's subaddress; the change subaddress). A block's
+//! outputs and the cursor past it commit together, so a restart resumes
+//! exactly where the last commit left off. If the hash of a block already
+//! finalized changes, scanning halts and says so: nothing below the finality
+//! depth is ever reported twice or falsely.
+
+pub mod db;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use monero_wallet::Scanner;
+use monero_wallet::address::SubaddressIndex;
+use monero_wallet::transaction::Timelock;
+use serde::Deserialize;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::accounts::view_pair;
+use crate::keygen;
+use crate::monero::Daemon;
+
+/// The subaddress change returns to: account 0, minor 1.
+pub const CHANGE_SUBADDRESS: (u32, u32) = (0, 1);
+
+/// Where and how to scan.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MoneroConfig {
+    /// monerod's RPC URL, e.g. "http://127.0.0.1:18081".
+    pub daemon_url: String,
+    /// A block is final once this many blocks are on top of it.
+    #[serde(default = "default_confirmations")]
+    pub confirmations: u64,
+    /// How often to look for new blocks.
+    #[serde(with = "humantime_serde", default = "default_poll")]
+    pub poll_interval: Duration,
+    /// Most blocks fetched and committed at once.
+    #[serde(default = "default_batch")]
+    pub scan_batch: u64,
+    /// The first block number to scan once a key is active.
+    #[serde(default)]
+    pub start_height: u64,
+}
+
+fn default_confirmations() -> u64 {
+    10
+}
+
+fn default_poll() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_batch() -> u64 {
+    100
+}
+
+impl MoneroConfig {
+    /// Checks values; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.daemon_url.starts_with("http://") || self.daemon_url.starts_with("https://")) {
+            return Err(format!(
+                "monero.daemon_url must start with http:// or https://, got {:?}",
+                self.daemon_url
+            ));
+        }
+        if self.confirmations == 0 {
+            return Err("monero.confirmations must be at least 1".into());
+        }
+        if self.scan_batch == 0 {
+            return Err("monero.scan_batch must be at least 1".into());
+        }
+        if self.poll_interval.is_zero() {
+            return Err("monero.poll_interval must be more than 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// Why one scanning step stopped.
+#[derive(Debug, thiserror::Error)]
+enum StepError {
+    #[error(transparent)]
+    Daemon(#[from] crate::monero::DaemonError),
+    #[error("database: {0}")]
+    Storage(#[from] sqlx::Error),
+    #[error("{0}")]
+    Halt(String),
+}
+
+/// Scans until `shutdown`; retries daemon and database trouble with capped
+/// backoff; stops for good (with the reason stored) on a finalized reorg.
+pub async fn run(
+    pool: PgPool,
+    daemon: Arc<Daemon>,
+    config: MoneroConfig,
+    shutdown: CancellationToken,
+) {
+    let mut delay = config.poll_interval;
+    loop {
+        let result = tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = step(&pool, &daemon, &config) => r,
+        };
+        let wait = match result {
+            Ok(0) => {
+                delay = config.poll_interval;
+                config.poll_interval
+            }
+            Ok(_) => Duration::ZERO,
+            Err(StepError::Halt(reason)) => {
+                error!("scanning halted: {reason}");
+                return;
+            }
+            Err(e) => {
+                warn!("scanning step failed, retrying in {delay:?}: {e}");
+                let wait = delay;
+                delay = (delay * 2).min(Duration::from_secs(30));
+                wait
+            }
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Scans the next batch of finalized blocks. Returns how many it stored.
+async fn step(pool: &PgPool, daemon: &Daemon, config: &MoneroConfig) -> Result<u64, StepError> {
+    let Some((session, group_key)) = keygen::db::active(pool).await? else {
+        return Ok(0);
+    };
+    let (next, halted) = db::cursor(pool)
+        .await?
+        .unwrap_or((config.start_height, None));
+    if let Some(reason) = halted {
+        return Err(StepError::Halt(reason));
+    }
+    let tip = daemon.tip().await?;
+    let Some(finalized_tip) = tip.checked_sub(config.confirmations) else {
+        return Ok(0);
+    };
+    if finalized_tip < next {
+        return Ok(0);
+    }
+    // Fetch the last finalized block again to notice a reorg below the depth.
+    let from = next.saturating_sub(1);
+    let end = finalized_tip.min(next + config.scan_batch - 1);
+    let blocks = daemon.blocks(from..=end).await?;
+    if next > 0 {
+        let stored = db::block_hash(pool, next - 1).await?;
+        let seen = blocks.first().map(|b| b.block.hash());
+        if let (Some(stored), Some(seen)) = (stored, seen)
+            && stored.as_slice() != seen.as_slice()
+        {
+            let reason = format!(
+                "the hash of finalized block {} changed from {} to {}: a reorganisation deeper \
+                 than monero.confirmations ({}); an operator must investigate before scanning resumes",
+                next - 1,
+                hex::encode(&stored),
+                hex::encode(seen),
+                config.confirmations
+            );
+            db::halt(pool, &reason, next).await?;
+            return Err(StepError::Halt(reason));
+        }
+    }
+    let pair = view_pair(&group_key).ok_or_else(|| {
+        StepError::Halt(format!("the key of session {session} is not a valid point"))
+    })?;
+    let mut scanner = Scanner::new(pair);
+    for account in db::accounts(pool).await? {
+        if let Some(index) = SubaddressIndex::new(account, 0) {
+            scanner.register_subaddress(index);
+        }
+    }
+    if let Some(index) = SubaddressIndex::new(CHANGE_SUBADDRESS.0, CHANGE_SUBADDRESS.1) {
+        scanner.register_subaddress(index);
+    }
+    let mut tx = pool.begin().await?;
+    let mut stored = 0;
+    for block in blocks.into_iter().skip(usize::from(next > 0)) {
+        let height = block.block.number() as u64;
+        let hash = block.block.hash();
+        let found = scanner
+            .scan(block)
+            .map_err(|e| StepError::Halt(format!("block {height} does not scan: {e:?}")))?
+            .ignore_additional_timelock();
+        let outputs: Vec<db::NewOutput> = found
+            .iter()
+            .map(|o| {
+                let (account, minor) = o
+                    .subaddress()
+                    .map_or((0, 0), |s| (s.account(), s.address()));
+                let (unlock_height, unlock_time) = match o.additional_timelock() {
+                    Timelock::None => (None, None),
+                    Timelock::Block(b) => (Some(b as u64), None),
+                    Timelock::Time(t) => (None, Some(t)),
+                };
+                db::NewOutput {
+                    tx_hash: o.transaction(),
+                    index_in_tx: o.index_in_transaction(),
+                    session,
+                    block_height: height,
+                    account,
+                    subaddress_minor: minor,
+                    amount: o.commitment().amount,
+                    unlock_height,
+                    unlock_time,
+                    wallet_output: o.serialize(),
+                }
+            })
+            .collect();
+        for o in &outputs {
+            info!(height, account = o.account, amount = o.amount, tx = %hex::encode(o.tx_hash), "output found");
+        }
+        db::insert_block(&mut tx, height, &hash, &outputs).await?;
+        db::set_cursor(&mut tx, height + 1).await?;
+        stored += 1;
+    }
+    tx.commit().await?;
+    debug!(from = next, to = end, tip, "finalized blocks stored");
+    Ok(stored)
+}

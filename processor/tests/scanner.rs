@@ -1,0 +1,207 @@
+//! Scanning a real `monerod --regtest`: blocks are finalized `confirmations`
+//! deep, outputs paid to the group's address are found by every processor
+//! alike, nothing above the finality depth is stored, and a processor killed
+//! mid-scan resumes without skipping or repeating a block.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::cluster::*;
+use common::*;
+use monero_wallet::address::{MoneroAddress, Network};
+use sqlx::PgPool;
+
+/// A regtest monerod of the test's own, on free ports, in its own directory.
+struct Monerod {
+    _proc: Proc,
+    url: String,
+}
+
+impl Monerod {
+    async fn start(dir: &Path) -> Self {
+        let (rpc, p2p, zmq) = (free_port(), free_port(), free_port());
+        let log = dir.join("monerod.out");
+        let file = std::fs::File::create(&log).unwrap();
+        let child = std::process::Command::new("monerod")
+            .args([
+                "--regtest",
+                "--offline",
+                "--fixed-difficulty",
+                "1",
+                "--no-igd",
+                "--non-interactive",
+            ])
+            .arg("--data-dir")
+            .arg(dir.join("monerod"))
+            .args([
+                "--rpc-bind-ip",
+                "127.0.0.1",
+                "--rpc-bind-port",
+                &rpc.to_string(),
+            ])
+            .args([
+                "--p2p-bind-port",
+                &p2p.to_string(),
+                "--zmq-rpc-bind-port",
+                &zmq.to_string(),
+            ])
+            .arg("--log-file")
+            .arg(dir.join("monerod.log"))
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("monerod from the Debian `monero` package (apt-get install monero)");
+        let url = format!("http://127.0.0.1:{rpc}");
+        let daemon = processor::monero::Daemon::new(url.clone());
+        eventually("monerod answers", Duration::from_secs(60), || async {
+            daemon.tip().await.ok()
+        })
+        .await;
+        Self {
+            _proc: Proc {
+                child,
+                log,
+                name: "monerod".into(),
+            },
+            url,
+        }
+    }
+
+    async fn mine(&self, address: &str, blocks: usize) {
+        let daemon = monero_simple_request_rpc::SimpleRequestTransport::new(self.url.clone())
+            .await
+            .unwrap();
+        let address = MoneroAddress::from_str(Network::Mainnet, address).unwrap();
+        daemon.generate_blocks(&address, blocks).await.unwrap();
+    }
+}
+
+/// An address nobody here holds, to mine blocks that pay no processor.
+fn elsewhere() -> String {
+    let key = curve25519_dalek::EdwardsPoint::mul_base_clamped(rand::random::<[u8; 32]>())
+        .compress()
+        .to_bytes();
+    processor::keystore::dkg::monero_address(&key).unwrap()
+}
+
+async fn next_height(pool: &PgPool) -> i64 {
+    sqlx::query_scalar::<_, i64>("SELECT next_height FROM scan_cursor")
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+        .unwrap_or(0)
+}
+
+async fn outputs(pool: &PgPool) -> Vec<(Vec<u8>, i64, i64, i64, i64, Option<i64>)> {
+    sqlx::query_as(
+        "SELECT tx_hash, index_in_tx, block_height, account, amount, unlock_height FROM outputs ORDER BY block_height, tx_hash",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finalized_blocks_and_outputs_match_on_every_processor() {
+    let chain_dir = tempfile::tempdir().unwrap();
+    let monerod = Monerod::start(chain_dir.path()).await;
+    let url: &'static str = Box::leak(monerod.url.clone().into_boxed_str());
+    let env = move |_| {
+        vec![
+            ("PROCESSOR_MONERO__DAEMON_URL", url),
+            ("PROCESSOR_MONERO__CONFIRMATIONS", "3"),
+            ("PROCESSOR_MONERO__POLL_INTERVAL", "200ms"),
+        ]
+    };
+    let mut cluster = Cluster::start("scan", 3, env).await;
+    let session = cluster.coordinator.start_keygen(2, &[]).await.unwrap();
+    let status = cluster.wait_status(session, "confirmed").await;
+
+    // Blocks 1..=5 pay the group; 6..=9 pay someone else. Tip 9, three
+    // confirmations: 0..=6 are final, 7..=9 are not.
+    monerod.mine(&status.monero_address, 5).await;
+    monerod.mine(&elsewhere(), 4).await;
+    let pools: Vec<PgPool> = futures::future::join_all(cluster.dbs.iter().map(|d| d.pool())).await;
+    for pool in &pools {
+        eventually(
+            "blocks 0..=6 finalized",
+            Duration::from_secs(60),
+            || async { (next_height(pool).await == 7).then_some(()) },
+        )
+        .await;
+    }
+    // Give a wrong implementation the chance to run ahead, then look.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let first = outputs(&pools[0]).await;
+    assert_eq!(
+        first.len(),
+        5,
+        "one coinbase output per group-paid block: {first:?}"
+    );
+    for (i, o) in first.iter().enumerate() {
+        let height = i64::try_from(i).unwrap() + 1;
+        assert_eq!(o.2, height, "block of output {i}");
+        assert_eq!(
+            o.3, 0,
+            "coinbase to the main address is the processors' own account"
+        );
+        assert!(o.4 > 0, "an amount");
+        assert_eq!(o.5, Some(height + 60), "coinbase unlocks 60 blocks later");
+    }
+    for pool in &pools {
+        assert_eq!(
+            next_height(pool).await,
+            7,
+            "nothing below the finality depth is scanned"
+        );
+        assert_eq!(
+            scalar_i64(pool, "SELECT max(height) FROM finalized_blocks").await,
+            6
+        );
+        assert_eq!(
+            scalar_i64(pool, "SELECT count(*) FROM finalized_blocks").await,
+            7
+        );
+        assert_eq!(
+            outputs(pool).await,
+            first,
+            "every processor sees the same outputs"
+        );
+    }
+
+    // Kill one processor, mine on, restart it: it resumes from its cursor.
+    cluster.procs[0].as_mut().unwrap().kill9();
+    monerod.mine(&status.monero_address, 2).await; // blocks 10, 11
+    monerod.mine(&elsewhere(), 3).await; // 12..=14: final up to 11
+    let dir = cluster.dir.path().to_path_buf();
+    cluster.procs[0] = Some(spawn_processor(
+        &name(0),
+        &dir,
+        cluster.ports[0],
+        &cluster.dbs[0].url,
+        &env(0),
+    ));
+    for pool in &pools {
+        eventually(
+            "blocks 0..=11 finalized",
+            Duration::from_secs(60),
+            || async { (next_height(pool).await == 12).then_some(()) },
+        )
+        .await;
+    }
+    let after = outputs(&pools[0]).await;
+    assert_eq!(after.len(), 7, "{after:?}");
+    assert_eq!(after[..5], first[..]);
+    for pool in &pools {
+        assert_eq!(
+            scalar_i64(pool, "SELECT count(*) FROM finalized_blocks").await,
+            12,
+            "no block skipped or repeated"
+        );
+        assert_eq!(outputs(pool).await, after);
+    }
+}
