@@ -40,6 +40,9 @@ pub struct Config {
     /// Key generation.
     #[serde(default)]
     pub keygen: KeygenConfig,
+    /// Signing (batches).
+    #[serde(default)]
+    pub signing: SigningConfig,
     /// The admin API.
     #[serde(default)]
     pub admin: AdminConfig,
@@ -60,6 +63,7 @@ impl std::fmt::Debug for Config {
             .field("reconnect", &self.reconnect)
             .field("settlement", &self.settlement)
             .field("keygen", &self.keygen)
+            .field("signing", &self.signing)
             .field("admin", &self.admin)
             .field("log", &self.log)
             .finish()
@@ -130,6 +134,25 @@ impl Default for KeygenConfig {
         Self {
             round_timeout: Duration::from_secs(60),
             auto_start_threshold: None,
+        }
+    }
+}
+
+/// How signing attempts run.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SigningConfig {
+    /// An attempt not finished within this time is abandoned and re-attempted
+    /// with fresh nonces; signers that stayed silent are not chosen again
+    /// unless they answer first.
+    #[serde(with = "humantime_serde")]
+    pub round_timeout: Duration,
+}
+
+impl Default for SigningConfig {
+    fn default() -> Self {
+        Self {
+            round_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -226,6 +249,9 @@ impl Config {
         }
         if self.settlement.block_interval.is_some_and(|d| d.is_zero()) {
             return invalid("settlement.block_interval must be more than 0".into());
+        }
+        if self.signing.round_timeout.is_zero() {
+            return invalid("signing.round_timeout must be more than 0".into());
         }
         if self.keygen.round_timeout.is_zero() {
             return invalid("keygen.round_timeout must be more than 0".into());

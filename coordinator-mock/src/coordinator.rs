@@ -141,6 +141,7 @@ impl Coordinator {
         tokio::spawn(keygen_timer(
             coordinator.clone(),
             config.keygen.clone(),
+            config.signing.round_timeout,
             shutdown.clone(),
         ));
         for peer in &coordinator.peers {
@@ -280,6 +281,7 @@ impl Coordinator {
 async fn keygen_timer(
     coordinator: Arc<Coordinator>,
     config: crate::config::KeygenConfig,
+    signing_timeout: Duration,
     shutdown: CancellationToken,
 ) {
     let mut auto = config.auto_start_threshold;
@@ -290,6 +292,11 @@ async fn keygen_timer(
         }
         if let Err(e) = crate::keygen::expire(&coordinator.pool, config.round_timeout).await {
             warn!("checking key generation timeouts failed: {e}");
+        }
+        match crate::batches::reattempt_stalled(&coordinator.pool, signing_timeout).await {
+            Ok(0) => {}
+            Ok(_) => coordinator.wake_all(),
+            Err(e) => warn!("checking signing timeouts failed: {e}"),
         }
         if let Some(threshold) = auto {
             let existing: Result<i64, _> =

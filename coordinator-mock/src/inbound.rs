@@ -6,7 +6,7 @@ use sqlx::PgConnection;
 
 use processor::link::{HandleError, Handler, Inbound};
 
-use crate::{keygen, settlement};
+use crate::{batches, keygen, settlement};
 
 /// Dispatches processor messages.
 #[derive(Debug, Clone, Default)]
@@ -38,6 +38,11 @@ impl Handler for ProcessorHandler {
             Some(Kind::KeyGenRound2(m)) => keygen::round2(conn, inbound.link_id, m).await,
             Some(Kind::KeyGenerated(m)) => keygen::generated(conn, inbound.link_id, m).await,
             Some(Kind::KeyGenBlame(m)) => keygen::blame(conn, inbound.link_id, m).await,
+            Some(Kind::BatchProposal(m)) => batches::proposal(conn, inbound.link_id, m).await,
+            Some(Kind::SignPreprocess(m)) => batches::preprocess(conn, inbound.link_id, m).await,
+            Some(Kind::SignShare(m)) => batches::share(conn, inbound.link_id, m).await,
+            Some(Kind::SignBlame(m)) => batches::blame(conn, inbound.link_id, m).await,
+            Some(Kind::BatchSigned(m)) => batches::signed(conn, inbound.link_id, m).await,
             Some(other) => Err(HandleError::Rejected(format!(
                 "{} is not acted on by coordinator-mock {}; it is kept in the quarantine",
                 proto::processor_message_kind(&ProcessorMessage { kind: Some(other) }),

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod backoff;
+pub mod batches;
 pub mod config;
 pub mod coordinator;
 pub mod inbound;

@@ -6,7 +6,7 @@ use sqlx::PgConnection;
 
 use crate::keystore::Keystore;
 use crate::link::{HandleError, Handler, Inbound};
-use crate::{accounts, keygen, settlement};
+use crate::{accounts, keygen, settlement, signer};
 
 /// Dispatches coordinator messages to the processor's modules.
 #[derive(Debug, Clone)]
@@ -52,6 +52,13 @@ impl Handler for CoordinatorHandler {
             }
             Some(Kind::KeyConfirmed(m)) => keygen::confirmed(conn, m).await,
             Some(Kind::RegisterAccount(m)) => accounts::register(conn, m.account).await,
+            Some(Kind::SignPreprocesses(m)) => {
+                signer::preprocesses(conn, &self.keystore, inbound.link_id, m).await
+            }
+            Some(Kind::SignShares(m)) => signer::shares(conn, inbound.link_id, m).await,
+            Some(Kind::SignReattempt(m)) => {
+                signer::reattempt(conn, &self.keystore, inbound.link_id, m).await
+            }
             // Journaled by the link; a probe has no other effect.
             Some(Kind::LinkProbe(_)) => Ok(()),
             Some(other) => Err(HandleError::Rejected(format!(

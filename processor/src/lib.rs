@@ -6,6 +6,7 @@
 
 pub mod accounts;
 pub mod admin;
+pub mod batch;
 pub mod config;
 pub mod db;
 pub mod error;
@@ -18,4 +19,5 @@ pub mod run;
 pub mod scanner;
 pub mod server;
 pub mod settlement;
+pub mod signer;
 pub mod telemetry;

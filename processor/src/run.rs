@@ -116,10 +116,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     if let Some(monero) = config.monero.clone() {
         let daemon = Arc::new(crate::monero::Daemon::new(monero.daemon_url.clone()));
         info!(daemon = %monero.daemon_url, confirmations = monero.confirmations, "scanning monerod");
+        let context = crate::scanner::ScanContext {
+            keystore: keystore.clone(),
+            link_id: COORDINATOR_LINK.to_owned(),
+            outbox: link.outbox().clone(),
+        };
         tokio::spawn(crate::scanner::run(
             pool.clone(),
             daemon,
             monero,
+            context,
             shutdown.clone(),
         ));
     }

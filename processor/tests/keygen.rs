@@ -11,10 +11,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::cluster::*;
+use common::monero::*;
 use common::*;
 use processor::keystore::{Kek, Keystore};
 use sqlx::{PgPool, Row};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Opens processor `i`'s key package with its KEK, as the keystore would.
 async fn key_package(
@@ -42,93 +42,6 @@ async fn key_package(
             .unwrap(),
         frost_ed25519::keys::PublicKeyPackage::deserialize(&public).unwrap(),
     )
-}
-
-/// monero-wallet-rpc (Debian `monero`) without a daemon: enough for
-/// `validate_address`.
-struct WalletRpc {
-    _proc: Proc,
-    port: u16,
-}
-
-impl WalletRpc {
-    async fn start(dir: &Path) -> Self {
-        let port = free_port();
-        let wallets = dir.join("wallets");
-        std::fs::create_dir_all(&wallets).unwrap();
-        let log = dir.join("wallet-rpc.log");
-        let file = std::fs::File::create(&log).unwrap();
-        let child = std::process::Command::new("monero-wallet-rpc")
-            .args([
-                "--rpc-bind-ip",
-                "127.0.0.1",
-                "--rpc-bind-port",
-                &port.to_string(),
-            ])
-            .args(["--disable-rpc-login", "--offline", "--non-interactive"])
-            .args(["--rpc-ssl", "disabled", "--daemon-ssl", "disabled"])
-            .arg("--wallet-dir")
-            .arg(&wallets)
-            .arg("--shared-ringdb-dir")
-            .arg(dir.join("ringdb"))
-            .arg("--log-file")
-            .arg(dir.join("wallet-rpc.internal.log"))
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("monero-wallet-rpc from the Debian `monero` package (apt-get install monero)");
-        wait_port(port).await;
-        Self {
-            _proc: Proc {
-                child,
-                log,
-                name: "monero-wallet-rpc".into(),
-            },
-            port,
-        }
-    }
-
-    async fn call(&self, method: &str, params: serde_json::Value) -> serde_json::Value {
-        let body =
-            serde_json::json!({"jsonrpc": "2.0", "id": "0", "method": method, "params": params})
-                .to_string();
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .unwrap();
-        let request = format!(
-            "POST /json_rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
-             Connection: close\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        stream.write_all(request.as_bytes()).await.unwrap();
-        // Read the head, then exactly Content-Length bytes of body.
-        let mut response = Vec::new();
-        let mut buf = [0_u8; 4096];
-        tokio::time::timeout(Duration::from_secs(30), async {
-            loop {
-                let n = stream.read(&mut buf).await.unwrap();
-                response.extend_from_slice(&buf[..n]);
-                let text = String::from_utf8_lossy(&response).into_owned();
-                if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                    let length: usize = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse().unwrap())
-                        })
-                        .expect("a Content-Length");
-                    if body.len() >= length {
-                        return serde_json::from_str::<serde_json::Value>(&body[..length])
-                            .expect("JSON-RPC answer");
-                    }
-                }
-                assert!(n > 0, "monero-wallet-rpc closed early: {text}");
-            }
-        })
-        .await
-        .expect("monero-wallet-rpc answers within 30s")
-    }
 }
 
 async fn check_dkg(t: u32, n: usize, wallet: &WalletRpc) {

@@ -7,86 +7,12 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use common::cluster::*;
+use common::monero::*;
 use common::*;
-use monero_wallet::address::{MoneroAddress, Network};
 use sqlx::PgPool;
-
-/// A regtest monerod of the test's own, on free ports, in its own directory.
-struct Monerod {
-    _proc: Proc,
-    url: String,
-}
-
-impl Monerod {
-    async fn start(dir: &Path) -> Self {
-        let (rpc, p2p, zmq) = (free_port(), free_port(), free_port());
-        let log = dir.join("monerod.out");
-        let file = std::fs::File::create(&log).unwrap();
-        let child = std::process::Command::new("monerod")
-            .args([
-                "--regtest",
-                "--offline",
-                "--fixed-difficulty",
-                "1",
-                "--no-igd",
-                "--non-interactive",
-            ])
-            .arg("--data-dir")
-            .arg(dir.join("monerod"))
-            .args([
-                "--rpc-bind-ip",
-                "127.0.0.1",
-                "--rpc-bind-port",
-                &rpc.to_string(),
-            ])
-            .args([
-                "--p2p-bind-port",
-                &p2p.to_string(),
-                "--zmq-rpc-bind-port",
-                &zmq.to_string(),
-            ])
-            .arg("--log-file")
-            .arg(dir.join("monerod.log"))
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("monerod from the Debian `monero` package (apt-get install monero)");
-        let url = format!("http://127.0.0.1:{rpc}");
-        let daemon = processor::monero::Daemon::new(url.clone());
-        eventually("monerod answers", Duration::from_secs(60), || async {
-            daemon.tip().await.ok()
-        })
-        .await;
-        Self {
-            _proc: Proc {
-                child,
-                log,
-                name: "monerod".into(),
-            },
-            url,
-        }
-    }
-
-    async fn mine(&self, address: &str, blocks: usize) {
-        let daemon = monero_simple_request_rpc::SimpleRequestTransport::new(self.url.clone())
-            .await
-            .unwrap();
-        let address = MoneroAddress::from_str(Network::Mainnet, address).unwrap();
-        daemon.generate_blocks(&address, blocks).await.unwrap();
-    }
-}
-
-/// An address nobody here holds, to mine blocks that pay no processor.
-fn elsewhere() -> String {
-    let key = curve25519_dalek::EdwardsPoint::mul_base_clamped(rand::random::<[u8; 32]>())
-        .compress()
-        .to_bytes();
-    processor::keystore::dkg::monero_address(&key).unwrap()
-}
 
 async fn next_height(pool: &PgPool) -> i64 {
     sqlx::query_scalar::<_, i64>("SELECT next_height FROM scan_cursor")

@@ -477,6 +477,7 @@ mod tests {
                     kek: Kek::generate(),
                     identity_public: PublicKey::from(&identity),
                     identity,
+                    nonces: Default::default(),
                 }
             })
             .collect()

@@ -9,6 +9,7 @@
 pub mod db;
 pub mod dkg;
 mod seal;
+pub mod sign;
 
 use std::path::Path;
 
@@ -59,6 +60,8 @@ pub struct Keystore {
     kek: Kek,
     identity: StaticSecret,
     identity_public: PublicKey,
+    /// Signing nonces of attempts in flight: memory only, used once.
+    nonces: sign::Nonces,
 }
 
 impl std::fmt::Debug for Keystore {
@@ -117,6 +120,7 @@ impl Keystore {
             kek,
             identity,
             identity_public,
+            nonces: sign::Nonces::default(),
         })
     }
 
@@ -128,6 +132,7 @@ impl Keystore {
             kek,
             identity_public: PublicKey::from(&identity),
             identity,
+            nonces: sign::Nonces::default(),
         }
     }
 

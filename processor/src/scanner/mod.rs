@@ -21,6 +21,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::accounts::view_pair;
 use crate::keygen;
+use crate::keystore::Keystore;
+use crate::link::{HandleError, Outbox};
 use crate::monero::Daemon;
 
 /// The subaddress change returns to: account 0, minor 1.
@@ -91,19 +93,32 @@ enum StepError {
     Halt(String),
 }
 
+/// What the scanner needs besides the database and the daemon: the keystore
+/// (a batch's first preprocess leaves with the block) and the link.
+#[derive(Debug, Clone)]
+pub struct ScanContext {
+    /// The keystore.
+    pub keystore: Keystore,
+    /// The coordinator link's id.
+    pub link_id: String,
+    /// Wakes the link's pump after a commit that enqueued.
+    pub outbox: Outbox,
+}
+
 /// Scans until `shutdown`; retries daemon and database trouble with capped
 /// backoff; stops for good (with the reason stored) on a finalized reorg.
 pub async fn run(
     pool: PgPool,
     daemon: Arc<Daemon>,
     config: MoneroConfig,
+    context: ScanContext,
     shutdown: CancellationToken,
 ) {
     let mut delay = config.poll_interval;
     loop {
         let result = tokio::select! {
             () = shutdown.cancelled() => return,
-            r = step(&pool, &daemon, &config) => r,
+            r = step(&pool, &daemon, &config, &context) => r,
         };
         let wait = match result {
             Ok(0) => {
@@ -130,7 +145,12 @@ pub async fn run(
 }
 
 /// Scans the next batch of finalized blocks. Returns how many it stored.
-async fn step(pool: &PgPool, daemon: &Daemon, config: &MoneroConfig) -> Result<u64, StepError> {
+async fn step(
+    pool: &PgPool,
+    daemon: &Daemon,
+    config: &MoneroConfig,
+    context: &ScanContext,
+) -> Result<u64, StepError> {
     let Some((session, group_key)) = keygen::db::active(pool).await? else {
         return Ok(0);
     };
@@ -219,10 +239,36 @@ async fn step(pool: &PgPool, daemon: &Daemon, config: &MoneroConfig) -> Result<u
             info!(height, account = o.account, amount = o.amount, tx = %hex::encode(o.tx_hash), "output found");
         }
         db::insert_block(&mut tx, height, &hash, &outputs).await?;
+        let deposits: Vec<db::NewOutput> = outputs.into_iter().filter(|o| o.account >= 1).collect();
+        if !deposits.is_empty() {
+            let id = crate::batch::create(
+                &mut tx,
+                &context.keystore,
+                &context.link_id,
+                session,
+                height,
+                &hash,
+                &deposits,
+            )
+            .await
+            .map_err(|e| match e {
+                HandleError::Storage(e) => StepError::Storage(e),
+                HandleError::Rejected(why) => {
+                    StepError::Halt(format!("batch for block {height}: {why}"))
+                }
+            })?;
+            info!(
+                batch = id,
+                height,
+                deposits = deposits.len(),
+                "batch proposed"
+            );
+        }
         db::set_cursor(&mut tx, height + 1).await?;
         stored += 1;
     }
     tx.commit().await?;
+    context.outbox.wake();
     debug!(from = next, to = end, tip, "finalized blocks stored");
     Ok(stored)
 }

@@ -1,0 +1,175 @@
+//! Batches: the deposits of one finalized block, as in-instructions for the
+//! settlement chain, signed by the group through the coordinator.
+
+use prost::Message as _;
+use proto::processor_v1::{
+    Batch, BatchProposal, InInstruction, ProcessorMessage, SignId, SignKind,
+    processor_message::Kind,
+};
+use sqlx::{PgConnection, PgPool, Row};
+
+use crate::keystore::Keystore;
+use crate::link::db::{to_i64, to_u64};
+use crate::link::{self, HandleError, OutMessage};
+use crate::scanner::db::NewOutput;
+use crate::signer;
+
+/// Domain separation of what the group signs for a batch.
+pub const BATCH_DOMAIN: &[u8] = b"monero-custody/batch/v1";
+
+/// The bytes the group signs for a batch's encoding.
+pub fn message(encoded: &[u8]) -> Vec<u8> {
+    [BATCH_DOMAIN, encoded].concat()
+}
+
+/// The signing id of a batch's attempt.
+pub fn sign_id(session: u64, id: u64, attempt: u32) -> SignId {
+    SignId {
+        session,
+        kind: SignKind::Batch.into(),
+        id: id.to_be_bytes().to_vec(),
+        attempt,
+    }
+}
+
+/// An output's id: transaction hash, then its index (4 bytes, little endian).
+pub fn output_id(tx_hash: &[u8; 32], index: u64) -> Vec<u8> {
+    let mut id = tx_hash.to_vec();
+    id.extend_from_slice(&u32::try_from(index).unwrap_or(u32::MAX).to_le_bytes());
+    id
+}
+
+/// Builds, stores and proposes the batch of a block with deposits, and
+/// begins signing it (attempt 0). Runs in the scanner's transaction.
+pub async fn create(
+    conn: &mut PgConnection,
+    keystore: &Keystore,
+    link_id: &str,
+    session: u64,
+    block_height: u64,
+    block_hash: &[u8; 32],
+    deposits: &[NewOutput],
+) -> Result<u64, HandleError> {
+    let id: i64 = sqlx::query_scalar("SELECT COALESCE(max(id) + 1, 0) FROM batches")
+        .fetch_one(&mut *conn)
+        .await?;
+    let id = to_u64(id);
+    let batch = Batch {
+        id,
+        session,
+        block_height,
+        block_hash: block_hash.to_vec(),
+        instructions: deposits
+            .iter()
+            .map(|d| InInstruction {
+                account: d.account,
+                amount: d.amount,
+                output_id: output_id(&d.tx_hash, d.index_in_tx),
+            })
+            .collect(),
+    };
+    let encoded = batch.encode_to_vec();
+    sqlx::query(
+        "INSERT INTO batches (id, session, block_height, block_hash, encoded) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(to_i64(id))
+    .bind(to_i64(session))
+    .bind(to_i64(block_height))
+    .bind(block_hash.as_slice())
+    .bind(&encoded)
+    .execute(&mut *conn)
+    .await?;
+    let proposal = ProcessorMessage {
+        kind: Some(Kind::BatchProposal(BatchProposal { batch: Some(batch) })),
+    };
+    link::enqueue(
+        conn,
+        link_id,
+        &[OutMessage {
+            uid: format!("batch-proposal/{id}"),
+            kind: "batch_proposal",
+            payload: proposal.encode_to_vec(),
+        }],
+    )
+    .await?;
+    signer::begin(conn, keystore, link_id, &sign_id(session, id, 0)).await?;
+    Ok(id)
+}
+
+/// A stored batch: its encoding and status.
+#[derive(Debug, Clone)]
+pub struct StoredBatch {
+    /// Id.
+    pub id: u64,
+    /// Key session.
+    pub session: u64,
+    /// Encoded `Batch`.
+    pub encoded: Vec<u8>,
+    /// Status.
+    pub status: String,
+    /// Signature, once signed.
+    pub signature: Option<Vec<u8>>,
+    /// Block.
+    pub block_height: u64,
+}
+
+/// Loads (and locks) a batch.
+pub async fn lock(conn: &mut PgConnection, id: u64) -> Result<Option<StoredBatch>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT id, session, encoded, status, signature, block_height FROM batches WHERE id = $1 FOR UPDATE",
+    )
+    .bind(to_i64(id))
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|r| StoredBatch {
+        id: to_u64(r.get(0)),
+        session: to_u64(r.get(1)),
+        encoded: r.get(2),
+        status: r.get(3),
+        signature: r.get(4),
+        block_height: to_u64(r.get(5)),
+    }))
+}
+
+/// Every batch, newest last (admin API).
+pub async fn list(pool: &PgPool, after: u64, limit: u32) -> Result<Vec<StoredBatch>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT id, session, encoded, status, signature, block_height FROM batches
+         WHERE id >= $1 ORDER BY id LIMIT $2",
+    )
+    .bind(to_i64(after))
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| StoredBatch {
+            id: to_u64(r.get(0)),
+            session: to_u64(r.get(1)),
+            encoded: r.get(2),
+            status: r.get(3),
+            signature: r.get(4),
+            block_height: to_u64(r.get(5)),
+        })
+        .collect())
+}
+
+/// Marks batches the settlement chain included.
+pub async fn mark_included(conn: &mut PgConnection, ids: &[u64]) -> Result<(), sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = ids.iter().map(|&i| to_i64(i)).collect();
+    sqlx::query("UPDATE batches SET status = 'included' WHERE id = ANY($1)")
+        .bind(&ids)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "UPDATE outputs SET status = 'included'
+         WHERE block_height IN (SELECT block_height FROM batches WHERE id = ANY($1)) AND account > 0",
+    )
+    .bind(&ids)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,351 @@
+//! Signing procedures (batches, FROST Ed25519) as the coordinator runs them:
+//! preprocess -> the chosen signers' commitments -> share -> everyone's
+//! shares -> aggregate. An attempt is recorded in Postgres in the same
+//! transaction as the preprocess that leaves for it, and its nonces live only
+//! in the keystore's memory: after a restart an earlier attempt is never
+//! signed; the coordinator's re-attempt (attempt + 1) brings fresh nonces.
+
+use std::collections::BTreeMap;
+
+use prost::Message as _;
+use proto::processor_v1::{
+    BatchSigned, ProcessorMessage, SignBlame, SignId, SignKind, SignPreprocess, SignPreprocesses,
+    SignReattempt, SignShare, SignShares, processor_message::Kind,
+};
+use sqlx::{PgConnection, Row};
+use tracing::{info, warn};
+
+use crate::batch;
+use crate::keystore::Keystore;
+use crate::keystore::sign::{AttemptKey, SignError, aggregate};
+use crate::link::db::to_i64;
+use crate::link::{self, HandleError, OutMessage};
+
+fn kind_name(id: &SignId) -> &'static str {
+    match SignKind::try_from(id.kind) {
+        Ok(SignKind::Batch) => "batch",
+        Ok(SignKind::Plan) => "plan",
+        _ => "unknown",
+    }
+}
+
+fn uid(what: &str, id: &SignId) -> String {
+    format!(
+        "{what}/{}/{}/{}/{}",
+        id.session,
+        kind_name(id),
+        hex::encode(&id.id),
+        id.attempt
+    )
+}
+
+fn attempt_key(id: &SignId) -> AttemptKey {
+    (
+        id.session,
+        kind_name(id).to_owned(),
+        id.id.clone(),
+        id.attempt,
+    )
+}
+
+fn out(uid: String, kind: &'static str, message: Kind) -> OutMessage {
+    OutMessage {
+        uid,
+        kind,
+        payload: ProcessorMessage {
+            kind: Some(message),
+        }
+        .encode_to_vec(),
+    }
+}
+
+/// The session's key as stored: our index, sealed key package, public package.
+async fn key(
+    conn: &mut PgConnection,
+    session: u64,
+) -> Result<(u16, Vec<u8>, Vec<u8>), HandleError> {
+    let row = sqlx::query(
+        "SELECT own_index, sealed_key_package, public_key_package FROM keys
+         WHERE session = $1 AND status = 'confirmed'",
+    )
+    .bind(to_i64(session))
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| HandleError::Rejected(format!("no confirmed key for session {session}")))?;
+    Ok((
+        u16::try_from(row.get::<i32, _>(0)).unwrap_or(0),
+        row.get::<Option<Vec<u8>>, _>(1).unwrap_or_default(),
+        row.get::<Option<Vec<u8>>, _>(2).unwrap_or_default(),
+    ))
+}
+
+fn batch_id(id: &SignId) -> Result<u64, HandleError> {
+    if SignKind::try_from(id.kind) != Ok(SignKind::Batch) {
+        return Err(HandleError::Rejected(format!(
+            "{} signing is not supported by this processor version",
+            kind_name(id)
+        )));
+    }
+    let bytes: [u8; 8] = id
+        .id
+        .as_slice()
+        .try_into()
+        .map_err(|_| HandleError::Rejected("a batch id is 8 bytes".into()))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+fn keystore_failure(e: SignError) -> HandleError {
+    match e {
+        SignError::Keystore(crate::keystore::KeystoreError::Storage(e)) => HandleError::Storage(e),
+        other => HandleError::Rejected(other.to_string()),
+    }
+}
+
+/// Begins an attempt: records it, makes nonces, sends the commitments. An
+/// attempt already begun is not begun again (no second preprocess, ever).
+pub async fn begin(
+    conn: &mut PgConnection,
+    keystore: &Keystore,
+    link_id: &str,
+    id: &SignId,
+) -> Result<(), HandleError> {
+    let recorded = sqlx::query(
+        "INSERT INTO sign_attempts (session, kind, id, attempt) VALUES ($1, $2, $3, $4)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(to_i64(id.session))
+    .bind(kind_name(id))
+    .bind(&id.id)
+    .bind(i32::try_from(id.attempt).unwrap_or(i32::MAX))
+    .execute(&mut *conn)
+    .await?;
+    if recorded.rows_affected() == 0 {
+        return Ok(());
+    }
+    let (_, sealed, _) = key(conn, id.session).await?;
+    let commitments = keystore
+        .preprocess(attempt_key(id), id.session, &sealed)
+        .map_err(keystore_failure)?;
+    link::enqueue(
+        conn,
+        link_id,
+        &[out(
+            uid("sign-preprocess", id),
+            "sign_preprocess",
+            Kind::SignPreprocess(SignPreprocess {
+                sign_id: Some(id.clone()),
+                preprocess: commitments,
+            }),
+        )],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn blame(
+    conn: &mut PgConnection,
+    link_id: &str,
+    id: &SignId,
+    accused: u16,
+    reason: String,
+) -> Result<(), HandleError> {
+    warn!(attempt = id.attempt, accused, "signer blamed: {reason}");
+    link::enqueue(
+        conn,
+        link_id,
+        &[out(
+            uid("sign-blame", id),
+            "sign_blame",
+            Kind::SignBlame(SignBlame {
+                sign_id: Some(id.clone()),
+                accused: u32::from(accused),
+                reason,
+            }),
+        )],
+    )
+    .await?;
+    Ok(())
+}
+
+fn indexed(map: &std::collections::HashMap<u32, Vec<u8>>) -> BTreeMap<u16, Vec<u8>> {
+    map.iter()
+        .filter_map(|(&i, b)| Some((u16::try_from(i).ok()?, b.clone())))
+        .collect()
+}
+
+/// `SignPreprocesses`: if chosen, sign with this attempt's nonces.
+pub async fn preprocesses(
+    conn: &mut PgConnection,
+    keystore: &Keystore,
+    link_id: &str,
+    m: SignPreprocesses,
+) -> Result<(), HandleError> {
+    let id = m
+        .sign_id
+        .clone()
+        .ok_or_else(|| HandleError::Rejected("no sign id".into()))?;
+    let batch_id = batch_id(&id)?;
+    let (own, sealed, _) = key(conn, id.session).await?;
+    let commitments = indexed(&m.preprocesses);
+    if !commitments.contains_key(&own) {
+        return Ok(());
+    }
+    let Some(batch) = batch::lock(conn, batch_id).await? else {
+        return Err(HandleError::Rejected(format!("no batch {batch_id} here")));
+    };
+    if batch.status != "proposed" {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE sign_attempts SET commitments = $5, status = 'chosen'
+         WHERE session = $1 AND kind = $2 AND id = $3 AND attempt = $4",
+    )
+    .bind(to_i64(id.session))
+    .bind(kind_name(&id))
+    .bind(&id.id)
+    .bind(i32::try_from(id.attempt).unwrap_or(i32::MAX))
+    .bind(m.encode_to_vec())
+    .execute(&mut *conn)
+    .await?;
+    match keystore.sign(
+        &attempt_key(&id),
+        id.session,
+        &sealed,
+        &commitments,
+        &batch::message(&batch.encoded),
+    ) {
+        Ok(Some(share)) => {
+            link::enqueue(
+                conn,
+                link_id,
+                &[out(
+                    uid("sign-share", &id),
+                    "sign_share",
+                    Kind::SignShare(SignShare {
+                        sign_id: Some(id.clone()),
+                        share,
+                    }),
+                )],
+            )
+            .await?;
+            Ok(())
+        }
+        Ok(None) => {
+            warn!(
+                batch = batch_id,
+                attempt = id.attempt,
+                "no nonces for this attempt (begun before a restart): not signing, waiting for a re-attempt"
+            );
+            Ok(())
+        }
+        Err(SignError::Blame { accused, reason }) => {
+            blame(conn, link_id, &id, accused, reason).await
+        }
+        Err(e) => Err(keystore_failure(e)),
+    }
+}
+
+/// `SignShares`: aggregate, check, and report the signed batch.
+pub async fn shares(
+    conn: &mut PgConnection,
+    link_id: &str,
+    m: SignShares,
+) -> Result<(), HandleError> {
+    let id = m
+        .sign_id
+        .clone()
+        .ok_or_else(|| HandleError::Rejected("no sign id".into()))?;
+    let batch_id = batch_id(&id)?;
+    let (_, _, public) = key(conn, id.session).await?;
+    let Some(batch) = batch::lock(conn, batch_id).await? else {
+        return Err(HandleError::Rejected(format!("no batch {batch_id} here")));
+    };
+    if batch.status != "proposed" {
+        return Ok(());
+    }
+    let stored: Option<Option<Vec<u8>>> = sqlx::query_scalar(
+        "SELECT commitments FROM sign_attempts WHERE session = $1 AND kind = $2 AND id = $3 AND attempt = $4",
+    )
+    .bind(to_i64(id.session))
+    .bind(kind_name(&id))
+    .bind(&id.id)
+    .bind(i32::try_from(id.attempt).unwrap_or(i32::MAX))
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(Some(stored)) = stored else {
+        // Not a signer of this attempt.
+        return Ok(());
+    };
+    let chosen = SignPreprocesses::decode(stored.as_slice())
+        .map_err(|e| HandleError::Rejected(format!("stored commitments: {e}")))?;
+    let commitments = indexed(&chosen.preprocesses);
+    match aggregate(
+        &public,
+        &commitments,
+        &indexed(&m.shares),
+        &batch::message(&batch.encoded),
+    ) {
+        Ok(signature) => {
+            sqlx::query("UPDATE batches SET status = 'signed', signature = $2 WHERE id = $1")
+                .bind(to_i64(batch_id))
+                .bind(signature.as_slice())
+                .execute(&mut *conn)
+                .await?;
+            let decoded = proto::processor_v1::Batch::decode(batch.encoded.as_slice())
+                .map_err(|e| HandleError::Rejected(format!("stored batch: {e}")))?;
+            link::enqueue(
+                conn,
+                link_id,
+                &[out(
+                    format!("batch-signed/{batch_id}"),
+                    "batch_signed",
+                    Kind::BatchSigned(BatchSigned {
+                        batch: Some(decoded),
+                        signature: signature.to_vec(),
+                    }),
+                )],
+            )
+            .await?;
+            info!(
+                batch = batch_id,
+                block = batch.block_height,
+                attempt = id.attempt,
+                "batch signed"
+            );
+            Ok(())
+        }
+        Err(SignError::Blame { accused, reason }) => {
+            blame(conn, link_id, &id, accused, reason).await
+        }
+        Err(e) => Err(keystore_failure(e)),
+    }
+}
+
+/// `SignReattempt`: begin the next attempt with fresh nonces.
+pub async fn reattempt(
+    conn: &mut PgConnection,
+    keystore: &Keystore,
+    link_id: &str,
+    m: SignReattempt,
+) -> Result<(), HandleError> {
+    let id = m
+        .sign_id
+        .ok_or_else(|| HandleError::Rejected("no sign id".into()))?;
+    let batch_id = batch_id(&id)?;
+    let Some(batch) = batch::lock(conn, batch_id).await? else {
+        return Err(HandleError::Rejected(format!("no batch {batch_id} here")));
+    };
+    if batch.status != "proposed" {
+        return Ok(());
+    }
+    let next = SignId {
+        attempt: id.attempt + 1,
+        ..id
+    };
+    info!(
+        batch = batch_id,
+        attempt = next.attempt,
+        "re-attempting signing"
+    );
+    begin(conn, keystore, link_id, &next).await
+}

@@ -1,0 +1,183 @@
+//! Real Monero parts for tests: a regtest monerod and monero-wallet-rpc
+//! (Debian package `monero`), each on free ports in the test's directory.
+
+use std::path::Path;
+use std::time::Duration;
+
+use monero_wallet::address::{MoneroAddress, Network};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::*;
+
+/// A regtest monerod of the test's own, on free ports, in its own directory.
+pub struct Monerod {
+    _proc: Proc,
+    pub url: String,
+}
+
+impl Monerod {
+    pub async fn start(dir: &Path) -> Self {
+        let (rpc, p2p, zmq) = (free_port(), free_port(), free_port());
+        let log = dir.join("monerod.out");
+        let file = std::fs::File::create(&log).unwrap();
+        let child = std::process::Command::new("monerod")
+            .args([
+                "--regtest",
+                "--offline",
+                "--fixed-difficulty",
+                "1",
+                "--no-igd",
+                "--non-interactive",
+            ])
+            .arg("--data-dir")
+            .arg(dir.join("monerod"))
+            .args([
+                "--rpc-bind-ip",
+                "127.0.0.1",
+                "--rpc-bind-port",
+                &rpc.to_string(),
+            ])
+            .args([
+                "--p2p-bind-port",
+                &p2p.to_string(),
+                "--zmq-rpc-bind-port",
+                &zmq.to_string(),
+            ])
+            .arg("--log-file")
+            .arg(dir.join("monerod.log"))
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("monerod from the Debian `monero` package (apt-get install monero)");
+        let url = format!("http://127.0.0.1:{rpc}");
+        let daemon = processor::monero::Daemon::new(url.clone());
+        eventually("monerod answers", Duration::from_secs(60), || async {
+            daemon.tip().await.ok()
+        })
+        .await;
+        Self {
+            _proc: Proc {
+                child,
+                log,
+                name: "monerod".into(),
+            },
+            url,
+        }
+    }
+
+    pub async fn mine(&self, address: &str, blocks: usize) {
+        let daemon = monero_simple_request_rpc::SimpleRequestTransport::new(self.url.clone())
+            .await
+            .unwrap();
+        let address = MoneroAddress::from_str(Network::Mainnet, address).unwrap();
+        daemon.generate_blocks(&address, blocks).await.unwrap();
+    }
+}
+
+/// An address nobody here holds, to mine blocks that pay no processor.
+pub fn elsewhere() -> String {
+    let key = curve25519_dalek::EdwardsPoint::mul_base_clamped(rand::random::<[u8; 32]>())
+        .compress()
+        .to_bytes();
+    processor::keystore::dkg::monero_address(&key).unwrap()
+}
+
+/// monero-wallet-rpc (Debian `monero`) without a daemon: enough for
+/// `validate_address`.
+pub struct WalletRpc {
+    _proc: Proc,
+    port: u16,
+}
+
+impl WalletRpc {
+    pub async fn start(dir: &Path) -> Self {
+        Self::start_with(dir, None).await
+    }
+
+    /// With `daemon` (a monerod RPC URL), a wallet that can sync and send.
+    pub async fn start_with(dir: &Path, daemon: Option<&str>) -> Self {
+        let port = free_port();
+        let wallets = dir.join("wallets");
+        std::fs::create_dir_all(&wallets).unwrap();
+        let log = dir.join("wallet-rpc.log");
+        let file = std::fs::File::create(&log).unwrap();
+        let child = std::process::Command::new("monero-wallet-rpc")
+            .args([
+                "--rpc-bind-ip",
+                "127.0.0.1",
+                "--rpc-bind-port",
+                &port.to_string(),
+            ])
+            .args(["--disable-rpc-login", "--non-interactive"])
+            .args(match daemon {
+                Some(url) => vec![
+                    "--daemon-address".to_owned(),
+                    url.trim_start_matches("http://").to_owned(),
+                    "--trusted-daemon".to_owned(),
+                ],
+                None => vec!["--offline".to_owned()],
+            })
+            .args(["--rpc-ssl", "disabled", "--daemon-ssl", "disabled"])
+            .arg("--wallet-dir")
+            .arg(&wallets)
+            .arg("--shared-ringdb-dir")
+            .arg(dir.join("ringdb"))
+            .arg("--log-file")
+            .arg(dir.join("wallet-rpc.internal.log"))
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("monero-wallet-rpc from the Debian `monero` package (apt-get install monero)");
+        wait_port(port).await;
+        Self {
+            _proc: Proc {
+                child,
+                log,
+                name: "monero-wallet-rpc".into(),
+            },
+            port,
+        }
+    }
+
+    pub async fn call(&self, method: &str, params: serde_json::Value) -> serde_json::Value {
+        let body =
+            serde_json::json!({"jsonrpc": "2.0", "id": "0", "method": method, "params": params})
+                .to_string();
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        let request = format!(
+            "POST /json_rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+             Connection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        // Read the head, then exactly Content-Length bytes of body.
+        let mut response = Vec::new();
+        let mut buf = [0_u8; 4096];
+        tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let n = stream.read(&mut buf).await.unwrap();
+                response.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&response).into_owned();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap())
+                        })
+                        .expect("a Content-Length");
+                    if body.len() >= length {
+                        return serde_json::from_str::<serde_json::Value>(&body[..length])
+                            .expect("JSON-RPC answer");
+                    }
+                }
+                assert!(n > 0, "monero-wallet-rpc closed early: {text}");
+            }
+        })
+        .await
+        .expect("monero-wallet-rpc answers within 30s")
+    }
+}
