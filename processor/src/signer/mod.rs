@@ -207,6 +207,16 @@ pub async fn preprocesses(
     .bind(m.encode_to_vec())
     .execute(&mut *conn)
     .await?;
+    // Fault injection for crash tests: stop here, chosen but not yet
+    // signed, as a process killed at this point would.
+    if fail::eval("signer-before-share", |_| ()).is_some() {
+        warn!(
+            batch = batch_id,
+            attempt = id.attempt,
+            "fault injection: holding the share back"
+        );
+        std::future::pending::<()>().await;
+    }
     match keystore.sign(
         &attempt_key(&id),
         id.session,
