@@ -5,8 +5,9 @@ use std::time::SystemTime;
 
 use proto::processor_v1::processor_admin_server::ProcessorAdmin;
 use proto::processor_v1::{
-    DepositAddress, DepositAddressRequest, GetStatusRequest, InboxEntry, InboxPage, KeyInfo,
-    KeyList, ListKeysRequest, ListRequest, ProcessorStatus, QuarantineEntry, QuarantinePage,
+    BatchEntry, BatchPage, DepositAddress, DepositAddressRequest, GetScanStatusRequest,
+    GetStatusRequest, InboxEntry, InboxPage, KeyInfo, KeyList, ListKeysRequest, ListRequest,
+    OutputEntry, OutputPage, ProcessorStatus, QuarantineEntry, QuarantinePage, ScanStatus,
     SendLogEntry, SendLogPage, SettlementBlockEntry, SettlementBlockPage,
 };
 use sqlx::PgPool;
@@ -15,7 +16,7 @@ use tonic::{Request, Response, Status};
 use crate::error::ServiceError;
 use crate::inbound::CoordinatorHandler;
 use crate::link::{Link, ProcessorSide, db as link_db};
-use crate::{accounts, keygen, settlement};
+use crate::{accounts, batch, keygen, scanner, settlement};
 
 /// The processor's link type.
 pub type CoordinatorLink = Link<ProcessorSide, CoordinatorHandler>;
@@ -24,6 +25,7 @@ pub type CoordinatorLink = Link<ProcessorSide, CoordinatorHandler>;
 #[derive(Debug, Clone)]
 pub struct Admin {
     pool: PgPool,
+    scanning: bool,
     identity: [u8; 32],
     link: Arc<CoordinatorLink>,
     node_id: String,
@@ -40,11 +42,20 @@ impl Admin {
     ) -> Self {
         Self {
             pool,
+            scanning: false,
             identity,
             link,
             node_id,
             started: SystemTime::now(),
         }
+    }
+}
+
+impl Admin {
+    /// Marks that this processor scans a monerod (for `GetScanStatus`).
+    pub fn with_scanning(mut self, scanning: bool) -> Self {
+        self.scanning = scanning;
+        self
     }
 }
 
@@ -238,5 +249,81 @@ impl ProcessorAdmin for Admin {
             session,
             address,
         }))
+    }
+
+    async fn get_scan_status(
+        &self,
+        _request: Request<GetScanStatusRequest>,
+    ) -> Result<Response<ScanStatus>, Status> {
+        let cursor = scanner::db::cursor(&self.pool)
+            .await
+            .map_err(ServiceError::from)?;
+        let finalized = scanner::db::finalized_count(&self.pool)
+            .await
+            .map_err(ServiceError::from)?;
+        let (next_height, halted) = cursor.unwrap_or((0, None));
+        Ok(Response::new(ScanStatus {
+            enabled: self.scanning,
+            next_height,
+            finalized_blocks: finalized,
+            halted: halted.unwrap_or_default(),
+        }))
+    }
+
+    async fn list_outputs(
+        &self,
+        request: Request<ListRequest>,
+    ) -> Result<Response<OutputPage>, Status> {
+        let request = request.into_inner();
+        let limit = page_limit(&request)?;
+        let rows = scanner::db::list_outputs(&self.pool, request.after_id, limit)
+            .await
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(OutputPage {
+            outputs: rows
+                .into_iter()
+                .map(|o| OutputEntry {
+                    tx_hash: hex::encode(o.tx_hash),
+                    index_in_tx: o.index_in_tx,
+                    block_height: o.block_height,
+                    account: o.account,
+                    amount: o.amount,
+                    unlock_height: o.unlock_height,
+                    status: o.status,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn list_batches(
+        &self,
+        request: Request<ListRequest>,
+    ) -> Result<Response<BatchPage>, Status> {
+        let request = request.into_inner();
+        let limit = page_limit(&request)?;
+        let rows = batch::list(&self.pool, request.after_id, limit)
+            .await
+            .map_err(ServiceError::from)?;
+        let mut batches = Vec::with_capacity(rows.len());
+        for b in rows {
+            let decoded =
+                <proto::processor_v1::Batch as prost::Message>::decode(b.encoded.as_slice())
+                    .map_err(|e| {
+                        ServiceError::FailedPrecondition(format!(
+                            "stored batch {} does not decode: {e}",
+                            b.id
+                        ))
+                    })?;
+            batches.push(BatchEntry {
+                id: b.id,
+                session: b.session,
+                block_height: b.block_height,
+                instructions: u32::try_from(decoded.instructions.len()).unwrap_or(u32::MAX),
+                total: decoded.instructions.iter().map(|i| i.amount).sum(),
+                status: b.status,
+                signature: b.signature.map(hex::encode).unwrap_or_default(),
+            });
+        }
+        Ok(Response::new(BatchPage { batches }))
     }
 }

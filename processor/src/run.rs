@@ -113,6 +113,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         .map_err(DbError::from)?;
     tx.commit().await.map_err(DbError::from)?;
 
+    let (health, health_service) = tonic_health::server::health_reporter();
     if let Some(monero) = config.monero.clone() {
         let daemon = Arc::new(crate::monero::Daemon::new(monero.daemon_url.clone()));
         info!(daemon = %monero.daemon_url, confirmations = monero.confirmations, "scanning monerod");
@@ -120,6 +121,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             keystore: keystore.clone(),
             link_id: COORDINATOR_LINK.to_owned(),
             outbox: link.outbox().clone(),
+            health: health.clone(),
         };
         tokio::spawn(crate::scanner::run(
             pool.clone(),
@@ -141,17 +143,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         source,
     })?;
 
-    let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ProcessorServer<LinkService>>().await;
     health.set_serving::<ProcessorAdminServer<Admin>>().await;
     let (reflection_v1, reflection_v1alpha) = reflection()?;
     let guard = AdminGuardLayer::new(config.admin.concurrency_limit, config.admin.request_timeout);
-    let admin = guard.layer(ProcessorAdminServer::new(Admin::new(
-        pool.clone(),
-        link.clone(),
-        config.node_id.clone(),
-        keystore.identity_public(),
-    )));
+    let admin = guard.layer(ProcessorAdminServer::new(
+        Admin::new(
+            pool.clone(),
+            link.clone(),
+            config.node_id.clone(),
+            keystore.identity_public(),
+        )
+        .with_scanning(config.monero.is_some()),
+    ));
     let link_service = ProcessorServer::new(LinkService {
         link: link.clone(),
         shutdown: shutdown.clone(),

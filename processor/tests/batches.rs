@@ -178,6 +178,30 @@ async fn deposits_become_one_signed_batch_per_block() {
             "one batch per notable block"
         );
     }
+    // An operator sees it with grpcurl.
+    let out = std::process::Command::new(grpcurl())
+        .args(["-plaintext", "-d", "{}"])
+        .arg(format!("127.0.0.1:{}", cluster.ports[0]))
+        .arg("processor.v1.ProcessorAdmin/ListBatches")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("\"status\": \"included\""), "{text}");
+    assert!(
+        text.contains(&format!("\"total\": \"{}\"", a1 + a2)),
+        "{text}"
+    );
+    let out = std::process::Command::new(grpcurl())
+        .args(["-plaintext", "-d", "{}"])
+        .arg(format!("127.0.0.1:{}", cluster.ports[0]))
+        .arg("processor.v1.ProcessorAdmin/ListOutputs")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("\"amount\": \"{a1}\"")) && text.contains("\"account\": 2"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -34,7 +34,7 @@ async fn outputs(pool: &PgPool) -> Vec<(Vec<u8>, i64, i64, i64, i64, Option<i64>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finalized_blocks_and_outputs_match_on_every_processor() {
     let chain_dir = tempfile::tempdir().unwrap();
-    let monerod = Monerod::start(chain_dir.path()).await;
+    let mut monerod = Monerod::start(chain_dir.path()).await;
     let url: &'static str = Box::leak(monerod.url.clone().into_boxed_str());
     let env = move |_| {
         vec![
@@ -130,4 +130,67 @@ async fn finalized_blocks_and_outputs_match_on_every_processor() {
         );
         assert_eq!(outputs(pool).await, after);
     }
+
+    // monerod goes away under the scanners and comes back: nothing lost.
+    monerod.stop();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    monerod.restart().await;
+    monerod.mine(&status.monero_address, 1).await; // block 15
+    monerod.mine(&elsewhere(), 3).await; // 16..=18: final up to 15
+    for pool in &pools {
+        eventually(
+            "scanning resumes after monerod restarts",
+            Duration::from_secs(60),
+            || async { (next_height(pool).await == 16).then_some(()) },
+        )
+        .await;
+        assert_eq!(outputs(pool).await.len(), 8);
+        assert_eq!(
+            scalar_i64(pool, "SELECT count(*) FROM finalized_blocks").await,
+            16
+        );
+    }
+
+    // A reorganisation deeper than the finality depth: block 15 (final)
+    // is replaced. Scanning halts, says why, and health says so.
+    monerod.pop_blocks(5).await; // tip 13
+    monerod.mine(&elsewhere(), 7).await; // new 14..=20
+    for pool in &pools {
+        let halted: String = eventually("scanning halts", Duration::from_secs(60), || async {
+            sqlx::query_scalar::<_, Option<String>>("SELECT halted FROM scan_cursor")
+                .fetch_one(pool)
+                .await
+                .unwrap()
+        })
+        .await;
+        assert!(halted.contains("finalized block 15 changed"), "{halted}");
+        assert_eq!(
+            scalar_i64(pool, "SELECT count(*) FROM finalized_blocks").await,
+            16,
+            "nothing stored past the reorg"
+        );
+    }
+    let out = std::process::Command::new(grpcurl())
+        .args(["-plaintext", "-d", r#"{"service":"scanner"}"#])
+        .arg(format!("127.0.0.1:{}", cluster.ports[1]))
+        .arg("grpc.health.v1.Health/Check")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("NOT_SERVING"),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new(grpcurl())
+        .args(["-plaintext", "-emit-defaults"])
+        .arg(format!("127.0.0.1:{}", cluster.ports[1]))
+        .arg("processor.v1.ProcessorAdmin/GetScanStatus")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("\"nextHeight\": \"16\"") && text.contains("reorganisation"),
+        "{text}"
+    );
 }

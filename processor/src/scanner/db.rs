@@ -116,3 +116,58 @@ pub async fn accounts(pool: &PgPool) -> Result<Vec<u32>, sqlx::Error> {
         .filter_map(|a| u32::try_from(a).ok())
         .collect())
 }
+
+/// An output for the admin API.
+#[derive(Debug, Clone)]
+pub struct OutputView {
+    /// Tx hash.
+    pub tx_hash: Vec<u8>,
+    /// Index in tx.
+    pub index_in_tx: u64,
+    /// Block.
+    pub block_height: u64,
+    /// Account.
+    pub account: u32,
+    /// Amount.
+    pub amount: u64,
+    /// Unlock block (0: none).
+    pub unlock_height: u64,
+    /// Status.
+    pub status: String,
+}
+
+/// Outputs in blocks from `from` on (admin API).
+pub async fn list_outputs(
+    pool: &PgPool,
+    from: u64,
+    limit: u32,
+) -> Result<Vec<OutputView>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT tx_hash, index_in_tx, block_height, account, amount, unlock_height, status FROM outputs
+         WHERE block_height >= $1 ORDER BY block_height, tx_hash, index_in_tx LIMIT $2",
+    )
+    .bind(to_i64(from))
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| OutputView {
+            tx_hash: r.get(0),
+            index_in_tx: to_u64(r.get(1)),
+            block_height: to_u64(r.get(2)),
+            account: u32::try_from(r.get::<i64, _>(3)).unwrap_or(0),
+            amount: to_u64(r.get(4)),
+            unlock_height: r.get::<Option<i64>, _>(5).map_or(0, to_u64),
+            status: r.get(6),
+        })
+        .collect())
+}
+
+/// Number of finalized blocks stored.
+pub async fn finalized_count(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM finalized_blocks")
+        .fetch_one(pool)
+        .await?;
+    Ok(to_u64(n))
+}

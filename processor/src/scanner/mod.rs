@@ -103,7 +103,12 @@ pub struct ScanContext {
     pub link_id: String,
     /// Wakes the link's pump after a commit that enqueued.
     pub outbox: Outbox,
+    /// Reports the scanner's health as service [`HEALTH_NAME`].
+    pub health: tonic_health::server::HealthReporter,
 }
+
+/// The grpc.health.v1 service name that says whether scanning runs.
+pub const HEALTH_NAME: &str = "scanner";
 
 /// Scans until `shutdown`; retries daemon and database trouble with capped
 /// backoff; stops for good (with the reason stored) on a finalized reorg.
@@ -115,6 +120,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut delay = config.poll_interval;
+    context
+        .health
+        .set_service_status(HEALTH_NAME, tonic_health::ServingStatus::Serving)
+        .await;
     loop {
         let result = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -128,6 +137,10 @@ pub async fn run(
             Ok(_) => Duration::ZERO,
             Err(StepError::Halt(reason)) => {
                 error!("scanning halted: {reason}");
+                context
+                    .health
+                    .set_service_status(HEALTH_NAME, tonic_health::ServingStatus::NotServing)
+                    .await;
                 return;
             }
             Err(e) => {

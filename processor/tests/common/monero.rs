@@ -11,16 +11,35 @@ use super::*;
 
 /// A regtest monerod of the test's own, on free ports, in its own directory.
 pub struct Monerod {
-    _proc: Proc,
+    proc: Option<Proc>,
     pub url: String,
+    ports: (u16, u16, u16),
+    dir: std::path::PathBuf,
 }
 
 impl Monerod {
     pub async fn start(dir: &Path) -> Self {
-        let (rpc, p2p, zmq) = (free_port(), free_port(), free_port());
-        let log = dir.join("monerod.out");
-        let file = std::fs::File::create(&log).unwrap();
-        let child = std::process::Command::new("monerod")
+        let ports = (free_port(), free_port(), free_port());
+        let mut monerod = Self {
+            proc: None,
+            url: format!("http://127.0.0.1:{}", ports.0),
+            ports,
+            dir: dir.to_path_buf(),
+        };
+        monerod.launch(false).await;
+        monerod
+    }
+
+    async fn launch(&mut self, keep_chain: bool) {
+        let (rpc, p2p, zmq) = self.ports;
+        let log = self.dir.join("monerod.out");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let mut command = std::process::Command::new("monerod");
+        command
             .args([
                 "--regtest",
                 "--offline",
@@ -30,7 +49,7 @@ impl Monerod {
                 "--non-interactive",
             ])
             .arg("--data-dir")
-            .arg(dir.join("monerod"))
+            .arg(self.dir.join("monerod"))
             .args([
                 "--rpc-bind-ip",
                 "127.0.0.1",
@@ -44,25 +63,53 @@ impl Monerod {
                 &zmq.to_string(),
             ])
             .arg("--log-file")
-            .arg(dir.join("monerod.log"))
+            .arg(self.dir.join("monerod.log"))
             .stdout(file.try_clone().unwrap())
-            .stderr(file)
+            .stderr(file);
+        if keep_chain {
+            // A regtest monerod deletes its chain at start unless told not to.
+            command.arg("--keep-fakechain");
+        }
+        let child = command
             .spawn()
             .expect("monerod from the Debian `monero` package (apt-get install monero)");
-        let url = format!("http://127.0.0.1:{rpc}");
-        let daemon = processor::monero::Daemon::new(url.clone());
+        self.proc = Some(Proc {
+            child,
+            log,
+            name: "monerod".into(),
+        });
+        let daemon = processor::monero::Daemon::new(self.url.clone());
         eventually("monerod answers", Duration::from_secs(60), || async {
             daemon.tip().await.ok()
         })
         .await;
-        Self {
-            _proc: Proc {
-                child,
-                log,
-                name: "monerod".into(),
-            },
-            url,
+    }
+
+    /// Stops the daemon (SIGTERM, so its chain is saved).
+    pub fn stop(&mut self) {
+        if let Some(mut proc) = self.proc.take() {
+            proc.signal(nix::sys::signal::Signal::SIGTERM);
+            assert!(
+                proc.wait_exit(Duration::from_secs(60)).is_some(),
+                "monerod did not stop"
+            );
         }
+    }
+
+    /// Starts it again on the same ports with the same chain.
+    pub async fn restart(&mut self) {
+        self.launch(true).await;
+    }
+
+    /// Pops the top `n` blocks (regtest), to stage a reorganisation.
+    pub async fn pop_blocks(&self, n: usize) {
+        let daemon = monero_simple_request_rpc::SimpleRequestTransport::new(self.url.clone())
+            .await
+            .unwrap();
+        daemon
+            .rpc_call("pop_blocks", Some(format!("{{\"nblocks\": {n}}}")), 1 << 20)
+            .await
+            .unwrap();
     }
 
     pub async fn mine(&self, address: &str, blocks: usize) {
