@@ -194,3 +194,33 @@ async fn finalized_blocks_and_outputs_match_on_every_processor() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_client_reports_a_down_daemon_and_reads_fees() {
+    // Nobody listens here: a clear error naming the daemon, no panic.
+    let port = free_port();
+    let down = processor::monero::Daemon::new(format!("http://127.0.0.1:{port}"));
+    let err = down.tip().await.expect_err("nothing listens");
+    assert!(
+        err.to_string().contains(&format!("127.0.0.1:{port}")),
+        "{err}"
+    );
+
+    let chain = tempfile::tempdir().unwrap();
+    let monerod = Monerod::start(chain.path()).await;
+    let daemon = processor::monero::Daemon::new(monerod.url.clone());
+    let rate = daemon
+        .fee_rate(monero_wallet::interface::FeePriority::Normal)
+        .await
+        .expect("a fee rate");
+    assert!(rate.per_weight() > 0 && rate.per_weight() <= processor::monero::MAX_FEE_PER_WEIGHT);
+    monerod.mine(&elsewhere(), 3).await;
+    assert_eq!(daemon.tip().await.unwrap(), 3);
+    assert_eq!(
+        processor::scanner::fetch(&daemon, 0..=3)
+            .await
+            .unwrap()
+            .len(),
+        4
+    );
+}

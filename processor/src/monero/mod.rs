@@ -7,7 +7,15 @@ use std::ops::RangeInclusive;
 
 use monero_daemon_rpc::MoneroDaemon;
 use monero_simple_request_rpc::SimpleRequestTransport;
-use monero_wallet::interface::{ProvidesBlockchainMeta, ProvidesScannableBlocks, ScannableBlock};
+use monero_wallet::interface::{
+    FeePriority, FeeRate, ProvidesBlockchainMeta, ProvidesFeeRates, ProvidesScannableBlocks,
+    PublishTransaction, ScannableBlock,
+};
+use monero_wallet::transaction::Transaction;
+
+/// The highest fee per weight unit accepted from a daemon; a daemon asking
+/// for more is treated as answering garbage (regtest asks for ~20k).
+pub const MAX_FEE_PER_WEIGHT: u64 = 100_000_000;
 
 /// The daemon could not answer.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +103,31 @@ impl Daemon {
             Err(e) => {
                 self.forget().await;
                 Err(self.error(&what, format!("{e:?}")))
+            }
+        }
+    }
+
+    /// The fee rate for `priority`, refusing absurd rates.
+    pub async fn fee_rate(&self, priority: FeePriority) -> Result<FeeRate, DaemonError> {
+        let daemon = self.connection().await?;
+        match ProvidesFeeRates::fee_rate(&daemon, priority, MAX_FEE_PER_WEIGHT).await {
+            Ok(rate) => Ok(rate),
+            Err(e) => {
+                self.forget().await;
+                Err(self.error("get_fee_estimate", format!("{e:?}")))
+            }
+        }
+    }
+
+    /// Publishes a transaction (a transaction the daemon already has counts
+    /// as published).
+    pub async fn publish(&self, transaction: &Transaction) -> Result<(), DaemonError> {
+        let daemon = self.connection().await?;
+        match daemon.publish_transaction(transaction).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.forget().await;
+                Err(self.error("send_raw_transaction", format!("{e:?}")))
             }
         }
     }

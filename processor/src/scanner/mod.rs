@@ -157,6 +157,27 @@ pub async fn run(
     }
 }
 
+/// Blocks fetched concurrently per request: fetching is I/O bound, scanning
+/// is not, so several requests in flight keep the scanner busy.
+pub const FETCH_CHUNK: u64 = 20;
+
+/// Fetches the blocks of `range` in order, `FETCH_CHUNK` blocks per request,
+/// all requests in flight at once.
+pub async fn fetch(
+    daemon: &Daemon,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<Vec<monero_wallet::interface::ScannableBlock>, crate::monero::DaemonError> {
+    let (start, end) = (*range.start(), *range.end());
+    let chunks = (start..=end)
+        .step_by(usize::try_from(FETCH_CHUNK).unwrap_or(20))
+        .map(|from| {
+            let to = (from + FETCH_CHUNK - 1).min(end);
+            daemon.blocks(from..=to)
+        });
+    let fetched = futures::future::try_join_all(chunks).await?;
+    Ok(fetched.into_iter().flatten().collect())
+}
+
 /// Scans the next batch of finalized blocks. Returns how many it stored.
 async fn step(
     pool: &PgPool,
@@ -183,7 +204,7 @@ async fn step(
     // Fetch the last finalized block again to notice a reorg below the depth.
     let from = next.saturating_sub(1);
     let end = finalized_tip.min(next + config.scan_batch - 1);
-    let blocks = daemon.blocks(from..=end).await?;
+    let blocks = fetch(daemon, from..=end).await?;
     if next > 0 {
         let stored = db::block_hash(pool, next - 1).await?;
         let seen = blocks.first().map(|b| b.block.hash());

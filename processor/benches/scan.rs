@@ -1,0 +1,165 @@
+//! Scanning throughput: the processor's scanner against monero-wallet-rpc
+//! refreshing a view-only wallet for the same address, from the same height,
+//! over the same regtest chain, in one run.
+//!
+//! `cargo bench -p processor --bench scan [-- --blocks 2000 --txs 500]`
+//!
+//! The chain is built first (a user wallet makes `--txs` transactions paying
+//! the scanned address, then blocks are mined up to `--blocks`); building it
+//! takes minutes and is not timed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::monero::{Monerod, WalletRpc, elsewhere};
+use monero_wallet::Scanner;
+
+fn arg(name: &str, default: u64) -> u64 {
+    let argv: Vec<String> = std::env::args().collect();
+    argv.iter()
+        .position(|a| a == name)
+        .and_then(|i| argv.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let blocks = arg("--blocks", 2000);
+    let txs = arg("--txs", 500);
+    let dir = tempfile::tempdir().unwrap();
+    let monerod = Monerod::start(dir.path()).await;
+    let wallet = WalletRpc::start_with(dir.path(), Some(&monerod.url)).await;
+    let call = |method: &'static str, params: serde_json::Value| {
+        let wallet = &wallet;
+        async move {
+            let answer = wallet.call(method, params).await;
+            assert!(answer.get("error").is_none(), "{method}: {answer}");
+            answer
+        }
+    };
+
+    // The scanned address: a group-like key with the processors' view key.
+    let key = curve25519_dalek::EdwardsPoint::mul_base_clamped(rand::random::<[u8; 32]>())
+        .compress()
+        .to_bytes();
+    let address = processor::keystore::dkg::monero_address(&key).unwrap();
+    let view = processor::keystore::dkg::view_key(&key);
+
+    // Build the chain: a funded user, `txs` payments to the address.
+    println!("building a regtest chain: {txs} payments, then up to {blocks} blocks (not timed)...");
+    call(
+        "create_wallet",
+        serde_json::json!({"filename": "user", "language": "English"}),
+    )
+    .await;
+    let user =
+        call("get_address", serde_json::json!({"account_index": 0})).await["result"]["address"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    call("auto_refresh", serde_json::json!({"enable": false})).await;
+    monerod.mine(&user, 320).await;
+    let mut made = 0;
+    while made < txs {
+        call("refresh", serde_json::json!({})).await;
+        for _ in 0..50 {
+            if made == txs {
+                break;
+            }
+            let sent = wallet
+                .call(
+                    "transfer",
+                    serde_json::json!({"destinations": [{"amount": 10_000_000_000_u64, "address": address}]}),
+                )
+                .await;
+            if sent.get("error").is_some() {
+                break; // out of unlocked outputs until the next blocks
+            }
+            made += 1;
+        }
+        monerod.mine(&user, 11).await;
+        print!("\r  {made}/{txs} payments");
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+    }
+    println!();
+    let daemon = processor::monero::Daemon::new(monerod.url.clone());
+    let tip = daemon.tip().await.unwrap();
+    if tip < blocks {
+        monerod
+            .mine(&elsewhere(), usize::try_from(blocks - tip).unwrap())
+            .await;
+    }
+    let tip = daemon.tip().await.unwrap();
+    let range_blocks = tip + 1;
+
+    // Ours: the scanner's fetch (concurrent requests) and monero-wallet's
+    // Scanner, as the processor runs them, from block 0 to the tip.
+    let start = Instant::now();
+    let pair = monero_wallet::ViewPair::new(
+        monero_ed25519::Point::from(
+            curve25519_dalek::edwards::CompressedEdwardsY(key)
+                .decompress()
+                .unwrap(),
+        ),
+        zeroize::Zeroizing::new(monero_ed25519::Scalar::from(*view)),
+    )
+    .unwrap();
+    let mut scanner = Scanner::new(pair);
+    let mut found = 0_usize;
+    let mut next = 0;
+    while next <= tip {
+        let end = (next + 199).min(tip);
+        for block in processor::scanner::fetch(&daemon, next..=end)
+            .await
+            .unwrap()
+        {
+            found += scanner
+                .scan(block)
+                .unwrap()
+                .ignore_additional_timelock()
+                .len();
+        }
+        next = end + 1;
+    }
+    let ours = start.elapsed();
+
+    // monero-wallet-rpc: a view-only wallet for the same address, from 0.
+    call("close_wallet", serde_json::json!({})).await;
+    call(
+        "generate_from_keys",
+        serde_json::json!({"filename": "view", "address": address, "viewkey": hex::encode(view.to_bytes()), "password": "", "restore_height": 0, "autosave_current": false}),
+    )
+    .await;
+    call("auto_refresh", serde_json::json!({"enable": false})).await;
+    let start = Instant::now();
+    call("refresh", serde_json::json!({"start_height": 0})).await;
+    let theirs = start.elapsed();
+    let transfers = call("get_transfers", serde_json::json!({"in": true})).await;
+    let seen = transfers["result"]["in"].as_array().map_or(0, Vec::len);
+
+    let rate = |d: Duration, n: f64| n / d.as_secs_f64();
+    println!("scanned blocks 0..={tip} ({range_blocks} blocks), {made} payment transactions");
+    println!(
+        "processor scanner:      {:>8.2} s  {:>8.0} blocks/s  {:>8.0} outputs/s  ({found} outputs found)",
+        ours.as_secs_f64(),
+        rate(ours, range_blocks as f64),
+        rate(ours, found as f64)
+    );
+    println!(
+        "monero-wallet-rpc view: {:>8.2} s  {:>8.0} blocks/s  {:>8.0} outputs/s  ({seen} transfers seen)",
+        theirs.as_secs_f64(),
+        rate(theirs, range_blocks as f64),
+        rate(theirs, seen as f64)
+    );
+    println!(
+        "ratio (wallet time / processor time): {:.2}x (goal: at least 3x)",
+        theirs.as_secs_f64() / ours.as_secs_f64()
+    );
+    assert_eq!(found, seen, "both found the same payments");
+}
