@@ -155,7 +155,7 @@ async fn lock_attempt(
         .execute(&mut *conn)
         .await?;
     let row = sqlx::query(
-        "SELECT status, signers FROM sign_attempts WHERE id = $1 AND attempt = $2 FOR UPDATE",
+        "SELECT status, signers FROM sign_attempts WHERE id = $1 AND attempt = $2 FOR NO KEY UPDATE",
     )
     .bind(batch)
     .bind(attempt)
@@ -346,7 +346,7 @@ pub async fn signed(
         .ok_or_else(|| HandleError::Rejected("no batch".into()))?;
     let encoded = batch.encode_to_vec();
     let row = sqlx::query(
-        "SELECT b.encoded, b.status, s.group_key FROM batches b JOIN keygen_sessions s ON s.session = b.session WHERE b.id = $1 FOR UPDATE OF b",
+        "SELECT b.encoded, b.status, s.group_key FROM batches b JOIN keygen_sessions s ON s.session = b.session WHERE b.id = $1 FOR NO KEY UPDATE OF b",
     )
     .bind(i64_of(batch.id))
     .fetch_optional(&mut *conn)
@@ -413,7 +413,7 @@ pub async fn reattempt_stalled(pool: &PgPool, timeout: Duration) -> Result<usize
         "SELECT a.id, a.attempt, b.session FROM sign_attempts a JOIN batches b ON b.id = a.id
          WHERE a.status IN ('collecting', 'sharing', 'aggregating') AND b.status = 'proposed'
            AND a.started_at < now() - $1::interval
-         FOR UPDATE OF a SKIP LOCKED",
+         FOR NO KEY UPDATE OF a SKIP LOCKED",
     )
     .bind(format!("{} milliseconds", timeout.as_millis()))
     .fetch_all(&mut *tx)

@@ -18,6 +18,9 @@ use processor::link::{self, HandleError, OutMessage};
 
 use crate::coordinator::CoordinatorError;
 
+/// Advisory lock serializing the numbering of key generation sessions.
+const KEYGEN_NUMBERING_LOCK: i64 = 0x4B45_5947_454E_0001;
+
 fn out(uid: String, kind: &'static str, message: Kind) -> OutMessage {
     OutMessage {
         uid,
@@ -102,7 +105,11 @@ pub async fn start(
             )));
         }
     }
-    sqlx::query("LOCK TABLE keygen_sessions IN EXCLUSIVE MODE")
+    // Serializes session numbering. An advisory lock, not a table lock: a
+    // table lock would block the foreign-key checks of concurrent handlers
+    // while they hold link rows this transaction needs (a deadlock).
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(KEYGEN_NUMBERING_LOCK)
         .execute(&mut *tx)
         .await?;
     let session: i64 =
@@ -174,7 +181,7 @@ async fn lock_session(
 ) -> Result<(SessionRow, i32), HandleError> {
     let session = i64_of(session)?;
     let row = sqlx::query(
-        "SELECT session, attempt, status FROM keygen_sessions WHERE session = $1 FOR UPDATE",
+        "SELECT session, attempt, status FROM keygen_sessions WHERE session = $1 FOR NO KEY UPDATE",
     )
     .bind(session)
     .fetch_optional(&mut *conn)
@@ -512,7 +519,7 @@ pub async fn expire(pool: &PgPool, timeout: std::time::Duration) -> Result<usize
     let rows = sqlx::query(
         "SELECT session, status FROM keygen_sessions
          WHERE status IN ('round1', 'round2', 'generating') AND round_started_at < now() - $1::interval
-         FOR UPDATE SKIP LOCKED",
+         FOR NO KEY UPDATE SKIP LOCKED",
     )
     .bind(format!("{} milliseconds", timeout.as_millis()))
     .fetch_all(&mut *tx)

@@ -7,6 +7,9 @@ use sqlx::{PgConnection, PgPool, Row};
 
 use processor::link::{self, HandleError, OutMessage};
 
+/// Advisory lock serializing settlement block production.
+const SETTLEMENT_NUMBERING_LOCK: i64 = 0x5345_5454_4C45_0001;
+
 /// The uid of settlement block `number` on a link.
 pub fn block_uid(number: u64) -> String {
     format!("settlement-block/{number}")
@@ -16,8 +19,11 @@ pub fn block_uid(number: u64) -> String {
 /// `links` in one transaction. Returns its number.
 pub async fn emit_block(pool: &PgPool, links: &[String]) -> Result<u64, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    // The table lock serializes producers, so numbers are consecutive.
-    sqlx::query("LOCK TABLE settlement_blocks IN EXCLUSIVE MODE")
+    // Serializes producers so numbers are consecutive. An advisory lock, not
+    // a table lock: a table lock blocks the foreign-key checks of handlers
+    // recording acknowledgements, which hold link rows we lock next.
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(SETTLEMENT_NUMBERING_LOCK)
         .execute(&mut *tx)
         .await?;
     let number: i64 =

@@ -116,7 +116,7 @@ pub struct StoredBatch {
 /// Loads (and locks) a batch.
 pub async fn lock(conn: &mut PgConnection, id: u64) -> Result<Option<StoredBatch>, sqlx::Error> {
     let row = sqlx::query(
-        "SELECT id, session, encoded, status, signature, block_height FROM batches WHERE id = $1 FOR UPDATE",
+        "SELECT id, session, encoded, status, signature, block_height FROM batches WHERE id = $1 FOR NO KEY UPDATE",
     )
     .bind(to_i64(id))
     .fetch_optional(conn)

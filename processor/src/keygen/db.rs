@@ -74,7 +74,7 @@ fn from_row(r: &sqlx::postgres::PgRow) -> KeyRow {
 /// Loads a key and locks its row for the caller's transaction.
 pub async fn lock(conn: &mut PgConnection, session: u64) -> Result<Option<KeyRow>, sqlx::Error> {
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM keys WHERE session = $1 FOR UPDATE"
+        "SELECT {COLUMNS} FROM keys WHERE session = $1 FOR NO KEY UPDATE"
     )))
     .bind(to_i64(session))
     .fetch_optional(conn)

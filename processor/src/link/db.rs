@@ -115,7 +115,7 @@ pub async fn enqueue(
         return Ok(Vec::new());
     }
     let last: i64 = sqlx::query_scalar(
-        "SELECT last_enqueued_out FROM link_state WHERE link_id = $1 FOR UPDATE",
+        "SELECT last_enqueued_out FROM link_state WHERE link_id = $1 FOR NO KEY UPDATE",
     )
     .bind(link_id)
     .fetch_optional(&mut *conn)

@@ -199,32 +199,28 @@ impl WalletRpc {
             body.len()
         );
         stream.write_all(request.as_bytes()).await.unwrap();
-        // Read the head, then exactly Content-Length bytes of body.
+        // `Connection: close`: the answer ends when the server closes.
         let mut response = Vec::new();
-        let mut buf = [0_u8; 4096];
-        tokio::time::timeout(Duration::from_secs(30), async {
-            loop {
-                let n = stream.read(&mut buf).await.unwrap();
-                response.extend_from_slice(&buf[..n]);
-                let text = String::from_utf8_lossy(&response).into_owned();
-                if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                    let length: usize = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse().unwrap())
-                        })
-                        .expect("a Content-Length");
-                    if body.len() >= length {
-                        return serde_json::from_str::<serde_json::Value>(&body[..length])
-                            .expect("JSON-RPC answer");
-                    }
-                }
-                assert!(n > 0, "monero-wallet-rpc closed early: {text}");
-            }
+        tokio::time::timeout(Duration::from_secs(120), async {
+            stream.read_to_end(&mut response).await.unwrap();
+            let text = String::from_utf8_lossy(&response);
+            let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .expect("a Content-Length");
+            assert!(
+                body.len() >= length,
+                "short answer: {} of {length} bytes",
+                body.len()
+            );
+            serde_json::from_str::<serde_json::Value>(&body[..length]).expect("JSON-RPC answer")
         })
         .await
-        .expect("monero-wallet-rpc answers within 30s")
+        .expect("monero-wallet-rpc answers within 120s")
     }
 }
