@@ -316,14 +316,15 @@ pub async fn blame(
         .sign_id
         .ok_or_else(|| HandleError::Rejected("no sign id".into()))?;
     let batch = batch_of(&id)?;
-    warn!(
-        batch,
-        attempt = id.attempt,
-        processor,
-        accused = m.accused,
-        "signer blamed: {}",
-        m.reason
-    );
+    let accused: String = sqlx::query_scalar(
+        "SELECT processor FROM keygen_participants WHERE session = $1 AND idx = $2",
+    )
+    .bind(i64_of(id.session))
+    .bind(i32::try_from(m.accused).unwrap_or(0))
+    .fetch_optional(&mut *conn)
+    .await?
+    .unwrap_or_else(|| format!("participant {}", m.accused));
+    warn!(batch, attempt = id.attempt, accuser = processor, %accused, "signer blamed: {}", m.reason);
     sqlx::query("INSERT INTO sign_blames (id, attempt, accuser, accused, reason) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING")
         .bind(batch)
         .bind(i32::try_from(id.attempt).unwrap_or(i32::MAX))
