@@ -164,24 +164,61 @@ async fn lock_attempt(
     Ok(Some((row.get(0), row.get(1))))
 }
 
+/// A signing attempt as a message from `processor` refers to it.
+struct Attempt {
+    batch: i64,
+    session: i64,
+    index: i32,
+    threshold: i32,
+    attempt: i32,
+    status: String,
+    signers: Vec<i32>,
+}
+
+/// Checks a signing message's id and sender, and locks its attempt.
+async fn open_attempt(
+    conn: &mut PgConnection,
+    processor: &str,
+    id: Option<SignId>,
+) -> Result<(SignId, Attempt), HandleError> {
+    let id = id.ok_or_else(|| HandleError::Rejected("no sign id".into()))?;
+    let batch = batch_of(&id)?;
+    let session = i64_of(id.session);
+    let (index, threshold) = index_of(conn, session, processor).await?;
+    let attempt = i32::try_from(id.attempt).unwrap_or(i32::MAX);
+    let (status, signers) = lock_attempt(conn, batch, attempt).await?.ok_or_else(|| {
+        HandleError::Rejected(format!("signing message for unknown batch {batch}"))
+    })?;
+    Ok((
+        id,
+        Attempt {
+            batch,
+            session,
+            index,
+            threshold,
+            attempt,
+            status,
+            signers,
+        },
+    ))
+}
+
 /// `SignPreprocess`: collect; the first t to arrive become the signers.
 pub async fn preprocess(
     conn: &mut PgConnection,
     processor: &str,
     m: SignPreprocess,
 ) -> Result<(), HandleError> {
-    let id = m
-        .sign_id
-        .ok_or_else(|| HandleError::Rejected("no sign id".into()))?;
-    let batch = batch_of(&id)?;
-    let session = i64_of(id.session);
-    let (index, threshold) = index_of(conn, session, processor).await?;
-    let attempt = i32::try_from(id.attempt).unwrap_or(i32::MAX);
-    let Some((status, _)) = lock_attempt(conn, batch, attempt).await? else {
-        return Err(HandleError::Rejected(format!(
-            "preprocess for unknown batch {batch}"
-        )));
-    };
+    let (id, a) = open_attempt(conn, processor, m.sign_id).await?;
+    let Attempt {
+        batch,
+        session,
+        index,
+        threshold,
+        attempt,
+        status,
+        ..
+    } = a;
     sqlx::query("INSERT INTO sign_preprocesses (id, attempt, idx, preprocess) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
         .bind(batch)
         .bind(attempt)
@@ -247,18 +284,16 @@ pub async fn share(
     processor: &str,
     m: SignShare,
 ) -> Result<(), HandleError> {
-    let id = m
-        .sign_id
-        .ok_or_else(|| HandleError::Rejected("no sign id".into()))?;
-    let batch = batch_of(&id)?;
-    let session = i64_of(id.session);
-    let (index, _) = index_of(conn, session, processor).await?;
-    let attempt = i32::try_from(id.attempt).unwrap_or(i32::MAX);
-    let Some((status, signers)) = lock_attempt(conn, batch, attempt).await? else {
-        return Err(HandleError::Rejected(format!(
-            "share for unknown batch {batch}"
-        )));
-    };
+    let (id, a) = open_attempt(conn, processor, m.sign_id).await?;
+    let Attempt {
+        batch,
+        session,
+        index,
+        attempt,
+        status,
+        signers,
+        ..
+    } = a;
     if status != "sharing" || !signers.contains(&index) {
         return Ok(());
     }
