@@ -79,6 +79,18 @@ pub async fn create(
     .bind(&encoded)
     .execute(&mut *conn)
     .await?;
+    // The other processors may have signed it, and the settlement chain
+    // included it, before this processor's scanner got here.
+    let included: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM settlement_blocks WHERE $1 = ANY(included_batch_ids))",
+    )
+    .bind(to_i64(id))
+    .fetch_one(&mut *conn)
+    .await?;
+    if included {
+        mark_included(conn, &[id]).await?;
+        return Ok(id);
+    }
     let proposal = ProcessorMessage {
         kind: Some(Kind::BatchProposal(BatchProposal { batch: Some(batch) })),
     };
