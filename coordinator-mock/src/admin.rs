@@ -10,6 +10,10 @@ use proto::coordinator_v1::{
     RegisterAccountRequest, RegisterAccountResponse, SendProbeRequest, SendProbeResponse,
     StartKeyGenRequest, StartKeyGenResponse,
 };
+use proto::coordinator_v1::{
+    FaultList, FaultView, ListFaultsRequest, ListPlansRequest, PlanList, PlanView,
+    SubmitBurnRequest, SubmitBurnResponse,
+};
 use tonic::{Request, Response, Status};
 
 use crate::coordinator::{Coordinator, CoordinatorError};
@@ -130,6 +134,81 @@ impl CoordinatorAdmin for Admin {
         Ok(Response::new(RegisterAccountResponse {
             account,
             newly_registered,
+        }))
+    }
+
+    async fn submit_burn(
+        &self,
+        request: Request<SubmitBurnRequest>,
+    ) -> Result<Response<SubmitBurnResponse>, Status> {
+        let r = request.into_inner();
+        if r.monero_address.is_empty() {
+            return Err(Status::invalid_argument("monero_address is required"));
+        }
+        let burn_id = crate::payouts::submit_burn(
+            &self.coordinator.pool,
+            &r.burn_id,
+            &r.monero_address,
+            r.amount,
+        )
+        .await
+        .map_err(|e| match e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => {
+                Status::already_exists(format!("burn {:?} was submitted before", r.burn_id))
+            }
+            other => Status::from(CoordinatorError::from(other)),
+        })?;
+        Ok(Response::new(SubmitBurnResponse { burn_id }))
+    }
+
+    async fn list_plans(
+        &self,
+        _request: Request<ListPlansRequest>,
+    ) -> Result<Response<PlanList>, Status> {
+        let rows = crate::payouts::list_plans(&self.coordinator.pool)
+            .await
+            .map_err(CoordinatorError::from)?;
+        Ok(Response::new(PlanList {
+            plans: rows
+                .into_iter()
+                .map(|p| PlanView {
+                    plan_id: hex::encode(&p.plan_id),
+                    session: p.session,
+                    window: p.window,
+                    leader: p.leader,
+                    burn_ids: p.burn_ids,
+                    status: p.status,
+                    tx_hash: p.tx_hash.map(hex::encode).unwrap_or_default(),
+                    completions: p
+                        .completions
+                        .into_iter()
+                        .map(|(k, v)| (k, hex::encode(v)))
+                        .collect(),
+                    attempts: p.attempts,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn list_faults(
+        &self,
+        _request: Request<ListFaultsRequest>,
+    ) -> Result<Response<FaultList>, Status> {
+        let (faults, rejected_burns) = crate::payouts::list_faults(&self.coordinator.pool)
+            .await
+            .map_err(CoordinatorError::from)?;
+        Ok(Response::new(FaultList {
+            faults: faults
+                .into_iter()
+                .map(|(reporter, session, accused, kind, detail)| FaultView {
+                    reporter,
+                    session,
+                    accused,
+                    kind,
+                    detail,
+                })
+                .collect(),
+            rejected_burns,
         }))
     }
 }

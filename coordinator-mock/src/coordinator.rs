@@ -293,7 +293,7 @@ async fn keygen_timer(
         if let Err(e) = crate::keygen::expire(&coordinator.pool, config.round_timeout).await {
             warn!("checking key generation timeouts failed: {e}");
         }
-        match crate::batches::reattempt_stalled(&coordinator.pool, signing_timeout).await {
+        match crate::signing::reattempt_stalled(&coordinator.pool, signing_timeout).await {
             Ok(0) => {}
             Ok(_) => coordinator.wake_all(),
             Err(e) => warn!("checking signing timeouts failed: {e}"),

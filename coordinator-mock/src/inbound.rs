@@ -6,7 +6,7 @@ use sqlx::PgConnection;
 
 use processor::link::{HandleError, Handler, Inbound};
 
-use crate::{batches, keygen, settlement};
+use crate::{batches, keygen, payouts, settlement, signing};
 
 /// Dispatches processor messages.
 #[derive(Debug, Clone, Default)]
@@ -39,15 +39,14 @@ impl Handler for ProcessorHandler {
             Some(Kind::KeyGenerated(m)) => keygen::generated(conn, inbound.link_id, m).await,
             Some(Kind::KeyGenBlame(m)) => keygen::blame(conn, inbound.link_id, m).await,
             Some(Kind::BatchProposal(m)) => batches::proposal(conn, inbound.link_id, m).await,
-            Some(Kind::SignPreprocess(m)) => batches::preprocess(conn, inbound.link_id, m).await,
-            Some(Kind::SignShare(m)) => batches::share(conn, inbound.link_id, m).await,
-            Some(Kind::SignBlame(m)) => batches::blame(conn, inbound.link_id, m).await,
+            Some(Kind::SignPreprocess(m)) => signing::preprocess(conn, inbound.link_id, m).await,
+            Some(Kind::SignShare(m)) => signing::share(conn, inbound.link_id, m).await,
+            Some(Kind::SignBlame(m)) => signing::blame(conn, inbound.link_id, m).await,
+            Some(Kind::PlanProposal(m)) => payouts::proposal(conn, inbound.link_id, m).await,
+            Some(Kind::PlanCompleted(m)) => payouts::completed(conn, inbound.link_id, m).await,
+            Some(Kind::Fault(m)) => payouts::fault(conn, inbound.link_id, m).await,
+            Some(Kind::BurnRejected(m)) => payouts::burn_rejected(conn, inbound.link_id, m).await,
             Some(Kind::BatchSigned(m)) => batches::signed(conn, inbound.link_id, m).await,
-            Some(other) => Err(HandleError::Rejected(format!(
-                "{} is not acted on by coordinator-mock {}; it is kept in the quarantine",
-                proto::processor_message_kind(&ProcessorMessage { kind: Some(other) }),
-                env!("CARGO_PKG_VERSION"),
-            ))),
             None => Err(HandleError::Rejected("message with no kind".into())),
         }
     }

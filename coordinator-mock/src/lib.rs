@@ -10,5 +10,7 @@ pub mod config;
 pub mod coordinator;
 pub mod inbound;
 pub mod keygen;
+pub mod payouts;
 pub mod run;
 pub mod settlement;
+pub mod signing;

@@ -36,13 +36,14 @@ pub async fn emit_block(pool: &PgPool, links: &[String]) -> Result<u64, sqlx::Er
         .await?;
     // Batches verified since the last block are included in this one.
     let included_batch_ids = crate::batches::take_for_block(&mut tx, number).await?;
+    let burns = crate::payouts::take_for_block(&mut tx, number).await?;
     let number = u64::try_from(number).unwrap_or(0);
     let message = CoordinatorMessage {
         kind: Some(coordinator_message::Kind::SettlementBlock(
             SettlementBlock {
                 number,
                 included_batch_ids,
-                burns: Vec::new(),
+                burns,
             },
         )),
     };

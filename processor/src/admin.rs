@@ -10,6 +10,7 @@ use proto::processor_v1::{
     OutputEntry, OutputPage, ProcessorStatus, QuarantineEntry, QuarantinePage, ScanStatus,
     SendLogEntry, SendLogPage, SettlementBlockEntry, SettlementBlockPage,
 };
+use proto::processor_v1::{BurnEntry, GetScheduleRequest, PlanEntry, Schedule, WindowEntry};
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
@@ -325,5 +326,66 @@ impl ProcessorAdmin for Admin {
             });
         }
         Ok(Response::new(BatchPage { batches }))
+    }
+
+    async fn get_schedule(
+        &self,
+        request: Request<GetScheduleRequest>,
+    ) -> Result<Response<Schedule>, Status> {
+        let limit = match request.into_inner().limit {
+            0 => 100,
+            l => l.min(1000),
+        };
+        let view = crate::scheduler::db::schedule(&self.pool, limit)
+            .await
+            .map_err(ServiceError::from)?;
+        let hex_or_empty = |v: Option<Vec<u8>>| v.map(hex::encode).unwrap_or_default();
+        Ok(Response::new(Schedule {
+            burns: view
+                .burns
+                .into_iter()
+                .map(
+                    |(burn_id, monero_address, amount, status, plan_id, reason)| BurnEntry {
+                        burn_id,
+                        monero_address,
+                        amount,
+                        status,
+                        plan_id: hex_or_empty(plan_id),
+                        reason: reason.unwrap_or_default(),
+                    },
+                )
+                .collect(),
+            plans: view
+                .plans
+                .into_iter()
+                .map(|p| PlanEntry {
+                    plan_id: hex::encode(&p.plan_id),
+                    window: p.window,
+                    leader: u32::from(p.leader),
+                    status: p.status,
+                    burn_ids: p.burn_ids,
+                    inputs: p.inputs,
+                    tx_hash: hex_or_empty(p.tx_hash),
+                    fee: p.fee,
+                    reason: p.reason.unwrap_or_default(),
+                    completed_height: p.completed_height,
+                })
+                .collect(),
+            windows: view
+                .windows
+                .into_iter()
+                .map(
+                    |(window, start_height, leader, outcome, plan_id)| WindowEntry {
+                        window,
+                        start_height,
+                        leader: u32::from(leader),
+                        outcome,
+                        plan_id: hex_or_empty(plan_id),
+                    },
+                )
+                .collect(),
+            spendable: view.spendable,
+            reserved: view.reserved,
+        }))
     }
 }

@@ -34,6 +34,9 @@ pub struct Config {
     /// The Monero daemon to scan (absent: no scanning).
     #[serde(default)]
     pub monero: Option<crate::scanner::MoneroConfig>,
+    /// Payout scheduling (used when `[monero]` is set).
+    #[serde(default)]
+    pub scheduler: crate::scheduler::SchedulerConfig,
     /// The coordinator link.
     #[serde(default)]
     pub link: LinkConfig,
@@ -55,6 +58,7 @@ impl std::fmt::Debug for Config {
             .field("max_db_connections", &self.max_db_connections)
             .field("keystore", &self.keystore)
             .field("monero", &self.monero)
+            .field("scheduler", &self.scheduler)
             .field("link", &self.link)
             .field("admin", &self.admin)
             .field("log", &self.log)
@@ -190,6 +194,7 @@ impl Config {
         if let Some(monero) = &self.monero {
             monero.validate().map_err(ConfigError::Invalid)?;
         }
+        self.scheduler.validate().map_err(ConfigError::Invalid)?;
         self.link.validate("link").map_err(ConfigError::Invalid)?;
         if self.admin.request_timeout.is_zero() {
             return Err(ConfigError::Invalid(

@@ -6,7 +6,7 @@ use sqlx::PgConnection;
 
 use crate::keystore::Keystore;
 use crate::link::{HandleError, Handler, Inbound};
-use crate::{accounts, keygen, settlement, signer};
+use crate::{accounts, keygen, scheduler, settlement, signer};
 
 /// Dispatches coordinator messages to the processor's modules.
 #[derive(Debug, Clone)]
@@ -55,17 +55,15 @@ impl Handler for CoordinatorHandler {
             Some(Kind::SignPreprocesses(m)) => {
                 signer::preprocesses(conn, &self.keystore, inbound.link_id, m).await
             }
-            Some(Kind::SignShares(m)) => signer::shares(conn, inbound.link_id, m).await,
+            Some(Kind::SignShares(m)) => {
+                signer::shares(conn, &self.keystore, inbound.link_id, m).await
+            }
+            Some(Kind::PlanProposal(m)) => scheduler::receive(conn, m).await,
             Some(Kind::SignReattempt(m)) => {
                 signer::reattempt(conn, &self.keystore, inbound.link_id, m).await
             }
             // Journaled by the link; a probe has no other effect.
             Some(Kind::LinkProbe(_)) => Ok(()),
-            Some(other) => Err(HandleError::Rejected(format!(
-                "{} is not acted on by processor {}; it is kept in the quarantine",
-                proto::coordinator_message_kind(&CoordinatorMessage { kind: Some(other) }),
-                env!("CARGO_PKG_VERSION"),
-            ))),
             None => Err(HandleError::Rejected("message with no kind".into())),
         }
     }

@@ -17,6 +17,7 @@ pub mod link;
 pub mod monero;
 pub mod run;
 pub mod scanner;
+pub mod scheduler;
 pub mod server;
 pub mod settlement;
 pub mod signer;

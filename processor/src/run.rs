@@ -122,7 +122,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             link_id: COORDINATOR_LINK.to_owned(),
             outbox: link.outbox().clone(),
             health: health.clone(),
+            scheduler: config.scheduler.clone(),
         };
+        tokio::spawn(crate::scheduler::run(
+            pool.clone(),
+            daemon.clone(),
+            crate::scheduler::SchedulerContext {
+                keystore: keystore.clone(),
+                link_id: COORDINATOR_LINK.to_owned(),
+                outbox: link.outbox().clone(),
+                config: config.scheduler.clone(),
+            },
+            shutdown.clone(),
+        ));
         tokio::spawn(crate::scanner::run(
             pool.clone(),
             daemon,

@@ -467,19 +467,10 @@ pub fn monero_address(group_key: &[u8; 32]) -> Option<String> {
 mod tests {
     use super::*;
     use crate::keystore::Kek;
-    use x25519_dalek::{PublicKey, StaticSecret};
 
     fn keystores(n: u16) -> Vec<Keystore> {
         (0..n)
-            .map(|_| {
-                let identity = StaticSecret::random_from_rng(OsRng);
-                Keystore {
-                    kek: Kek::generate(),
-                    identity_public: PublicKey::from(&identity),
-                    identity,
-                    nonces: Default::default(),
-                }
-            })
+            .map(|_| Keystore::in_memory(Kek::generate()))
             .collect()
     }
 

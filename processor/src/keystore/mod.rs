@@ -6,6 +6,7 @@
 //! and, later, signing. The rest of the processor handles only sealed blobs
 //! (ChaCha20-Poly1305 under the KEK, bound to their purpose) and public data.
 
+pub mod clsag;
 pub mod db;
 pub mod dkg;
 mod seal;
@@ -62,6 +63,8 @@ pub struct Keystore {
     identity_public: PublicKey,
     /// Signing nonces of attempts in flight: memory only, used once.
     nonces: sign::Nonces,
+    /// Payout signing machines in flight: memory only, used once.
+    plan_machines: clsag::PlanMachines,
 }
 
 impl std::fmt::Debug for Keystore {
@@ -121,6 +124,7 @@ impl Keystore {
             identity,
             identity_public,
             nonces: sign::Nonces::default(),
+            plan_machines: clsag::PlanMachines::default(),
         })
     }
 
@@ -133,6 +137,7 @@ impl Keystore {
             identity_public: PublicKey::from(&identity),
             identity,
             nonces: sign::Nonces::default(),
+            plan_machines: clsag::PlanMachines::default(),
         }
     }
 

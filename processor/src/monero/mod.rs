@@ -73,6 +73,12 @@ impl Daemon {
         Ok(daemon)
     }
 
+    /// The RPC client itself, for monero-wallet calls that take one (decoy
+    /// selection).
+    pub async fn rpc(&self) -> Result<MoneroDaemon<SimpleRequestTransport>, DaemonError> {
+        self.connection().await
+    }
+
     async fn forget(&self) {
         *self.connection.lock().await = None;
     }

@@ -75,8 +75,10 @@ pub async fn insert_block(
     for o in outputs {
         sqlx::query(
             "INSERT INTO outputs (tx_hash, index_in_tx, session, block_height, account, subaddress_minor,
-                                  amount, unlock_height, unlock_time, wallet_output)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                                  amount, unlock_height, unlock_time, wallet_output, status)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
+                     -- change is the group's own: spendable without a batch
+                     CASE WHEN $5 = 0 AND $6 = 1 THEN 'included' ELSE 'received' END)",
         )
         .bind(o.tx_hash.as_slice())
         .bind(to_i64(o.index_in_tx))

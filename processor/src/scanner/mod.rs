@@ -105,6 +105,8 @@ pub struct ScanContext {
     pub outbox: Outbox,
     /// Reports the scanner's health as service [`HEALTH_NAME`].
     pub health: tonic_health::server::HealthReporter,
+    /// Coordination windows and payout completion are handled per block.
+    pub scheduler: crate::scheduler::SchedulerConfig,
 }
 
 /// The grpc.health.v1 service name that says whether scanning runs.
@@ -188,6 +190,19 @@ async fn step(
     let Some((session, group_key)) = keygen::db::active(pool).await? else {
         return Ok(0);
     };
+    let Some(key) = crate::scheduler::db::active_key(pool)
+        .await?
+        .filter(|k| k.session == session)
+    else {
+        return Ok(0);
+    };
+    // Blocks' transactions are kept for matching only while a plan is open.
+    let watch_plans: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM plans WHERE session = $1 AND status NOT IN ('completed', 'superseded'))",
+    )
+    .bind(crate::link::db::to_i64(session))
+    .fetch_one(pool)
+    .await?;
     let (next, halted) = db::cursor(pool)
         .await?
         .unwrap_or((config.start_height, None));
@@ -240,6 +255,10 @@ async fn step(
     for block in blocks.into_iter().skip(usize::from(next > 0)) {
         let height = block.block.number() as u64;
         let hash = block.block.hash();
+        let transactions = watch_plans.then(|| crate::scheduler::BlockTransactions {
+            hashes: block.block.transactions.clone(),
+            transactions: block.transactions.clone(),
+        });
         let found = scanner
             .scan(block)
             .map_err(|e| StepError::Halt(format!("block {height} does not scan: {e:?}")))?
@@ -298,6 +317,20 @@ async fn step(
                 "batch proposed"
             );
         }
+        crate::scheduler::on_block(
+            &mut tx,
+            &context.link_id,
+            &context.scheduler,
+            &key,
+            height,
+            &hash,
+            transactions.as_ref(),
+        )
+        .await
+        .map_err(|e| match e {
+            HandleError::Storage(e) => StepError::Storage(e),
+            HandleError::Rejected(why) => StepError::Halt(format!("block {height}: {why}")),
+        })?;
         db::set_cursor(&mut tx, height + 1).await?;
         stored += 1;
     }

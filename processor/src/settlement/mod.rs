@@ -53,6 +53,7 @@ pub async fn take_in(
     }
     db::insert(conn, &block).await?;
     crate::batch::mark_included(conn, &block.included_batch_ids).await?;
+    crate::scheduler::take_in_burns(conn, link_id, block.number).await?;
     let ack = ProcessorMessage {
         kind: Some(processor_message::Kind::SettlementBlockAck(
             SettlementBlockAck {

@@ -5,6 +5,8 @@
 //! in the keystore's memory: after a restart an earlier attempt is never
 //! signed; the coordinator's re-attempt (attempt + 1) brings fresh nonces.
 
+pub mod plan;
+
 use std::collections::BTreeMap;
 
 use prost::Message as _;
@@ -79,6 +81,10 @@ async fn key(
     ))
 }
 
+fn is_plan(id: &SignId) -> bool {
+    SignKind::try_from(id.kind) == Ok(SignKind::Plan)
+}
+
 fn batch_id(id: &SignId) -> Result<u64, HandleError> {
     if SignKind::try_from(id.kind) != Ok(SignKind::Batch) {
         return Err(HandleError::Rejected(format!(
@@ -121,6 +127,9 @@ pub async fn begin(
     .await?;
     if recorded.rows_affected() == 0 {
         return Ok(());
+    }
+    if is_plan(id) {
+        return plan::preprocess(conn, keystore, link_id, id).await;
     }
     let (_, sealed, _) = key(conn, id.session).await?;
     let commitments = keystore
@@ -184,6 +193,9 @@ pub async fn preprocesses(
         .sign_id
         .clone()
         .ok_or_else(|| HandleError::Rejected("no sign id".into()))?;
+    if is_plan(&id) {
+        return plan::preprocesses(conn, keystore, link_id, id, m).await;
+    }
     let batch_id = batch_id(&id)?;
     let (own, sealed, _) = key(conn, id.session).await?;
     let commitments = indexed(&m.preprocesses);
@@ -258,6 +270,7 @@ pub async fn preprocesses(
 /// `SignShares`: aggregate, check, and report the signed batch.
 pub async fn shares(
     conn: &mut PgConnection,
+    keystore: &Keystore,
     link_id: &str,
     m: SignShares,
 ) -> Result<(), HandleError> {
@@ -265,6 +278,9 @@ pub async fn shares(
         .sign_id
         .clone()
         .ok_or_else(|| HandleError::Rejected("no sign id".into()))?;
+    if is_plan(&id) {
+        return plan::shares(conn, keystore, link_id, id, m).await;
+    }
     let batch_id = batch_id(&id)?;
     let (_, _, public) = key(conn, id.session).await?;
     let Some(batch) = batch::lock(conn, batch_id).await? else {
@@ -341,6 +357,17 @@ pub async fn reattempt(
     let id = m
         .sign_id
         .ok_or_else(|| HandleError::Rejected("no sign id".into()))?;
+    if is_plan(&id) {
+        if !plan::still_signing(conn, &id).await? {
+            return Ok(());
+        }
+        let next = SignId {
+            attempt: id.attempt + 1,
+            ..id
+        };
+        info!(plan = %hex::encode(&next.id), attempt = next.attempt, "re-attempting plan signing");
+        return begin(conn, keystore, link_id, &next).await;
+    }
     let batch_id = batch_id(&id)?;
     let Some(batch) = batch::lock(conn, batch_id).await? else {
         return Err(HandleError::Rejected(format!("no batch {batch_id} here")));

@@ -12,13 +12,15 @@ use tokio_util::sync::CancellationToken;
 use super::*;
 
 pub struct Cluster {
-    pub dir: tempfile::TempDir,
     pub dbs: Vec<TestDb>,
     pub ports: Vec<u16>,
     pub procs: Vec<Option<Proc>>,
     pub coordinator: Arc<Coordinator>,
     pub shutdown: CancellationToken,
     _cdb: TestDb,
+    // Last: fields drop in order, and the processes' logs (printed when a
+    // test fails) live in this directory.
+    pub dir: tempfile::TempDir,
 }
 
 pub fn name(i: usize) -> String {

@@ -4,6 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod cluster;
+pub mod deposits;
 pub mod monero;
 
 use std::net::SocketAddr;

@@ -13,13 +13,18 @@ use super::*;
 pub struct Monerod {
     proc: Option<Proc>,
     pub url: String,
-    ports: (u16, u16, u16),
+    ports: (u16, u16),
     dir: std::path::PathBuf,
 }
 
 impl Monerod {
     pub async fn start(dir: &Path) -> Self {
-        let ports = (free_port(), free_port(), free_port());
+        // Two distinct ports: free_port() can hand out the same one twice.
+        let rpc = free_port();
+        let p2p = std::iter::repeat_with(free_port)
+            .find(|&p| p != rpc)
+            .expect("an endless iterator");
+        let ports = (rpc, p2p);
         let mut monerod = Self {
             proc: None,
             url: format!("http://127.0.0.1:{}", ports.0),
@@ -31,7 +36,7 @@ impl Monerod {
     }
 
     async fn launch(&mut self, keep_chain: bool) {
-        let (rpc, p2p, zmq) = self.ports;
+        let (rpc, p2p) = self.ports;
         let log = self.dir.join("monerod.out");
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -56,12 +61,9 @@ impl Monerod {
                 "--rpc-bind-port",
                 &rpc.to_string(),
             ])
-            .args([
-                "--p2p-bind-port",
-                &p2p.to_string(),
-                "--zmq-rpc-bind-port",
-                &zmq.to_string(),
-            ])
+            .args(["--p2p-bind-port", &p2p.to_string()])
+            // Nothing here uses ZMQ, and its port is one more to collide.
+            .arg("--no-zmq")
             .arg("--log-file")
             .arg(self.dir.join("monerod.log"))
             .stdout(file.try_clone().unwrap())

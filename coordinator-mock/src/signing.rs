@@ -1,0 +1,466 @@
+//! Signing rounds as the coordinator runs them, for batches (FROST Ed25519)
+//! and plans (FROST-CLSAG) alike: collect preprocesses, choose the first t
+//! signers to preprocess, relay their commitments and then their shares.
+//! An attempt that stalls is abandoned and re-attempted (attempt + 1, fresh
+//! nonces); whoever stays silent is simply not chosen.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use prost::Message as _;
+use proto::processor_v1::{
+    CoordinatorMessage, SignBlame, SignId, SignKind, SignPreprocess, SignPreprocesses,
+    SignReattempt, SignShare, SignShares, coordinator_message::Kind,
+};
+use sqlx::{PgConnection, PgPool, Row};
+use tracing::{info, warn};
+
+use processor::link::{self, HandleError, OutMessage};
+
+fn out(uid: String, kind: &'static str, message: Kind) -> OutMessage {
+    OutMessage {
+        uid,
+        kind,
+        payload: CoordinatorMessage {
+            kind: Some(message),
+        }
+        .encode_to_vec(),
+    }
+}
+
+fn i64_of(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// One signing procedure: a batch (by id) or a plan (by its seq).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Procedure {
+    /// "batch" or "plan".
+    pub kind: &'static str,
+    /// Batch id or plan seq.
+    pub key: i64,
+}
+
+/// The procedure a sign id names, if this coordinator knows it.
+async fn procedure_of(conn: &mut PgConnection, id: &SignId) -> Result<Procedure, HandleError> {
+    match SignKind::try_from(id.kind) {
+        Ok(SignKind::Batch) => {
+            let bytes: [u8; 8] = id
+                .id
+                .as_slice()
+                .try_into()
+                .map_err(|_| HandleError::Rejected("a batch id is 8 bytes".into()))?;
+            Ok(Procedure {
+                kind: "batch",
+                key: i64_of(u64::from_be_bytes(bytes)),
+            })
+        }
+        Ok(SignKind::Plan) => {
+            let seq: Option<i64> = sqlx::query_scalar("SELECT seq FROM plans WHERE plan_id = $1")
+                .bind(&id.id)
+                .fetch_optional(&mut *conn)
+                .await?;
+            let key = seq.ok_or_else(|| {
+                HandleError::Rejected(format!(
+                    "signing message for unknown plan {}",
+                    hex::encode(&id.id)
+                ))
+            })?;
+            Ok(Procedure { kind: "plan", key })
+        }
+        _ => Err(HandleError::Rejected("sign id without a known kind".into())),
+    }
+}
+
+/// The sender's index in the key session, and the session's t.
+async fn index_of(
+    conn: &mut PgConnection,
+    session: i64,
+    processor: &str,
+) -> Result<(i32, i32), HandleError> {
+    let row = sqlx::query(
+        "SELECT p.idx, s.threshold FROM keygen_participants p JOIN keygen_sessions s USING (session)
+         WHERE p.session = $1 AND p.processor = $2",
+    )
+    .bind(session)
+    .bind(processor)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| HandleError::Rejected(format!("{processor} holds no share of key {session}")))?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// Link ids of the given indices of a session (all if `None`), sorted
+/// (lock order).
+pub async fn links(
+    conn: &mut PgConnection,
+    session: i64,
+    indices: Option<&[i32]>,
+) -> Result<Vec<(i32, String)>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT idx, processor FROM keygen_participants
+         WHERE session = $1 AND ($2::int[] IS NULL OR idx = ANY($2)) ORDER BY processor",
+    )
+    .bind(session)
+    .bind(indices.map(<[i32]>::to_vec))
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+fn uid(what: &str, kind: &str, id: &SignId) -> String {
+    format!(
+        "{what}/{}/{kind}/{}/{}",
+        id.session,
+        hex::encode(&id.id),
+        id.attempt
+    )
+}
+
+/// Locks an attempt (creating it), returning its status and signers; `None`
+/// if the procedure is unknown.
+async fn lock_attempt(
+    conn: &mut PgConnection,
+    procedure: Procedure,
+    attempt: i32,
+) -> Result<Option<(String, Vec<i32>)>, sqlx::Error> {
+    let exists: bool = match procedure.kind {
+        "batch" => sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM batches WHERE id = $1)"),
+        _ => sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM plans WHERE seq = $1)"),
+    }
+    .bind(procedure.key)
+    .fetch_one(&mut *conn)
+    .await?;
+    if !exists {
+        return Ok(None);
+    }
+    sqlx::query(
+        "INSERT INTO sign_attempts (kind, id, attempt) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+    )
+    .bind(procedure.kind)
+    .bind(procedure.key)
+    .bind(attempt)
+    .execute(&mut *conn)
+    .await?;
+    let row = sqlx::query(
+        "SELECT status, signers FROM sign_attempts WHERE kind = $1 AND id = $2 AND attempt = $3
+         FOR NO KEY UPDATE",
+    )
+    .bind(procedure.kind)
+    .bind(procedure.key)
+    .bind(attempt)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(Some((row.get(0), row.get(1))))
+}
+
+/// A signing attempt as a message from `processor` refers to it.
+struct Attempt {
+    procedure: Procedure,
+    session: i64,
+    index: i32,
+    threshold: i32,
+    attempt: i32,
+    status: String,
+    signers: Vec<i32>,
+}
+
+/// Checks a signing message's id and sender, and locks its attempt.
+async fn open_attempt(
+    conn: &mut PgConnection,
+    processor: &str,
+    id: Option<SignId>,
+) -> Result<(SignId, Attempt), HandleError> {
+    let id = id.ok_or_else(|| HandleError::Rejected("no sign id".into()))?;
+    let procedure = procedure_of(conn, &id).await?;
+    let session = i64_of(id.session);
+    let (index, threshold) = index_of(conn, session, processor).await?;
+    let attempt = i32::try_from(id.attempt).unwrap_or(i32::MAX);
+    let (status, signers) = lock_attempt(conn, procedure, attempt)
+        .await?
+        .ok_or_else(|| {
+            HandleError::Rejected(format!(
+                "signing message for unknown {} {}",
+                procedure.kind, procedure.key
+            ))
+        })?;
+    Ok((
+        id,
+        Attempt {
+            procedure,
+            session,
+            index,
+            threshold,
+            attempt,
+            status,
+            signers,
+        },
+    ))
+}
+
+/// `SignPreprocess`: collect; the first t to arrive become the signers.
+pub async fn preprocess(
+    conn: &mut PgConnection,
+    processor: &str,
+    m: SignPreprocess,
+) -> Result<(), HandleError> {
+    let (id, a) = open_attempt(conn, processor, m.sign_id).await?;
+    let Procedure { kind, key } = a.procedure;
+    sqlx::query(
+        "INSERT INTO sign_preprocesses (kind, id, attempt, idx, preprocess) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(kind)
+    .bind(key)
+    .bind(a.attempt)
+    .bind(a.index)
+    .bind(&m.preprocess)
+    .execute(&mut *conn)
+    .await?;
+    if a.status != "collecting" {
+        return Ok(());
+    }
+    let rows = sqlx::query(
+        "SELECT idx, preprocess FROM sign_preprocesses WHERE kind = $1 AND id = $2 AND attempt = $3
+         ORDER BY received LIMIT $4",
+    )
+    .bind(kind)
+    .bind(key)
+    .bind(a.attempt)
+    .bind(i64::from(a.threshold))
+    .fetch_all(&mut *conn)
+    .await?;
+    if rows.len() < usize::try_from(a.threshold).unwrap_or(usize::MAX) {
+        return Ok(());
+    }
+    let chosen: HashMap<u32, Vec<u8>> = rows
+        .iter()
+        .map(|r| {
+            (
+                u32::try_from(r.get::<i32, _>(0)).unwrap_or(0),
+                r.get::<Vec<u8>, _>(1),
+            )
+        })
+        .collect();
+    let signers: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+    sqlx::query(
+        "UPDATE sign_attempts SET status = 'sharing', signers = $4 WHERE kind = $1 AND id = $2 AND attempt = $3",
+    )
+    .bind(kind)
+    .bind(key)
+    .bind(a.attempt)
+    .bind(&signers)
+    .execute(&mut *conn)
+    .await?;
+    let message = Kind::SignPreprocesses(SignPreprocesses {
+        sign_id: Some(id.clone()),
+        preprocesses: chosen,
+    });
+    for (_, link_id) in links(conn, a.session, Some(&signers)).await? {
+        link::enqueue(
+            conn,
+            &link_id,
+            &[out(
+                uid("sign-preprocesses", kind, &id),
+                "sign_preprocesses",
+                message.clone(),
+            )],
+        )
+        .await?;
+    }
+    info!(kind, key, attempt = a.attempt, ?signers, "signers chosen");
+    Ok(())
+}
+
+/// `SignShare`: collect; when every signer's share is in, relay them.
+pub async fn share(
+    conn: &mut PgConnection,
+    processor: &str,
+    m: SignShare,
+) -> Result<(), HandleError> {
+    let (id, a) = open_attempt(conn, processor, m.sign_id).await?;
+    let Procedure { kind, key } = a.procedure;
+    if a.status != "sharing" || !a.signers.contains(&a.index) {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO sign_shares (kind, id, attempt, idx, share) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(kind)
+    .bind(key)
+    .bind(a.attempt)
+    .bind(a.index)
+    .bind(&m.share)
+    .execute(&mut *conn)
+    .await?;
+    let rows = sqlx::query(
+        "SELECT idx, share FROM sign_shares WHERE kind = $1 AND id = $2 AND attempt = $3",
+    )
+    .bind(kind)
+    .bind(key)
+    .bind(a.attempt)
+    .fetch_all(&mut *conn)
+    .await?;
+    if rows.len() < a.signers.len() {
+        return Ok(());
+    }
+    let shares: HashMap<u32, Vec<u8>> = rows
+        .iter()
+        .map(|r| {
+            (
+                u32::try_from(r.get::<i32, _>(0)).unwrap_or(0),
+                r.get::<Vec<u8>, _>(1),
+            )
+        })
+        .collect();
+    sqlx::query(
+        "UPDATE sign_attempts SET status = 'aggregating' WHERE kind = $1 AND id = $2 AND attempt = $3",
+    )
+    .bind(kind)
+    .bind(key)
+    .bind(a.attempt)
+    .execute(&mut *conn)
+    .await?;
+    let message = Kind::SignShares(SignShares {
+        sign_id: Some(id.clone()),
+        shares,
+    });
+    for (_, link_id) in links(conn, a.session, Some(&a.signers)).await? {
+        link::enqueue(
+            conn,
+            &link_id,
+            &[out(
+                uid("sign-shares", kind, &id),
+                "sign_shares",
+                message.clone(),
+            )],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// `SignBlame`: record it; the attempt will time out and be re-attempted.
+pub async fn blame(
+    conn: &mut PgConnection,
+    processor: &str,
+    m: SignBlame,
+) -> Result<(), HandleError> {
+    let id = m
+        .sign_id
+        .ok_or_else(|| HandleError::Rejected("no sign id".into()))?;
+    let Procedure { kind, key } = procedure_of(conn, &id).await?;
+    let accused: String = sqlx::query_scalar(
+        "SELECT processor FROM keygen_participants WHERE session = $1 AND idx = $2",
+    )
+    .bind(i64_of(id.session))
+    .bind(i32::try_from(m.accused).unwrap_or(0))
+    .fetch_optional(&mut *conn)
+    .await?
+    .unwrap_or_else(|| format!("participant {}", m.accused));
+    warn!(kind, key, attempt = id.attempt, accuser = processor, %accused, "signer blamed: {}", m.reason);
+    sqlx::query(
+        "INSERT INTO sign_blames (kind, id, attempt, accuser, accused, reason) VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(kind)
+    .bind(key)
+    .bind(i32::try_from(id.attempt).unwrap_or(i32::MAX))
+    .bind(processor)
+    .bind(i32::try_from(m.accused).unwrap_or(0))
+    .bind(&m.reason)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Marks a procedure's attempts done (it completed).
+pub async fn finish(conn: &mut PgConnection, procedure: Procedure) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE sign_attempts SET status = 'done' WHERE kind = $1 AND id = $2 AND status <> 'abandoned'",
+    )
+    .bind(procedure.kind)
+    .bind(procedure.key)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Abandons attempts older than `timeout` whose procedure is still open and
+/// asks every participant for the next attempt. Returns how many it
+/// re-attempted.
+pub async fn reattempt_stalled(pool: &PgPool, timeout: Duration) -> Result<usize, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let rows = sqlx::query(
+        "SELECT a.kind, a.id, a.attempt, COALESCE(b.session, p.session), p.plan_id
+         FROM sign_attempts a
+         LEFT JOIN batches b ON a.kind = 'batch' AND b.id = a.id
+         LEFT JOIN plans p ON a.kind = 'plan' AND p.seq = a.id
+         WHERE a.status IN ('collecting', 'sharing', 'aggregating')
+           AND ((a.kind = 'batch' AND b.status = 'proposed') OR (a.kind = 'plan' AND p.status = 'signing'))
+           AND a.started_at < now() - $1::interval
+         FOR NO KEY UPDATE OF a SKIP LOCKED",
+    )
+    .bind(format!("{} milliseconds", timeout.as_millis()))
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut count = 0;
+    for row in rows {
+        let kind: String = row.get(0);
+        let (key, attempt, session): (i64, i32, i64) = (row.get(1), row.get(2), row.get(3));
+        let plan_id: Option<Vec<u8>> = row.get(4);
+        sqlx::query(
+            "UPDATE sign_attempts SET status = 'abandoned' WHERE kind = $1 AND id = $2 AND attempt = $3",
+        )
+        .bind(&kind)
+        .bind(key)
+        .bind(attempt)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO sign_attempts (kind, id, attempt) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(&kind)
+        .bind(key)
+        .bind(attempt + 1)
+        .execute(&mut *tx)
+        .await?;
+        let (sign_kind, id_bytes, kind_name) = match plan_id {
+            Some(plan_id) => (SignKind::Plan, plan_id, "plan"),
+            None => (
+                SignKind::Batch,
+                u64::try_from(key).unwrap_or(0).to_be_bytes().to_vec(),
+                "batch",
+            ),
+        };
+        let id = SignId {
+            session: u64::try_from(session).unwrap_or(0),
+            kind: sign_kind.into(),
+            id: id_bytes,
+            attempt: u32::try_from(attempt).unwrap_or(0),
+        };
+        let message = Kind::SignReattempt(SignReattempt {
+            sign_id: Some(id.clone()),
+        });
+        for (_, link_id) in links(&mut tx, session, None).await? {
+            link::enqueue(
+                &mut tx,
+                &link_id,
+                &[out(
+                    uid("sign-reattempt", kind_name, &id),
+                    "sign_reattempt",
+                    message.clone(),
+                )],
+            )
+            .await?;
+        }
+        warn!(
+            kind = kind_name,
+            key, attempt, "signing attempt stalled; re-attempting"
+        );
+        count += 1;
+    }
+    tx.commit().await?;
+    Ok(count)
+}

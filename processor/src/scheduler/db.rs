@@ -1,0 +1,698 @@
+//! The `windows`, `plans` and `faults` tables, and the scheduler's view of
+//! `burns` and `outputs`.
+
+use sqlx::{PgConnection, PgExecutor, PgPool, Row};
+
+use crate::link::db::{to_i64, to_u64};
+
+/// The active key as the scheduler needs it.
+#[derive(Debug, Clone)]
+pub struct ActiveKey {
+    /// Session.
+    pub session: u64,
+    /// Group key.
+    pub group_key: [u8; 32],
+    /// Our index.
+    pub own_index: u16,
+    /// Participants.
+    pub n: u16,
+    /// Signers needed.
+    pub threshold: u16,
+}
+
+fn u16_of(v: i32) -> u16 {
+    u16::try_from(v).unwrap_or(0)
+}
+
+/// The newest confirmed key.
+pub async fn active_key(conn: impl PgExecutor<'_>) -> Result<Option<ActiveKey>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT session, group_key, own_index, cardinality(participant_keys), threshold FROM keys
+         WHERE status = 'confirmed' ORDER BY session DESC LIMIT 1",
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.and_then(|r| {
+        Some(ActiveKey {
+            session: to_u64(r.get(0)),
+            group_key: r.get::<Option<Vec<u8>>, _>(1)?.try_into().ok()?,
+            own_index: u16_of(r.get(2)),
+            n: u16_of(r.get(3)),
+            threshold: u16_of(r.get(4)),
+        })
+    }))
+}
+
+/// Burns of a block not yet validated: (id, address, amount).
+pub async fn received_burns(
+    conn: &mut PgConnection,
+    block: u64,
+) -> Result<Vec<(String, String, u64)>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT burn_id, monero_address, amount FROM burns
+         WHERE block_number = $1 AND status = 'received' ORDER BY seq",
+    )
+    .bind(to_i64(block))
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1), to_u64(r.get(2))))
+        .collect())
+}
+
+/// Sets a burn's status (and the reason for a rejection).
+pub async fn set_burn_status(
+    conn: &mut PgConnection,
+    burn_id: &str,
+    status: &str,
+    reason: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE burns SET status = $2, reason = $3 WHERE burn_id = $1")
+        .bind(burn_id)
+        .bind(status)
+        .bind(reason)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// A burn: (address, amount, status).
+pub async fn burn(
+    conn: &mut PgConnection,
+    burn_id: &str,
+) -> Result<Option<(String, u64, String)>, sqlx::Error> {
+    let row = sqlx::query("SELECT monero_address, amount, status FROM burns WHERE burn_id = $1")
+        .bind(burn_id)
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.map(|r| (r.get(0), to_u64(r.get(1)), r.get(2))))
+}
+
+/// A queued burn.
+#[derive(Debug, Clone)]
+pub struct QueuedBurn {
+    /// Id.
+    pub burn_id: String,
+    /// Destination.
+    pub address: String,
+    /// Amount.
+    pub amount: u64,
+}
+
+/// Queued burns in arrival order.
+pub async fn queued_burns(pool: &PgPool) -> Result<Vec<QueuedBurn>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT burn_id, monero_address, amount FROM burns WHERE status = 'queued' ORDER BY seq",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| QueuedBurn {
+            burn_id: r.get(0),
+            address: r.get(1),
+            amount: to_u64(r.get(2)),
+        })
+        .collect())
+}
+
+/// Records a window; false if it was recorded before.
+pub async fn insert_window(
+    conn: &mut PgConnection,
+    window: u64,
+    session: u64,
+    height: u64,
+    hash: &[u8; 32],
+    leader: u16,
+    outcome: &str,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "INSERT INTO windows (\"window\", session, start_height, start_hash, leader, outcome, handled_at)
+         VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $6 = 'open' THEN NULL ELSE now() END)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(to_i64(window))
+    .bind(to_i64(session))
+    .bind(to_i64(height))
+    .bind(hash.as_slice())
+    .bind(i32::from(leader))
+    .bind(outcome)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// A window's leader and first block.
+pub async fn window(
+    conn: &mut PgConnection,
+    window: u64,
+) -> Result<Option<(u16, u64)>, sqlx::Error> {
+    let row = sqlx::query("SELECT leader, start_height FROM windows WHERE \"window\" = $1")
+        .bind(to_i64(window))
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.map(|r| (u16_of(r.get(0)), to_u64(r.get(1)))))
+}
+
+/// Windows this processor leads and has yet to plan for, oldest first.
+pub async fn open_windows(pool: &PgPool, session: u64) -> Result<Vec<u64>, sqlx::Error> {
+    let rows: Vec<i64> = sqlx::query_scalar(
+        "SELECT \"window\" FROM windows WHERE session = $1 AND outcome = 'open' ORDER BY \"window\"",
+    )
+    .bind(to_i64(session))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(to_u64).collect())
+}
+
+/// Locks a window if it is still open.
+pub async fn lock_open_window(conn: &mut PgConnection, window: u64) -> Result<bool, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT 1 FROM windows WHERE \"window\" = $1 AND outcome = 'open' FOR NO KEY UPDATE",
+    )
+    .bind(to_i64(window))
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.is_some())
+}
+
+/// Records what a window led to.
+pub async fn close_window(
+    conn: impl PgExecutor<'_>,
+    window: u64,
+    outcome: &str,
+    plan_id: Option<&[u8]>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE windows SET outcome = $2, plan_id = $3, handled_at = now()
+         WHERE \"window\" = $1 AND outcome = 'open'",
+    )
+    .bind(to_i64(window))
+    .bind(outcome)
+    .bind(plan_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// An output the scheduler may spend.
+#[derive(Debug, Clone)]
+pub struct Spendable {
+    /// Its transaction.
+    pub tx_hash: Vec<u8>,
+    /// Its index there.
+    pub index_in_tx: i64,
+    /// Amount.
+    pub amount: u64,
+    /// Serialized `WalletOutput`.
+    pub wallet_output: Vec<u8>,
+}
+
+/// Blocks an output must be buried under before Monero lets it be spent
+/// (CRYPTONOTE_DEFAULT_TX_SPENDABLE_AGE).
+pub const SPENDABLE_AGE: i64 = 10;
+
+/// Included, unlocked, unreserved outputs of a key, at least
+/// [`SPENDABLE_AGE`] blocks below the finalized tip.
+pub async fn spendable_outputs(
+    conn: impl PgExecutor<'_>,
+    session: u64,
+) -> Result<Vec<Spendable>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT tx_hash, index_in_tx, amount, wallet_output FROM outputs
+         WHERE session = $1 AND status = 'included'
+           AND (unlock_height IS NULL OR unlock_height <= (SELECT next_height FROM scan_cursor))
+           AND unlock_time IS NULL
+           AND block_height + $2 <= (SELECT next_height FROM scan_cursor)
+         ORDER BY block_height, tx_hash, index_in_tx",
+    )
+    .bind(to_i64(session))
+    .bind(SPENDABLE_AGE)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Spendable {
+            tx_hash: r.get(0),
+            index_in_tx: r.get(1),
+            amount: to_u64(r.get(2)),
+            wallet_output: r.get(3),
+        })
+        .collect())
+}
+
+/// Outputs not yet spent: (tx hash, index, wallet output).
+pub async fn unspent_outputs(
+    conn: &mut PgConnection,
+    session: u64,
+) -> Result<Vec<(Vec<u8>, i64, Vec<u8>)>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT tx_hash, index_in_tx, wallet_output FROM outputs
+         WHERE session = $1 AND status IN ('received', 'included', 'reserved')",
+    )
+    .bind(to_i64(session))
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+}
+
+/// Marks an output spent by a plan.
+pub async fn mark_spent(
+    conn: &mut PgConnection,
+    tx_hash: &[u8],
+    index: i64,
+    plan_id: &[u8],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE outputs SET status = 'spent', plan_id = $3 WHERE tx_hash = $1 AND index_in_tx = $2",
+    )
+    .bind(tx_hash)
+    .bind(index)
+    .bind(plan_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Reserves outputs and burns for a plan; false (change nothing, roll back)
+/// if any is no longer available.
+pub async fn reserve(
+    conn: &mut PgConnection,
+    plan_id: &[u8],
+    outputs: &[(Vec<u8>, i64)],
+    burn_ids: &[String],
+) -> Result<bool, sqlx::Error> {
+    let hashes: Vec<&[u8]> = outputs.iter().map(|o| o.0.as_slice()).collect();
+    let indices: Vec<i64> = outputs.iter().map(|o| o.1).collect();
+    let reserved = sqlx::query(
+        "UPDATE outputs o SET status = 'reserved', plan_id = $1
+         FROM UNNEST($2::bytea[], $3::bigint[]) AS u(tx_hash, idx)
+         WHERE o.tx_hash = u.tx_hash AND o.index_in_tx = u.idx AND o.status = 'included'",
+    )
+    .bind(plan_id)
+    .bind(&hashes)
+    .bind(&indices)
+    .execute(&mut *conn)
+    .await?;
+    if reserved.rows_affected() != outputs.len() as u64 {
+        return Ok(false);
+    }
+    let planned = sqlx::query(
+        "UPDATE burns SET status = 'planned', plan_id = $1 WHERE burn_id = ANY($2) AND status = 'queued'",
+    )
+    .bind(plan_id)
+    .bind(burn_ids)
+    .execute(conn)
+    .await?;
+    Ok(planned.rows_affected() == burn_ids.len() as u64)
+}
+
+/// Stores a plan (a proposal received twice is stored once).
+#[allow(clippy::too_many_arguments)]
+pub async fn insert_plan(
+    conn: &mut PgConnection,
+    plan_id: &[u8],
+    session: u64,
+    window: u64,
+    leader: u16,
+    signable: &[u8],
+    burn_ids: &[String],
+    status: &str,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "INSERT INTO plans (plan_id, session, \"window\", leader, signable, burn_ids, status)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+    )
+    .bind(plan_id)
+    .bind(to_i64(session))
+    .bind(to_i64(window))
+    .bind(i32::from(leader))
+    .bind(signable)
+    .bind(burn_ids)
+    .bind(status)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// A stored plan.
+#[derive(Debug, Clone)]
+pub struct StoredPlan {
+    /// Id.
+    pub plan_id: Vec<u8>,
+    /// Key session.
+    pub session: u64,
+    /// Window.
+    pub window: u64,
+    /// Leader index.
+    pub leader: u16,
+    /// Serialized `SignableTransaction`.
+    pub signable: Vec<u8>,
+    /// Burns paid.
+    pub burn_ids: Vec<String>,
+    /// Status.
+    pub status: String,
+    /// Why it waits or was refused.
+    pub reason: Option<String>,
+}
+
+/// Loads and locks a plan.
+pub async fn lock_plan(
+    conn: &mut PgConnection,
+    plan_id: &[u8],
+) -> Result<Option<StoredPlan>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT plan_id, session, \"window\", leader, signable, burn_ids, status, reason FROM plans
+         WHERE plan_id = $1 FOR NO KEY UPDATE",
+    )
+    .bind(plan_id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|r| StoredPlan {
+        plan_id: r.get(0),
+        session: to_u64(r.get(1)),
+        window: to_u64(r.get(2)),
+        leader: u16_of(r.get(3)),
+        signable: r.get(4),
+        burn_ids: r.get(5),
+        status: r.get(6),
+        reason: r.get(7),
+    }))
+}
+
+/// Sets a plan's status.
+pub async fn set_plan_status(
+    conn: &mut PgConnection,
+    plan_id: &[u8],
+    status: &str,
+    reason: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE plans SET status = $2, reason = $3, updated_at = now() WHERE plan_id = $1")
+        .bind(plan_id)
+        .bind(status)
+        .bind(reason)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Stores the completed transaction of a plan this processor signed.
+pub async fn set_signed(
+    conn: &mut PgConnection,
+    plan_id: &[u8],
+    tx: &[u8],
+    tx_hash: &[u8; 32],
+    fee: u64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE plans SET status = 'signed', tx = $2, tx_hash = $3, fee = $4, updated_at = now()
+         WHERE plan_id = $1 AND status = 'signing'",
+    )
+    .bind(plan_id)
+    .bind(tx)
+    .bind(tx_hash.as_slice())
+    .bind(to_i64(fee))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Plans with a signed transaction to publish: (plan id, transaction).
+pub async fn signed_transactions(
+    pool: &PgPool,
+    session: u64,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT plan_id, tx FROM plans WHERE session = $1 AND status IN ('signed', 'published') AND tx IS NOT NULL",
+    )
+    .bind(to_i64(session))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// `signed` -> `published`; false if it already was.
+pub async fn mark_published(pool: &PgPool, plan_id: &[u8]) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE plans SET status = 'published', updated_at = now() WHERE plan_id = $1 AND status = 'signed'",
+    )
+    .bind(plan_id)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Plans not completed: (signable, plan id), for matching on chain.
+pub async fn open_plans(
+    conn: &mut PgConnection,
+    session: u64,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT signable, plan_id FROM plans WHERE session = $1
+         AND status NOT IN ('completed', 'superseded') ORDER BY created_at",
+    )
+    .bind(to_i64(session))
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Whether any plan of a key is being signed or published.
+pub async fn active_plan_exists(pool: &PgPool, session: u64) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM plans WHERE session = $1 AND status IN ('signing', 'signed', 'published'))",
+    )
+    .bind(to_i64(session))
+    .fetch_one(pool)
+    .await
+}
+
+/// Whether a plan other than `plan_id` is being signed or published.
+pub async fn other_active_plan(
+    conn: &mut PgConnection,
+    session: u64,
+    plan_id: &[u8],
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM plans WHERE session = $1 AND plan_id <> $2
+                        AND status IN ('signing', 'signed', 'published'))",
+    )
+    .bind(to_i64(session))
+    .bind(plan_id)
+    .fetch_one(conn)
+    .await
+}
+
+/// Proposals from other leaders to check (received or waiting).
+pub async fn plans_to_check(pool: &PgPool, session: u64) -> Result<Vec<Vec<u8>>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT plan_id FROM plans WHERE session = $1 AND status IN ('received', 'waiting') ORDER BY created_at",
+    )
+    .bind(to_i64(session))
+    .fetch_all(pool)
+    .await
+}
+
+/// The burns a plan pays.
+pub async fn plan_burns(
+    conn: &mut PgConnection,
+    plan_id: &[u8],
+) -> Result<Vec<String>, sqlx::Error> {
+    let burns: Option<Vec<String>> =
+        sqlx::query_scalar("SELECT burn_ids FROM plans WHERE plan_id = $1")
+            .bind(plan_id)
+            .fetch_optional(conn)
+            .await?;
+    Ok(burns.unwrap_or_default())
+}
+
+/// Closes a plan a conflicting final payout made impossible, returning its
+/// unspent reserved outputs and unpaid burns to the pool and the queue.
+pub async fn release(conn: &mut PgConnection, plan_id: &[u8]) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE plans SET status = 'superseded', reason = 'a conflicting payout is final', updated_at = now()
+         WHERE plan_id = $1",
+    )
+    .bind(plan_id)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "UPDATE outputs SET status = 'included', plan_id = NULL WHERE plan_id = $1 AND status = 'reserved'",
+    )
+    .bind(plan_id)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "UPDATE burns SET status = 'queued', plan_id = NULL WHERE plan_id = $1 AND status = 'planned'",
+    )
+    .bind(plan_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A plan's transaction is final: record it, mark its burns paid.
+pub async fn complete_plan(
+    conn: &mut PgConnection,
+    plan_id: &[u8],
+    tx_hash: &[u8; 32],
+    fee: u64,
+    height: u64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE plans SET status = 'completed', tx_hash = $2, fee = $3, completed_height = $4, updated_at = now()
+         WHERE plan_id = $1",
+    )
+    .bind(plan_id)
+    .bind(tx_hash.as_slice())
+    .bind(to_i64(fee))
+    .bind(to_i64(height))
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "UPDATE burns SET status = 'paid', plan_id = $1
+         WHERE burn_id = ANY((SELECT burn_ids FROM plans WHERE plan_id = $1)::text[])",
+    )
+    .bind(plan_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records a fault observed in another participant.
+pub async fn insert_fault(
+    conn: &mut PgConnection,
+    session: u64,
+    accused: u16,
+    kind: &str,
+    detail: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO faults (session, accused, kind, detail) VALUES ($1, $2, $3, $4)")
+        .bind(to_i64(session))
+        .bind(i32::from(accused))
+        .bind(kind)
+        .bind(detail)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The scan cursor's next height (0 before the first block).
+pub async fn next_height(conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
+    let next: Option<i64> = sqlx::query_scalar("SELECT next_height FROM scan_cursor")
+        .fetch_optional(conn)
+        .await?;
+    Ok(next.map_or(0, to_u64))
+}
+
+/// A burn for the admin API: (id, address, amount, status, plan id, reason).
+pub type BurnRow = (String, String, u64, String, Option<Vec<u8>>, Option<String>);
+/// A window for the admin API: (window, start, leader, outcome, plan id).
+pub type WindowRow = (u64, u64, u16, String, Option<Vec<u8>>);
+
+/// Admin view of the schedule.
+#[derive(Debug, Clone, Default)]
+pub struct ScheduleView {
+    /// Burns.
+    pub burns: Vec<BurnRow>,
+    /// Plans.
+    pub plans: Vec<PlanView>,
+    /// Windows.
+    pub windows: Vec<WindowRow>,
+    /// Spendable balance.
+    pub spendable: u64,
+    /// Reserved balance.
+    pub reserved: u64,
+}
+
+/// One plan for the admin API.
+#[derive(Debug, Clone)]
+pub struct PlanView {
+    /// Id.
+    pub plan_id: Vec<u8>,
+    /// Window.
+    pub window: u64,
+    /// Leader.
+    pub leader: u16,
+    /// Status.
+    pub status: String,
+    /// Burns.
+    pub burn_ids: Vec<String>,
+    /// Inputs count.
+    pub inputs: u32,
+    /// Tx hash.
+    pub tx_hash: Option<Vec<u8>>,
+    /// Fee.
+    pub fee: u64,
+    /// Reason.
+    pub reason: Option<String>,
+    /// Completion height.
+    pub completed_height: u64,
+}
+
+/// The schedule, newest first.
+pub async fn schedule(pool: &PgPool, limit: u32) -> Result<ScheduleView, sqlx::Error> {
+    let limit = i64::from(limit);
+    let burns = sqlx::query(
+        "SELECT burn_id, monero_address, amount, status, plan_id, reason FROM burns ORDER BY seq DESC LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|r| (r.get(0), r.get(1), to_u64(r.get(2)), r.get(3), r.get(4), r.get(5)))
+    .collect();
+    let plans = sqlx::query(
+        "SELECT p.plan_id, p.\"window\", p.leader, p.status, p.burn_ids,
+                (SELECT count(*) FROM outputs o WHERE o.plan_id = p.plan_id), p.tx_hash,
+                COALESCE(p.fee, 0), p.reason, COALESCE(p.completed_height, 0)
+         FROM plans p ORDER BY p.created_at DESC LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|r| PlanView {
+        plan_id: r.get(0),
+        window: to_u64(r.get(1)),
+        leader: u16_of(r.get(2)),
+        status: r.get(3),
+        burn_ids: r.get(4),
+        inputs: u32::try_from(r.get::<i64, _>(5)).unwrap_or(0),
+        tx_hash: r.get(6),
+        fee: to_u64(r.get(7)),
+        reason: r.get(8),
+        completed_height: to_u64(r.get(9)),
+    })
+    .collect();
+    let windows = sqlx::query(
+        "SELECT \"window\", start_height, leader, outcome, plan_id FROM windows ORDER BY \"window\" DESC LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|r| (to_u64(r.get(0)), to_u64(r.get(1)), u16_of(r.get(2)), r.get(3), r.get(4)))
+    .collect();
+    let spendable: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(sum(amount), 0)::bigint FROM outputs WHERE status = 'included'",
+    )
+    .fetch_one(pool)
+    .await?;
+    let reserved: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(sum(amount), 0)::bigint FROM outputs WHERE status = 'reserved'",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(ScheduleView {
+        burns,
+        plans,
+        windows,
+        spendable: to_u64(spendable),
+        reserved: to_u64(reserved),
+    })
+}

@@ -1,0 +1,812 @@
+//! Payouts: burns from the settlement chain become Monero transactions.
+//!
+//! Every `window_blocks` finalized blocks a coordination window opens; it is
+//! recorded in the scanner's transaction for its first block, so no window
+//! is skipped or handled twice, across restarts too. The window's leader
+//! (derived from the group key and the block hash) plans one transaction
+//! paying the queued burns it can cover and proposes it through the
+//! coordinator; each follower checks it against its own state (see
+//! [`plan`]) and either signs (FROST-CLSAG) or refuses with a fault naming
+//! the leader. Signers publish the completed transaction until it is seen;
+//! a plan completes when a finalized block holds it, whoever published it.
+
+pub mod db;
+pub mod plan;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use monero_wallet::WalletOutput;
+use monero_wallet::interface::{FeePriority, FeeRate};
+use monero_wallet::send::{Eventuality, SendError, SignableTransaction};
+use monero_wallet::transaction::{NotPruned, Pruned, Transaction};
+use prost::Message as _;
+use proto::processor_v1::{
+    BurnRejected, Fault, PlanCompleted, PlanProposal, ProcessorMessage, SignId, SignKind,
+    processor_message::Kind,
+};
+use serde::Deserialize;
+use sqlx::{PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::accounts::view_pair;
+use crate::keystore::Keystore;
+use crate::link::{self, HandleError, OutMessage, Outbox};
+use crate::monero::Daemon;
+
+/// How payouts are scheduled.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// A coordination window opens every this many finalized blocks. Every
+    /// processor of a key must use the same value.
+    #[serde(default = "default_window_blocks")]
+    pub window_blocks: u64,
+    /// How often a signed transaction is published again until it is seen
+    /// in a finalized block.
+    #[serde(with = "humantime_serde", default = "default_republish")]
+    pub republish_interval: Duration,
+    /// How far (in percent) a leader's fee rate may be above or below this
+    /// processor's own estimate before its plan is refused.
+    #[serde(default = "default_fee_tolerance")]
+    pub fee_tolerance_percent: u64,
+    /// How many blocks past a window's start a follower waits for inputs it
+    /// has not scanned yet before refusing the plan.
+    #[serde(default = "default_input_patience")]
+    pub input_patience_blocks: u64,
+}
+
+fn default_window_blocks() -> u64 {
+    5
+}
+fn default_republish() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_fee_tolerance() -> u64 {
+    100
+}
+fn default_input_patience() -> u64 {
+    20
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            window_blocks: default_window_blocks(),
+            republish_interval: default_republish(),
+            fee_tolerance_percent: default_fee_tolerance(),
+            input_patience_blocks: default_input_patience(),
+        }
+    }
+}
+
+impl SchedulerConfig {
+    /// Checks values; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.window_blocks == 0 {
+            return Err("scheduler.window_blocks must be at least 1".into());
+        }
+        if self.republish_interval.is_zero() {
+            return Err("scheduler.republish_interval must be more than 0".into());
+        }
+        Ok(())
+    }
+}
+
+fn out(uid: String, kind: &'static str, message: Kind) -> OutMessage {
+    OutMessage {
+        uid,
+        kind,
+        payload: ProcessorMessage {
+            kind: Some(message),
+        }
+        .encode_to_vec(),
+    }
+}
+
+/// The sign id of a plan's attempt.
+pub fn sign_id(session: u64, plan_id: &[u8], attempt: u32) -> SignId {
+    SignId {
+        session,
+        kind: SignKind::Plan.into(),
+        id: plan_id.to_vec(),
+        attempt,
+    }
+}
+
+/// Validates the burns of a settlement block as they are taken in: a valid
+/// burn is queued, an invalid one is rejected and reported, never dropped.
+pub async fn take_in_burns(
+    conn: &mut PgConnection,
+    link_id: &str,
+    block_number: u64,
+) -> Result<(), sqlx::Error> {
+    for (burn_id, address, amount) in db::received_burns(conn, block_number).await? {
+        let verdict = if amount == 0 {
+            Err("zero amount".to_owned())
+        } else {
+            plan::parse_address(&address).map(|_| ())
+        };
+        match verdict {
+            Ok(()) => db::set_burn_status(conn, &burn_id, "queued", None).await?,
+            Err(reason) => {
+                warn!(burn = %burn_id, "burn rejected: {reason}");
+                db::set_burn_status(conn, &burn_id, "rejected", Some(&reason)).await?;
+                link::enqueue(
+                    conn,
+                    link_id,
+                    &[out(
+                        format!("burn-rejected/{burn_id}"),
+                        "burn_rejected",
+                        Kind::BurnRejected(BurnRejected {
+                            burn_id: burn_id.clone(),
+                            reason,
+                        }),
+                    )],
+                )
+                .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One finalized block's transactions, for matching plans against.
+#[derive(Debug)]
+pub struct BlockTransactions {
+    /// Transaction hashes, in block order (miner transaction excluded).
+    pub hashes: Vec<[u8; 32]>,
+    /// The transactions.
+    pub transactions: Vec<Transaction<Pruned>>,
+}
+
+/// The window handler and the eventuality check, run in the scanner's
+/// transaction for each finalized block.
+pub async fn on_block(
+    conn: &mut PgConnection,
+    link_id: &str,
+    config: &SchedulerConfig,
+    key: &db::ActiveKey,
+    height: u64,
+    hash: &[u8; 32],
+    block: Option<&BlockTransactions>,
+) -> Result<(), HandleError> {
+    if height.is_multiple_of(config.window_blocks) {
+        let window = height / config.window_blocks;
+        let leader = plan::leader(&key.group_key, hash, key.n);
+        let outcome = if leader == key.own_index {
+            "open"
+        } else {
+            "not-leader"
+        };
+        if db::insert_window(conn, window, key.session, height, hash, leader, outcome).await?
+            && leader == key.own_index
+        {
+            info!(
+                window,
+                height, "coordination window opened; this processor leads it"
+            );
+        }
+    }
+    let Some(block) = block else { return Ok(()) };
+    let mut open = Vec::new();
+    for (signable, plan_id) in db::open_plans(conn, key.session).await? {
+        let (Ok(parsed), Ok(inputs)) = (
+            SignableTransaction::read(&mut signable.as_slice()),
+            plan::inputs_of(&signable),
+        ) else {
+            continue;
+        };
+        open.push((plan_id, Eventuality::from(parsed), inputs));
+    }
+    for (tx_hash, tx) in block.hashes.iter().zip(&block.transactions) {
+        // Conflicting plans for the same burns and inputs all match the
+        // eventuality; the rings tell which one was signed.
+        let found = open
+            .iter()
+            .position(|(_, e, inputs)| e.matches(tx) && plan::rings_match(tx, inputs));
+        if let Some(at) = found {
+            let (plan_id, _, inputs) = open.remove(at);
+            complete(conn, link_id, key, &plan_id, tx_hash, tx, height, &inputs).await?;
+            supersede(conn, &plan_id, &inputs, &mut open).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Plans that conflict with a completed one (a shared burn or input) can
+/// never be valid: they are closed and what they reserved is released.
+async fn supersede(
+    conn: &mut PgConnection,
+    completed: &[u8],
+    completed_inputs: &[monero_wallet::OutputWithDecoys],
+    open: &mut Vec<(Vec<u8>, Eventuality, Vec<monero_wallet::OutputWithDecoys>)>,
+) -> Result<(), HandleError> {
+    let burns = db::plan_burns(conn, completed).await?;
+    let mut kept = Vec::new();
+    for (plan_id, eventuality, inputs) in open.drain(..) {
+        let shares_input = inputs.iter().any(|i| {
+            completed_inputs
+                .iter()
+                .any(|c| c.key() == i.key() && c.key_offset() == i.key_offset())
+        });
+        let shares_burn = db::plan_burns(conn, &plan_id)
+            .await?
+            .iter()
+            .any(|b| burns.contains(b));
+        if shares_input || shares_burn {
+            db::release(conn, &plan_id).await?;
+            warn!(
+                plan = %hex::encode(&plan_id),
+                by = %hex::encode(completed),
+                "plan superseded by a conflicting payout that is final; its reservations are released"
+            );
+        } else {
+            kept.push((plan_id, eventuality, inputs));
+        }
+    }
+    *open = kept;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn complete(
+    conn: &mut PgConnection,
+    link_id: &str,
+    key: &db::ActiveKey,
+    plan_id: &[u8],
+    tx_hash: &[u8; 32],
+    tx: &Transaction<Pruned>,
+    height: u64,
+    inputs: &[monero_wallet::OutputWithDecoys],
+) -> Result<(), HandleError> {
+    let fee = match tx {
+        Transaction::V2 {
+            proofs: Some(proofs),
+            ..
+        } => proofs.base.fee,
+        Transaction::V1 { .. } | Transaction::V2 { proofs: None, .. } => 0,
+    };
+    // Mark our outputs this transaction spent, whether or not we signed it.
+    for (tx_ref, index, wallet_output) in db::unspent_outputs(conn, key.session).await? {
+        let Ok(ours) = WalletOutput::read(&mut wallet_output.as_slice()) else {
+            continue;
+        };
+        if inputs.iter().any(|i| plan::same_output(i, &ours)) {
+            db::mark_spent(conn, &tx_ref, index, plan_id).await?;
+        }
+    }
+    db::complete_plan(conn, plan_id, tx_hash, fee, height).await?;
+    link::enqueue(
+        conn,
+        link_id,
+        &[out(
+            format!("plan-completed/{}", hex::encode(plan_id)),
+            "plan_completed",
+            Kind::PlanCompleted(PlanCompleted {
+                plan_id: plan_id.to_vec(),
+                tx_hash: tx_hash.to_vec(),
+            }),
+        )],
+    )
+    .await?;
+    info!(plan = %hex::encode(plan_id), tx = %hex::encode(tx_hash), fee, height, "payout final");
+    Ok(())
+}
+
+/// What the scheduler task needs.
+#[derive(Debug, Clone)]
+pub struct SchedulerContext {
+    /// The keystore (signing begins with a preprocess).
+    pub keystore: Keystore,
+    /// The coordinator link.
+    pub link_id: String,
+    /// Wakes the link after commits that enqueue.
+    pub outbox: Outbox,
+    /// Settings.
+    pub config: SchedulerConfig,
+}
+
+/// Why one scheduler pass stopped.
+#[derive(Debug, thiserror::Error)]
+enum PassError {
+    #[error(transparent)]
+    Daemon(#[from] crate::monero::DaemonError),
+    #[error("database: {0}")]
+    Storage(#[from] sqlx::Error),
+    #[error("{0}")]
+    Handle(String),
+}
+
+impl From<HandleError> for PassError {
+    fn from(e: HandleError) -> Self {
+        match e {
+            HandleError::Storage(e) => Self::Storage(e),
+            HandleError::Rejected(why) => Self::Handle(why),
+        }
+    }
+}
+
+/// Plans for windows this processor leads, checks proposals from other
+/// leaders, and publishes signed transactions, until `shutdown`.
+pub async fn run(
+    pool: PgPool,
+    daemon: Arc<Daemon>,
+    context: SchedulerContext,
+    shutdown: CancellationToken,
+) {
+    let mut published: std::collections::HashMap<Vec<u8>, Instant> = Default::default();
+    loop {
+        let result = tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = pass(&pool, &daemon, &context, &mut published) => r,
+        };
+        if let Err(e) = result {
+            warn!("scheduler pass failed, retrying: {e}");
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+async fn pass(
+    pool: &PgPool,
+    daemon: &Daemon,
+    context: &SchedulerContext,
+    published: &mut std::collections::HashMap<Vec<u8>, Instant>,
+) -> Result<(), PassError> {
+    let Some(key) = db::active_key(pool).await? else {
+        return Ok(());
+    };
+    let open_windows = db::open_windows(pool, key.session).await?;
+    let to_check = db::plans_to_check(pool, key.session).await?;
+    if !open_windows.is_empty() || !to_check.is_empty() {
+        let fee_rate = daemon.fee_rate(FeePriority::Normal).await?;
+        // Check others' proposals first: planning while one is unchecked
+        // would make a conflicting plan.
+        for plan_id in to_check {
+            check(pool, context, &key, &plan_id, fee_rate).await?;
+        }
+        for window in open_windows {
+            lead(pool, daemon, context, &key, window, fee_rate).await?;
+        }
+    }
+    for (plan_id, tx) in db::signed_transactions(pool, key.session).await? {
+        let due = published
+            .get(&plan_id)
+            .is_none_or(|at| at.elapsed() >= context.config.republish_interval);
+        if !due {
+            continue;
+        }
+        let Ok(parsed) = Transaction::<NotPruned>::read(&mut tx.as_slice()) else {
+            continue;
+        };
+        match daemon.publish(&parsed).await {
+            Ok(()) => {
+                if db::mark_published(pool, &plan_id).await? {
+                    info!(plan = %hex::encode(&plan_id), tx = %hex::encode(parsed.hash()), "payout published");
+                }
+            }
+            // The daemon refuses a transaction it already has or that is
+            // already mined; the scanner completes the plan either way.
+            Err(e) => warn!(plan = %hex::encode(&plan_id), "publishing: {e}"),
+        }
+        published.insert(plan_id, Instant::now());
+    }
+    Ok(())
+}
+
+/// Plans the transaction of a window this processor leads.
+async fn lead(
+    pool: &PgPool,
+    daemon: &Daemon,
+    context: &SchedulerContext,
+    key: &db::ActiveKey,
+    window: u64,
+    fee_rate: FeeRate,
+) -> Result<(), PassError> {
+    let pair = view_pair(&key.group_key)
+        .ok_or_else(|| PassError::Handle("the group key is not a point".into()))?;
+    if db::active_plan_exists(pool, key.session).await?
+        || !db::plans_to_check(pool, key.session).await?.is_empty()
+    {
+        // One signing procedure per key at a time.
+        db::close_window(pool, window, "busy", None).await?;
+        info!(
+            window,
+            "window led while a payout is in flight: nothing planned"
+        );
+        return Ok(());
+    }
+    let burns = db::queued_burns(pool).await?;
+    let mut spendable = db::spendable_outputs(pool, key.session).await?;
+    // Largest first: fewest inputs.
+    spendable.sort_by_key(|o| std::cmp::Reverse(o.amount));
+    let mut payments = Vec::new();
+    let mut chosen_burns = Vec::new();
+    let balance: u64 = spendable.iter().map(|o| o.amount).sum();
+    let mut committed = 0u64;
+    for burn in burns {
+        if chosen_burns.len() + 1 >= plan::MAX_OUTPUTS {
+            break;
+        }
+        let Ok(address) = plan::parse_address(&burn.address) else {
+            continue;
+        };
+        // Keep a margin for the fee; what does not fit waits for more funds.
+        if committed + burn.amount + fee_margin(fee_rate, spendable.len()) > balance {
+            continue;
+        }
+        committed += burn.amount;
+        payments.push((address, burn.amount));
+        chosen_burns.push(burn.burn_id);
+    }
+    if let Some(extra) = fail::eval("scheduler-extra-payment", |arg| arg) {
+        // Fault injection for the refusal test: a dishonest leader adds a
+        // payment to an address of its choosing.
+        if let Some(address) = extra.and_then(|a| plan::parse_address(&a).ok()) {
+            warn!(
+                window,
+                "fault injection: adding a payment no burn asked for"
+            );
+            payments.push((address, 1_000_000));
+        }
+    }
+    if chosen_burns.is_empty() {
+        db::close_window(pool, window, "idle", None).await?;
+        return Ok(());
+    }
+    // Decoys come from the chain as the daemon has it now (its latest block).
+    let height = usize::try_from(daemon.tip().await?).unwrap_or(usize::MAX);
+    let rpc = daemon.rpc().await?;
+    let mut inputs = Vec::new();
+    let mut used = 0;
+    let signable = loop {
+        let have: u64 = spendable[..used].iter().map(|o| o.amount).sum();
+        let short = inputs.is_empty() || have < committed + fee_margin(fee_rate, used);
+        if !short {
+            match plan::build(
+                &key.group_key,
+                &pair,
+                inputs.clone(),
+                payments.clone(),
+                fee_rate,
+            ) {
+                Ok(signable) => break signable,
+                Err(SendError::NotEnoughFunds { .. }) => {}
+                Err(e) => {
+                    db::close_window(pool, window, "idle", None).await?;
+                    warn!(window, "no transaction for this window: {e}");
+                    return Ok(());
+                }
+            }
+        }
+        // Short of funds: add the next largest output.
+        let Some(next) = spendable.get(used) else {
+            db::close_window(pool, window, "idle", None).await?;
+            warn!(
+                window,
+                "the spendable outputs do not cover the burns chosen"
+            );
+            return Ok(());
+        };
+        let output = WalletOutput::read(&mut next.wallet_output.as_slice())
+            .map_err(|e| PassError::Handle(format!("stored output: {e}")))?;
+        let with_decoys = monero_wallet::OutputWithDecoys::fingerprintable_deterministic_new(
+            &mut rand_core::OsRng,
+            &rpc,
+            plan::RING_LEN,
+            height,
+            output,
+        )
+        .await
+        .map_err(|e| PassError::Handle(format!("selecting decoys: {e:?}")))?;
+        inputs.push(with_decoys);
+        used += 1;
+    };
+    let bytes = signable.serialize();
+    let plan_id = plan::plan_id(&bytes);
+    let reserved: Vec<(Vec<u8>, i64)> = spendable[..used]
+        .iter()
+        .map(|o| (o.tx_hash.clone(), o.index_in_tx))
+        .collect();
+    let mut tx = pool.begin().await?;
+    if !db::lock_open_window(&mut tx, window).await? {
+        return Ok(());
+    }
+    if !db::reserve(&mut tx, &plan_id, &reserved, &chosen_burns).await? {
+        // The state moved under us (a settlement block, another pass).
+        tx.rollback().await?;
+        return Ok(());
+    }
+    db::insert_plan(
+        &mut tx,
+        &plan_id,
+        key.session,
+        window,
+        key.own_index,
+        &bytes,
+        &chosen_burns,
+        "signing",
+    )
+    .await?;
+    db::close_window(&mut *tx, window, "planned", Some(&plan_id)).await?;
+    link::enqueue(
+        &mut tx,
+        &context.link_id,
+        &[out(
+            format!("plan-proposal/{}", hex::encode(plan_id)),
+            "plan_proposal",
+            Kind::PlanProposal(PlanProposal {
+                window,
+                leader_index: u32::from(key.own_index),
+                plan_id: plan_id.to_vec(),
+                signable_transaction: bytes,
+                burn_ids: chosen_burns.clone(),
+            }),
+        )],
+    )
+    .await?;
+    crate::signer::begin(
+        &mut tx,
+        &context.keystore,
+        &context.link_id,
+        &sign_id(key.session, &plan_id, 0),
+    )
+    .await?;
+    tx.commit().await?;
+    context.outbox.wake();
+    info!(
+        window,
+        plan = %hex::encode(plan_id),
+        burns = chosen_burns.len(),
+        inputs = used,
+        "payout planned and proposed"
+    );
+    Ok(())
+}
+
+/// A conservative fee for a transaction with `inputs` inputs and the
+/// maximum outputs, to decide which burns fit.
+fn fee_margin(fee_rate: FeeRate, inputs: usize) -> u64 {
+    let weight = 3_000 + 1_500 * u64::try_from(inputs).unwrap_or(u64::MAX / 4_000);
+    fee_rate.per_weight().saturating_mul(weight)
+}
+
+/// Checks a proposal from another leader, then signs or refuses it.
+async fn check(
+    pool: &PgPool,
+    context: &SchedulerContext,
+    key: &db::ActiveKey,
+    plan_id: &[u8],
+    own_fee_rate: FeeRate,
+) -> Result<(), PassError> {
+    let mut tx = pool.begin().await?;
+    let Some(proposal) = db::lock_plan(&mut tx, plan_id).await? else {
+        return Ok(());
+    };
+    if !matches!(proposal.status.as_str(), "received" | "waiting") {
+        return Ok(());
+    }
+    let verdict = verify(&mut tx, context, key, &proposal, own_fee_rate).await?;
+    match verdict {
+        Verdict::Accept { reserved } => {
+            if !db::reserve(&mut tx, plan_id, &reserved, &proposal.burn_ids).await? {
+                tx.rollback().await?;
+                return Ok(());
+            }
+            db::set_plan_status(&mut tx, plan_id, "signing", None).await?;
+            crate::signer::begin(
+                &mut tx,
+                &context.keystore,
+                &context.link_id,
+                &sign_id(key.session, plan_id, 0),
+            )
+            .await?;
+            info!(plan = %hex::encode(plan_id), window = proposal.window, "plan checked: signing");
+        }
+        Verdict::Wait(reason) => {
+            if proposal.status != "waiting" || proposal.reason.as_deref() != Some(reason.as_str()) {
+                info!(plan = %hex::encode(plan_id), "plan waits: {reason}");
+            }
+            db::set_plan_status(&mut tx, plan_id, "waiting", Some(&reason)).await?;
+        }
+        Verdict::Refuse(reason) => {
+            warn!(plan = %hex::encode(plan_id), leader = proposal.leader, "plan refused: {reason}");
+            db::set_plan_status(&mut tx, plan_id, "refused", Some(&reason)).await?;
+            db::insert_fault(
+                &mut tx,
+                key.session,
+                proposal.leader,
+                "plan-refused",
+                &reason,
+            )
+            .await?;
+            link::enqueue(
+                &mut tx,
+                &context.link_id,
+                &[out(
+                    format!("fault/plan-refused/{}", hex::encode(plan_id)),
+                    "fault",
+                    Kind::Fault(Fault {
+                        session: key.session,
+                        accused: u32::from(proposal.leader),
+                        kind: "plan-refused".into(),
+                        detail: format!("plan {}: {reason}", hex::encode(plan_id)),
+                        subject: plan_id.to_vec(),
+                    }),
+                )],
+            )
+            .await?;
+        }
+    }
+    tx.commit().await?;
+    context.outbox.wake();
+    Ok(())
+}
+
+enum Verdict {
+    Accept { reserved: Vec<(Vec<u8>, i64)> },
+    Wait(String),
+    Refuse(String),
+}
+
+async fn verify(
+    conn: &mut PgConnection,
+    context: &SchedulerContext,
+    key: &db::ActiveKey,
+    proposal: &db::StoredPlan,
+    own_fee_rate: FeeRate,
+) -> Result<Verdict, PassError> {
+    if proposal.session != key.session {
+        return Ok(Verdict::Refuse(format!(
+            "plan for key {} while key {} is active",
+            proposal.session, key.session
+        )));
+    }
+    let Some((expected_leader, start_height)) = db::window(conn, proposal.window).await? else {
+        return Ok(Verdict::Wait(format!(
+            "window {} is not finalized here yet",
+            proposal.window
+        )));
+    };
+    if expected_leader != proposal.leader {
+        return Ok(Verdict::Refuse(format!(
+            "participant {} proposed for window {}, whose leader is {expected_leader}",
+            proposal.leader, proposal.window
+        )));
+    }
+    if plan::plan_id(&proposal.signable) != proposal.plan_id.as_slice() {
+        return Ok(Verdict::Refuse(
+            "the plan id does not match its transaction".into(),
+        ));
+    }
+    if db::other_active_plan(conn, key.session, &proposal.plan_id).await? {
+        return Ok(Verdict::Wait(
+            "another payout of this key is in flight".into(),
+        ));
+    }
+    let leader_tx = match SignableTransaction::read(&mut proposal.signable.as_slice()) {
+        Ok(t) => t,
+        Err(e) => {
+            return Ok(Verdict::Refuse(format!(
+                "the transaction does not parse: {e}"
+            )));
+        }
+    };
+    let inputs = match plan::inputs_of(&proposal.signable) {
+        Ok(i) => i,
+        Err(e) => return Ok(Verdict::Refuse(e)),
+    };
+    // Inputs: each must be one of our spendable outputs.
+    let spendable = db::spendable_outputs(&mut *conn, key.session).await?;
+    let mut reserved = Vec::new();
+    for (i, input) in inputs.iter().enumerate() {
+        let found = spendable.iter().find(|o| {
+            WalletOutput::read(&mut o.wallet_output.as_slice())
+                .is_ok_and(|ours| plan::same_output(input, &ours))
+        });
+        match found {
+            Some(o) => reserved.push((o.tx_hash.clone(), o.index_in_tx)),
+            None => {
+                let next = db::next_height(conn).await?;
+                if next > start_height + context.config.input_patience_blocks {
+                    return Ok(Verdict::Refuse(format!(
+                        "input {i} is not a spendable output of the group"
+                    )));
+                }
+                return Ok(Verdict::Wait(format!(
+                    "input {i} is not among this processor's spendable outputs yet"
+                )));
+            }
+        }
+    }
+    // Payments: exactly the named burns, each queued and unpaid.
+    let mut payments = Vec::new();
+    for burn_id in &proposal.burn_ids {
+        match db::burn(conn, burn_id).await? {
+            Some((address, amount, status)) if status == "queued" => {
+                let Ok(address) = plan::parse_address(&address) else {
+                    return Ok(Verdict::Refuse(format!(
+                        "burn {burn_id} has an invalid address"
+                    )));
+                };
+                payments.push((address, amount));
+            }
+            Some((_, _, status)) => {
+                return Ok(Verdict::Refuse(format!(
+                    "burn {burn_id} is {status}, not queued"
+                )));
+            }
+            None => return Ok(Verdict::Refuse(format!("burn {burn_id} is unknown"))),
+        }
+    }
+    // Fee: within the tolerance of our own estimate.
+    let theirs = u128::from(leader_tx.fee_rate().per_weight());
+    let ours = u128::from(own_fee_rate.per_weight());
+    let tolerance = u128::from(context.config.fee_tolerance_percent);
+    if theirs * 100 > ours * (100 + tolerance) || theirs * (100 + tolerance) < ours * 100 {
+        return Ok(Verdict::Refuse(format!(
+            "fee rate {theirs} per weight is outside {tolerance}% of this processor's estimate {ours}"
+        )));
+    }
+    let pair = view_pair(&key.group_key)
+        .ok_or_else(|| PassError::Handle("the group key is not a point".into()))?;
+    let expected = match plan::build(
+        &key.group_key,
+        &pair,
+        inputs,
+        payments,
+        leader_tx.fee_rate(),
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            return Ok(Verdict::Refuse(format!(
+                "the named burns cannot be paid from these inputs: {e}"
+            )));
+        }
+    };
+    if expected != leader_tx {
+        return Ok(Verdict::Refuse(
+            "the transaction differs from the one the named burns, inputs and change make \
+             (an extra or altered payment, or a foreign change address)"
+                .into(),
+        ));
+    }
+    Ok(Verdict::Accept { reserved })
+}
+
+/// A leader's proposal, relayed by the coordinator: stored as received and
+/// checked by the scheduler task (which may need the daemon).
+pub async fn receive(conn: &mut PgConnection, m: PlanProposal) -> Result<(), HandleError> {
+    if m.plan_id.len() != 32 {
+        return Err(HandleError::Rejected("a plan id is 32 bytes".into()));
+    }
+    let key = db::active_key(&mut *conn)
+        .await?
+        .ok_or_else(|| HandleError::Rejected("a plan proposal, but no key is active".into()))?;
+    let leader = u16::try_from(m.leader_index)
+        .ok()
+        .filter(|&l| (1..=key.n).contains(&l))
+        .ok_or_else(|| {
+            HandleError::Rejected(format!("leader index {} is out of range", m.leader_index))
+        })?;
+    if db::insert_plan(
+        conn,
+        &m.plan_id,
+        key.session,
+        m.window,
+        leader,
+        &m.signable_transaction,
+        &m.burn_ids,
+        "received",
+    )
+    .await?
+    {
+        info!(plan = %hex::encode(&m.plan_id), window = m.window, leader, "plan proposal received");
+    }
+    Ok(())
+}

@@ -1,0 +1,194 @@
+//! Plan signing (FROST-CLSAG): the same rounds as batches, with
+//! monero-wallet's transaction machines in the keystore. The result is a
+//! complete Monero transaction, stored for the scheduler to publish.
+
+use prost::Message as _;
+use proto::processor_v1::{SignId, SignPreprocesses, SignShares};
+use sqlx::{PgConnection, Row};
+use tracing::{info, warn};
+
+use super::{attempt_key, blame, indexed, key, keystore_failure, out, uid};
+use crate::keystore::Keystore;
+use crate::keystore::clsag::KeyShape;
+use crate::keystore::sign::SignError;
+use crate::link::db::to_i64;
+use crate::link::{self, HandleError};
+use crate::scheduler::db as sched;
+use monero_wallet::send::SignableTransaction;
+use proto::processor_v1::{SignPreprocess, SignShare, processor_message::Kind};
+
+async fn shape(conn: &mut PgConnection, session: u64) -> Result<KeyShape, HandleError> {
+    let row = sqlx::query(
+        "SELECT threshold, cardinality(participant_keys), own_index FROM keys WHERE session = $1",
+    )
+    .bind(to_i64(session))
+    .fetch_one(conn)
+    .await?;
+    let small = |v: i32| u16::try_from(v).unwrap_or(0);
+    Ok(KeyShape {
+        threshold: small(row.get(0)),
+        n: small(row.get(1)),
+        own_index: small(row.get(2)),
+    })
+}
+
+/// The plan being signed, if it still is.
+async fn signing(
+    conn: &mut PgConnection,
+    id: &SignId,
+) -> Result<Option<sched::StoredPlan>, HandleError> {
+    let plan = sched::lock_plan(conn, &id.id).await?;
+    Ok(plan.filter(|p| p.status == "signing"))
+}
+
+/// Makes this signer's preprocess for a recorded attempt and sends it.
+pub async fn preprocess(
+    conn: &mut PgConnection,
+    keystore: &Keystore,
+    link_id: &str,
+    id: &SignId,
+) -> Result<(), HandleError> {
+    let Some(plan) = signing(conn, id).await? else {
+        return Ok(());
+    };
+    let signable = SignableTransaction::read(&mut plan.signable.as_slice())
+        .map_err(|e| HandleError::Rejected(format!("stored plan: {e}")))?;
+    let (_, sealed, public) = key(conn, id.session).await?;
+    let shape = shape(conn, id.session).await?;
+    let preprocess = keystore
+        .plan_preprocess(
+            attempt_key(id),
+            id.session,
+            shape,
+            &sealed,
+            &public,
+            signable,
+        )
+        .map_err(keystore_failure)?;
+    link::enqueue(
+        conn,
+        link_id,
+        &[out(
+            uid("sign-preprocess", id),
+            "sign_preprocess",
+            Kind::SignPreprocess(SignPreprocess {
+                sign_id: Some(id.clone()),
+                preprocess,
+            }),
+        )],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The chosen signers' preprocesses: answer with our share.
+pub async fn preprocesses(
+    conn: &mut PgConnection,
+    keystore: &Keystore,
+    link_id: &str,
+    id: SignId,
+    m: SignPreprocesses,
+) -> Result<(), HandleError> {
+    let (own, _, _) = key(conn, id.session).await?;
+    let chosen = indexed(&m.preprocesses);
+    if !chosen.contains_key(&own) || signing(conn, &id).await?.is_none() {
+        return Ok(());
+    }
+    let recorded = sqlx::query(
+        "UPDATE sign_attempts SET commitments = $5, status = 'chosen'
+         WHERE session = $1 AND kind = $2 AND id = $3 AND attempt = $4",
+    )
+    .bind(to_i64(id.session))
+    .bind("plan")
+    .bind(&id.id)
+    .bind(i32::try_from(id.attempt).unwrap_or(i32::MAX))
+    .bind(m.encode_to_vec())
+    .execute(&mut *conn)
+    .await?;
+    if recorded.rows_affected() == 0 {
+        // We never began this attempt (the plan was still being checked).
+        return Ok(());
+    }
+    if fail::eval("plan-signer-before-share", |_| ()).is_some() {
+        warn!(
+            attempt = id.attempt,
+            "fault injection: holding the plan share back"
+        );
+        std::future::pending::<()>().await;
+    }
+    match keystore.plan_sign(&attempt_key(&id), own, &chosen) {
+        Ok(Some(share)) => {
+            link::enqueue(
+                conn,
+                link_id,
+                &[out(
+                    uid("sign-share", &id),
+                    "sign_share",
+                    Kind::SignShare(SignShare {
+                        sign_id: Some(id.clone()),
+                        share,
+                    }),
+                )],
+            )
+            .await?;
+            Ok(())
+        }
+        Ok(None) => {
+            warn!(
+                plan = %hex::encode(&id.id),
+                attempt = id.attempt,
+                "no signing machine for this attempt (begun before a restart): not signing, waiting for a re-attempt"
+            );
+            Ok(())
+        }
+        Err(SignError::Blame { accused, reason }) => {
+            blame(conn, link_id, &id, accused, reason).await
+        }
+        Err(e) => Err(keystore_failure(e)),
+    }
+}
+
+/// Everyone's shares: complete the transaction and store it for publishing.
+pub async fn shares(
+    conn: &mut PgConnection,
+    keystore: &Keystore,
+    link_id: &str,
+    id: SignId,
+    m: SignShares,
+) -> Result<(), HandleError> {
+    let (own, _, _) = key(conn, id.session).await?;
+    if signing(conn, &id).await?.is_none() {
+        return Ok(());
+    }
+    match keystore.plan_complete(&attempt_key(&id), own, &indexed(&m.shares)) {
+        Ok(Some(tx)) => {
+            let fee = match &tx {
+                monero_wallet::transaction::Transaction::V2 {
+                    proofs: Some(proofs),
+                    ..
+                } => proofs.base.fee,
+                _ => 0,
+            };
+            let hash = tx.hash();
+            sched::set_signed(conn, &id.id, &tx.serialize(), &hash, fee).await?;
+            info!(
+                plan = %hex::encode(&id.id),
+                tx = %hex::encode(hash),
+                fee,
+                attempt = id.attempt,
+                "payout transaction signed"
+            );
+            Ok(())
+        }
+        Ok(None) => Ok(()),
+        Err(SignError::Blame { accused, reason }) => {
+            blame(conn, link_id, &id, accused, reason).await
+        }
+        Err(e) => Err(keystore_failure(e)),
+    }
+}
+
+/// Whether a plan is still being signed (for re-attempts).
+pub async fn still_signing(conn: &mut PgConnection, id: &SignId) -> Result<bool, HandleError> {
+    Ok(signing(conn, id).await?.is_some())
+}
