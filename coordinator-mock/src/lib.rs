@@ -8,6 +8,7 @@ pub mod backoff;
 pub mod batches;
 pub mod config;
 pub mod coordinator;
+pub mod devnet;
 pub mod inbound;
 pub mod keygen;
 pub mod payouts;

@@ -45,6 +45,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         processors = coordinator.peers.len(),
         "coordinator started; dialing processors"
     );
+    serve(coordinator, &config, shutdown).await
+}
+
+/// Produces settlement blocks (if configured) and serves the admin API for
+/// a started coordinator until `shutdown` is cancelled.
+pub async fn serve(
+    coordinator: Arc<Coordinator>,
+    config: &Config,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
     if let Some(interval) = config.settlement.block_interval {
         tokio::spawn(produce_blocks(
             coordinator.clone(),

@@ -1,0 +1,137 @@
+//! `devnet`: the whole custody cycle on a local regtest chain, in one
+//! command (see `coordinator_mock::devnet`).
+//!
+//!     cargo run -p coordinator-mock --bin devnet [-- --keep-running]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use coordinator_mock::devnet::{DevnetError, Options};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(version, about = "Run the custody cycle on a local regtest devnet", long_about = None)]
+struct Cli {
+    /// Leave everything running after the checks (for grpcurl), until Ctrl-C.
+    #[arg(long)]
+    keep_running: bool,
+    /// Processors.
+    #[arg(long, default_value_t = 3)]
+    processors: usize,
+    /// Signers needed (t).
+    #[arg(long, default_value_t = 2)]
+    threshold: u32,
+    /// Postgres server (devnet databases are created on it).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    database_url: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs one processor (the devnet starts its processors this way).
+    #[command(hide = true)]
+    Processor {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Processor { config }) = cli.command {
+        return run_processor(&config);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let processor_exe = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: cannot locate this executable: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = Options {
+        n: cli.processors,
+        t: cli.threshold,
+        database_url: cli.database_url,
+        db_prefix: "devnet".into(),
+        processor_exe,
+        offline: Vec::new(),
+        restart: None,
+        keep_running: cli.keep_running,
+        verbose: true,
+    };
+    let result = runtime.block_on(async move {
+        let interrupt = CancellationToken::new();
+        {
+            let interrupt = interrupt.clone();
+            tokio::spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    eprintln!("\ninterrupted: stopping every process");
+                    interrupt.cancel();
+                }
+            });
+        }
+        coordinator_mock::devnet::run(options, interrupt).await
+    });
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(DevnetError::Missing(what)) => {
+            eprintln!("error: {what}");
+            ExitCode::from(2)
+        }
+        Err(DevnetError::Interrupted) => ExitCode::from(130),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_processor(config: &std::path::Path) -> ExitCode {
+    let config = match processor::config::Config::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    processor::telemetry::init(&config.log.filter, config.log.json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(processor::run::stop_on_signal(shutdown.clone()));
+        processor::run::run(config, shutdown).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

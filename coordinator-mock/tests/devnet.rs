@@ -1,0 +1,63 @@
+//! The devnet scenario end to end, as the README's run command runs it:
+//! real monerod, monero-wallet-rpc, Postgres, processors as child processes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+
+use coordinator_mock::devnet::{Options, run};
+use tokio_util::sync::CancellationToken;
+
+fn options(n: usize, t: u32, prefix: &str) -> Options {
+    Options {
+        n,
+        t,
+        database_url: std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into()),
+        db_prefix: prefix.into(),
+        processor_exe: PathBuf::from(env!("CARGO_BIN_EXE_devnet")),
+        offline: Vec::new(),
+        restart: None,
+        keep_running: false,
+        verbose: true,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_custody_cycle_completes_with_three_processors() {
+    let summary = run(options(3, 2, "e2e_three"), CancellationToken::new())
+        .await
+        .expect("the devnet scenario completes");
+    assert_eq!(summary.batches.len(), 1);
+    assert_eq!(summary.batches[0].1, 5_000_000_000_000, "both deposits");
+    assert_eq!(summary.payouts.len(), 1);
+    assert_eq!(summary.received, summary.burned);
+    assert_eq!(summary.accounting.len(), 3);
+    for (name, deposits, paid, fees, unspent) in &summary.accounting {
+        assert_eq!(*deposits, paid + fees + unspent, "{name}");
+        assert!(*fees > 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_of_five_with_one_restarted_and_one_offline() {
+    let mut options = options(5, 3, "e2e_five");
+    // validator-2 is killed with SIGKILL after the deposits and restarted;
+    // validator-5 goes offline after key generation and stays offline.
+    options.restart = Some(1);
+    options.offline = vec![4];
+    let summary = run(options, CancellationToken::new())
+        .await
+        .expect("the devnet scenario completes");
+    assert_eq!(summary.batches[0].1, 5_000_000_000_000);
+    assert_eq!(summary.received, summary.burned);
+    let names: Vec<&str> = summary.accounting.iter().map(|a| a.0.as_str()).collect();
+    assert_eq!(
+        names,
+        ["validator-1", "validator-2", "validator-3", "validator-4"],
+        "the four online processors keep exact books (the restarted one too)"
+    );
+    for (name, deposits, paid, fees, unspent) in &summary.accounting {
+        assert_eq!(*deposits, paid + fees + unspent, "{name}");
+    }
+}
