@@ -259,6 +259,17 @@ mod tests {
         assert_eq!(config.node_id, "validator-1");
         assert_eq!(config.link.peer_timeout, Duration::from_secs(5));
         assert_eq!(config.monero.as_ref().map(|m| m.confirmations), Some(10));
+        assert_eq!(
+            config.scheduler,
+            crate::scheduler::SchedulerConfig::default()
+        );
+    }
+
+    #[test]
+    fn a_zero_window_is_refused_by_name() {
+        let text = "node_id = \"a\"\nlisten = \"127.0.0.1:1\"\ndatabase_url = \"postgres://x/y\"\n[keystore]\nkek_file = \"k\"\n[scheduler]\nwindow_blocks = 0\n";
+        let err = Config::from_toml(text).expect_err("a zero window must be refused");
+        assert!(err.to_string().contains("scheduler.window_blocks"), "{err}");
     }
 
     #[test]
