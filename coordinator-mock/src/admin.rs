@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use proto::coordinator_v1::coordinator_admin_server::CoordinatorAdmin;
+use proto::coordinator_v1::{BatchList, BatchView, ListBatchesRequest};
 use proto::coordinator_v1::{
     CoordinatorStatus, EmitSettlementBlockRequest, EmitSettlementBlockResponse, GetKeyGenRequest,
     GetStatusRequest, KeyGenList, KeyGenStatus, ListKeyGensRequest, ProcessorView,
@@ -14,6 +15,7 @@ use proto::coordinator_v1::{
     FaultList, FaultView, ListFaultsRequest, ListPlansRequest, PlanList, PlanView,
     SubmitBurnRequest, SubmitBurnResponse,
 };
+use proto::processor_v1::{DepositAddress, DepositAddressRequest};
 use tonic::{Request, Response, Status};
 
 use crate::coordinator::{Coordinator, CoordinatorError};
@@ -45,7 +47,18 @@ impl CoordinatorAdmin for Admin {
             let acked = settlement::acked_by(&c.pool, &peer.endpoint.name)
                 .await
                 .map_err(CoordinatorError::from)?;
+            let scan = scan_status(&peer.endpoint.endpoint).await;
+            let faults: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM faults f JOIN keygen_participants k
+                 ON k.session = f.session AND k.idx = f.accused WHERE k.processor = $1",
+            )
+            .bind(&peer.endpoint.name)
+            .fetch_one(&c.pool)
+            .await
+            .map_err(CoordinatorError::from)?;
             processors.push(ProcessorView {
+                scan,
+                faults: u32::try_from(faults).unwrap_or(u32::MAX),
                 name: peer.endpoint.name.clone(),
                 endpoint: peer.endpoint.endpoint.clone(),
                 link: Some(link),
@@ -211,4 +224,92 @@ impl CoordinatorAdmin for Admin {
             rejected_burns,
         }))
     }
+
+    async fn get_deposit_address(
+        &self,
+        request: Request<DepositAddressRequest>,
+    ) -> Result<Response<DepositAddress>, Status> {
+        let account = request.into_inner().account;
+        if account == 0 {
+            return Err(Status::invalid_argument(
+                "account 0 is the processors' own; deposit accounts start at 1",
+            ));
+        }
+        let row: Option<(i64, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT session, group_key FROM keygen_sessions WHERE status = 'confirmed' ORDER BY session DESC LIMIT 1",
+        )
+        .fetch_optional(&self.coordinator.pool)
+        .await
+        .map_err(CoordinatorError::from)?;
+        let (session, key) =
+            row.ok_or_else(|| Status::failed_precondition("no key is confirmed yet"))?;
+        let key: [u8; 32] = key
+            .and_then(|k| k.try_into().ok())
+            .ok_or_else(|| Status::failed_precondition("the confirmed key has no group key"))?;
+        let registered: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM accounts WHERE account = $1)")
+                .bind(i32::try_from(account).unwrap_or(i32::MAX))
+                .fetch_one(&self.coordinator.pool)
+                .await
+                .map_err(CoordinatorError::from)?;
+        if !registered {
+            return Err(Status::failed_precondition(format!(
+                "account {account} is not registered (RegisterAccount first): deposits to it would not be scanned"
+            )));
+        }
+        let address = processor::accounts::deposit_address(&key, account)
+            .ok_or_else(|| Status::internal("the group key is not a valid point"))?;
+        Ok(Response::new(DepositAddress {
+            account,
+            session: u64::try_from(session).unwrap_or(0),
+            address,
+        }))
+    }
+
+    async fn list_batches(
+        &self,
+        _request: Request<ListBatchesRequest>,
+    ) -> Result<Response<BatchList>, Status> {
+        let rows: Vec<(i64, i64, i64, Vec<u8>, String, Option<i64>)> = sqlx::query_as(
+            "SELECT id, session, block_height, encoded, status, settlement_block FROM batches ORDER BY id",
+        )
+        .fetch_all(&self.coordinator.pool)
+        .await
+        .map_err(CoordinatorError::from)?;
+        let batches = rows
+            .into_iter()
+            .map(|(id, session, height, encoded, status, block)| {
+                let decoded =
+                    <proto::processor_v1::Batch as prost::Message>::decode(encoded.as_slice())
+                        .unwrap_or_default();
+                BatchView {
+                    id: u64::try_from(id).unwrap_or(0),
+                    session: u64::try_from(session).unwrap_or(0),
+                    block_height: u64::try_from(height).unwrap_or(0),
+                    deposits: u32::try_from(decoded.instructions.len()).unwrap_or(u32::MAX),
+                    total: decoded.instructions.iter().map(|i| i.amount).sum(),
+                    status,
+                    settlement_block: block.unwrap_or(-1),
+                }
+            })
+            .collect();
+        Ok(Response::new(BatchList { batches }))
+    }
+}
+
+/// A processor's scan status from its admin API, if it answers quickly.
+async fn scan_status(endpoint: &str) -> Option<proto::processor_v1::ScanStatus> {
+    use proto::processor_v1::processor_admin_client::ProcessorAdminClient;
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
+        .ok()?
+        .connect_timeout(std::time::Duration::from_millis(500))
+        .timeout(std::time::Duration::from_secs(1))
+        .connect()
+        .await
+        .ok()?;
+    ProcessorAdminClient::new(channel)
+        .get_scan_status(proto::processor_v1::GetScanStatusRequest {})
+        .await
+        .ok()
+        .map(tonic::Response::into_inner)
 }

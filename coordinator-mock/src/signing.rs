@@ -2,7 +2,8 @@
 //! and plans (FROST-CLSAG) alike: collect preprocesses, choose the first t
 //! signers to preprocess, relay their commitments and then their shares.
 //! An attempt that stalls is abandoned and re-attempted (attempt + 1, fresh
-//! nonces); whoever stays silent is simply not chosen.
+//! nonces); whoever stays silent is simply not chosen, and a participant
+//! blamed for an invalid share is never chosen again for that key.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -220,14 +221,22 @@ pub async fn preprocess(
     if a.status != "collecting" {
         return Ok(());
     }
+    // A participant blamed for an invalid share in any signing of this key
+    // is banned from being chosen again.
     let rows = sqlx::query(
         "SELECT idx, preprocess FROM sign_preprocesses WHERE kind = $1 AND id = $2 AND attempt = $3
+           AND idx NOT IN (
+             SELECT b.accused FROM sign_blames b
+             LEFT JOIN batches ba ON b.kind = 'batch' AND ba.id = b.id
+             LEFT JOIN plans p ON b.kind = 'plan' AND p.seq = b.id
+             WHERE COALESCE(ba.session, p.session) = $5)
          ORDER BY received LIMIT $4",
     )
     .bind(kind)
     .bind(key)
     .bind(a.attempt)
     .bind(i64::from(a.threshold))
+    .bind(a.session)
     .fetch_all(&mut *conn)
     .await?;
     if rows.len() < usize::try_from(a.threshold).unwrap_or(usize::MAX) {

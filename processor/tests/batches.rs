@@ -182,3 +182,38 @@ async fn a_signer_killed_after_its_preprocess_never_shares_that_attempt() {
         "no batch twice"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_blamed_for_an_invalid_share_is_not_chosen_again() {
+    let setup = Setup::start("bban", 2, |_| None).await;
+    setup.deposit(800_000_000_000, 200_000_000_000).await;
+    setup.monerod.mine(&elsewhere(), 3).await;
+    setup.wait_included(1).await;
+    // validator-1 (index 1) was blamed for an invalid share of batch 0.
+    let pool = setup.cluster.coordinator.pool.clone();
+    sqlx::query(
+        "INSERT INTO sign_blames (kind, id, attempt, accuser, accused, reason)
+         VALUES ('batch', 0, 0, 'validator-2', 1, 'its signature share is invalid')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    setup.deposit(600_000_000_000, 100_000_000_000).await;
+    setup.monerod.mine(&elsewhere(), 3).await;
+    let batches = setup.wait_included(2).await;
+    assert_eq!(
+        instructions(&batches[1].2),
+        vec![(1, 600_000_000_000), (2, 100_000_000_000)]
+    );
+    let signers: Vec<i32> = sqlx::query_scalar(
+        "SELECT unnest(signers) FROM sign_attempts WHERE kind = 'batch' AND id = 1 AND status = 'done'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(signers.len(), 2, "{signers:?}");
+    assert!(
+        !signers.contains(&1),
+        "a banned participant was chosen: {signers:?}"
+    );
+}
