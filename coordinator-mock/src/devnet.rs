@@ -113,16 +113,25 @@ impl Child {
             .create(true)
             .append(true)
             .open(&log)?;
-        let child = std::process::Command::new(program)
+        let mut command = std::process::Command::new(program);
+        command
             .args(args)
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)
             .env_remove("RUST_LOG")
-            .spawn()
-            .map_err(|e| {
-                DevnetError::Missing(format!("cannot start {}: {e}", program.display()))
-            })?;
+            // The processors' settings come from the files written here:
+            // environment overrides (DATABASE_URL above all) would point
+            // every processor at one database.
+            .env_remove("DATABASE_URL");
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("PROCESSOR_") {
+                command.env_remove(key);
+            }
+        }
+        let child = command.spawn().map_err(|e| {
+            DevnetError::Missing(format!("cannot start {}: {e}", program.display()))
+        })?;
         Ok(Self {
             name: name.to_owned(),
             child,
