@@ -98,8 +98,9 @@ async fn main() {
     let tip = daemon.tip().await.unwrap();
     let range_blocks = tip + 1;
 
-    // Ours: the scanner's fetch (concurrent requests) and monero-wallet's
-    // Scanner, as the processor runs them, from block 0 to the tip.
+    // Ours: the scanner's fetch and `scan_all` (monero-wallet's Scanner on
+    // every core), as the processor runs them, from block 0 to the tip; the
+    // next range is fetched while the current one is scanned.
     let start = Instant::now();
     let pair = monero_wallet::ViewPair::new(
         monero_ed25519::Point::from(
@@ -110,22 +111,29 @@ async fn main() {
         zeroize::Zeroizing::new(monero_ed25519::Scalar::from(*view)),
     )
     .unwrap();
-    let mut scanner = Scanner::new(pair);
+    let scanner = Scanner::new(pair);
+    let daemon = std::sync::Arc::new(daemon);
+    let range = processor::scanner::FETCH_CHUNK;
+    let fetch = |from: u64| {
+        let daemon = daemon.clone();
+        tokio::spawn(async move {
+            processor::scanner::fetch(&daemon, from..=(from + range - 1).min(tip)).await
+        })
+    };
     let mut found = 0_usize;
     let mut next = 0;
-    while next <= tip {
-        let end = (next + 199).min(tip);
-        for block in processor::scanner::fetch(&daemon, next..=end)
-            .await
-            .unwrap()
-        {
-            found += scanner
-                .scan(block)
-                .unwrap()
-                .ignore_additional_timelock()
-                .len();
+    let mut pending = Some(fetch(0));
+    while let Some(fetching) = pending.take() {
+        let blocks = fetching.await.unwrap().unwrap();
+        next += range;
+        if next <= tip {
+            pending = Some(fetch(next));
         }
-        next = end + 1;
+        found += processor::scanner::scan_all(&scanner, blocks, false)
+            .unwrap()
+            .iter()
+            .map(|b| b.outputs.len())
+            .sum::<usize>();
     }
     let ours = start.elapsed();
 

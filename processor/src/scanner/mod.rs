@@ -159,9 +159,11 @@ pub async fn run(
     }
 }
 
-/// Blocks fetched concurrently per request: fetching is I/O bound, scanning
-/// is not, so several requests in flight keep the scanner busy.
-pub const FETCH_CHUNK: u64 = 20;
+/// Blocks asked for per request. monerod's `get_blocks.bin` answers with up
+/// to 1000 blocks from the requested start; monerod before 0.18.4.3 ignores
+/// a smaller `max_block_count`, so a smaller chunk would make it serialize
+/// (and us discard) up to 1000 blocks per request.
+pub const FETCH_CHUNK: u64 = 1000;
 
 /// Fetches the blocks of `range` in order, `FETCH_CHUNK` blocks per request,
 /// all requests in flight at once.
@@ -171,13 +173,98 @@ pub async fn fetch(
 ) -> Result<Vec<monero_wallet::interface::ScannableBlock>, crate::monero::DaemonError> {
     let (start, end) = (*range.start(), *range.end());
     let chunks = (start..=end)
-        .step_by(usize::try_from(FETCH_CHUNK).unwrap_or(20))
+        .step_by(usize::try_from(FETCH_CHUNK).unwrap_or(1000))
         .map(|from| {
             let to = (from + FETCH_CHUNK - 1).min(end);
             daemon.blocks(from..=to)
         });
     let fetched = futures::future::try_join_all(chunks).await?;
     Ok(fetched.into_iter().flatten().collect())
+}
+
+/// One block, scanned.
+#[derive(Debug)]
+pub struct ScannedBlock {
+    /// Its number.
+    pub height: u64,
+    /// Its hash.
+    pub hash: [u8; 32],
+    /// Its transactions, when asked for (to match payouts against).
+    pub transactions: Option<crate::scheduler::BlockTransactions>,
+    /// The outputs found, timelocks not yet applied.
+    pub outputs: Vec<monero_wallet::WalletOutput>,
+}
+
+/// Scans `blocks` on every core (each thread a clone of `scanner` over a
+/// contiguous share of the blocks), keeping block order. An error names the
+/// block that does not scan.
+pub fn scan_all(
+    scanner: &Scanner,
+    blocks: Vec<monero_wallet::interface::ScannableBlock>,
+    keep_transactions: bool,
+) -> Result<Vec<ScannedBlock>, String> {
+    let scan_one = |scanner: &mut Scanner, block: monero_wallet::interface::ScannableBlock| {
+        let height = block.block.number() as u64;
+        let hash = block.block.hash();
+        let transactions = keep_transactions.then(|| crate::scheduler::BlockTransactions {
+            hashes: block.block.transactions.clone(),
+            transactions: block.transactions.clone(),
+        });
+        let outputs = scanner
+            .scan(block)
+            .map_err(|e| format!("block {height} does not scan: {e:?}"))?
+            .ignore_additional_timelock();
+        Ok::<_, String>(ScannedBlock {
+            height,
+            hash,
+            transactions,
+            outputs,
+        })
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZero::get)
+        .min(blocks.len().div_ceil(32))
+        .max(1);
+    if threads == 1 {
+        let mut scanner = scanner.clone();
+        return blocks
+            .into_iter()
+            .map(|b| scan_one(&mut scanner, b))
+            .collect();
+    }
+    let per_thread = blocks.len().div_ceil(threads);
+    let mut shares: Vec<Vec<monero_wallet::interface::ScannableBlock>> = Vec::new();
+    let mut rest = blocks.into_iter();
+    loop {
+        let share: Vec<_> = rest.by_ref().take(per_thread).collect();
+        if share.is_empty() {
+            break;
+        }
+        shares.push(share);
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = shares
+            .into_iter()
+            .map(|share| {
+                let mut scanner = scanner.clone();
+                scope.spawn(move || {
+                    share
+                        .into_iter()
+                        .map(|b| scan_one(&mut scanner, b))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+            })
+            .collect();
+        let mut scanned = Vec::new();
+        for handle in handles {
+            scanned.extend(
+                handle
+                    .join()
+                    .map_err(|_| "a scanning thread panicked".to_owned())??,
+            );
+        }
+        Ok(scanned)
+    })
 }
 
 /// Scans the next batch of finalized blocks. Returns how many it stored.
@@ -250,19 +337,17 @@ async fn step(
     if let Some(index) = SubaddressIndex::new(CHANGE_SUBADDRESS.0, CHANGE_SUBADDRESS.1) {
         scanner.register_subaddress(index);
     }
+    // Scanning is CPU work: off the async workers, on every core.
+    let to_scan: Vec<_> = blocks.into_iter().skip(usize::from(next > 0)).collect();
+    let scanned = tokio::task::spawn_blocking(move || scan_all(&scanner, to_scan, watch_plans))
+        .await
+        .map_err(|e| StepError::Halt(format!("the scanning task failed: {e}")))?
+        .map_err(StepError::Halt)?;
     let mut tx = pool.begin().await?;
     let mut stored = 0;
-    for block in blocks.into_iter().skip(usize::from(next > 0)) {
-        let height = block.block.number() as u64;
-        let hash = block.block.hash();
-        let transactions = watch_plans.then(|| crate::scheduler::BlockTransactions {
-            hashes: block.block.transactions.clone(),
-            transactions: block.transactions.clone(),
-        });
-        let found = scanner
-            .scan(block)
-            .map_err(|e| StepError::Halt(format!("block {height} does not scan: {e:?}")))?
-            .ignore_additional_timelock();
+    for block in scanned {
+        let (height, hash, transactions, found) =
+            (block.height, block.hash, block.transactions, block.outputs);
         let outputs: Vec<db::NewOutput> = found
             .iter()
             .map(|o| {
