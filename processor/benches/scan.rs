@@ -123,17 +123,23 @@ async fn main() {
     let mut found = 0_usize;
     let mut next = 0;
     let mut pending = Some(fetch(0));
+    // Where the time goes: waiting for blocks vs scanning them.
+    let (mut waiting, mut scanning) = (Duration::ZERO, Duration::ZERO);
     while let Some(fetching) = pending.take() {
+        let waited = Instant::now();
         let blocks = fetching.await.unwrap().unwrap();
+        waiting += waited.elapsed();
         next += range;
         if next <= tip {
             pending = Some(fetch(next));
         }
+        let scanned = Instant::now();
         found += processor::scanner::scan_all(&scanner, blocks, false)
             .unwrap()
             .iter()
             .map(|b| b.outputs.len())
             .sum::<usize>();
+        scanning += scanned.elapsed();
     }
     let ours = start.elapsed();
 
@@ -161,6 +167,11 @@ async fn main() {
         ours.as_secs_f64(),
         rate(ours, range_blocks as f64),
         rate(ours, found as f64)
+    );
+    println!(
+        "  of which waiting for monerod's blocks {:.2} s, scanning {:.2} s",
+        waiting.as_secs_f64(),
+        scanning.as_secs_f64()
     );
     println!(
         "monero-wallet-rpc view: {:>8.2} s  {:>8.0} blocks/s  {:>8.0} outputs/s  ({seen} payments in its balance)",
