@@ -544,7 +544,7 @@ daemon_url = "http://127.0.0.1:{monerod}"
 confirmations = 4
 poll_interval = "250ms"
 [scheduler]
-window_blocks = 2
+window_blocks = 4
 republish_interval = "3s"
 [link]
 heartbeat_interval = "1s"

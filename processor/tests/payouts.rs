@@ -16,7 +16,9 @@ use common::*;
 use sqlx::PgPool;
 
 const SCHEDULER: &[(&str, &str)] = &[
-    ("PROCESSOR_SCHEDULER__WINDOW_BLOCKS", "2"),
+    // Windows far enough apart (blocks come every 300 ms here) that one
+    // leader's proposal reaches the others before the next window opens.
+    ("PROCESSOR_SCHEDULER__WINDOW_BLOCKS", "4"),
     ("PROCESSOR_SCHEDULER__REPUBLISH_INTERVAL", "2s"),
 ];
 

@@ -229,19 +229,32 @@ pub async fn preprocesses(
         );
         std::future::pending::<()>().await;
     }
-    match keystore.sign(
+    let outcome = keystore.sign(
         &attempt_key(&id),
         id.session,
         &sealed,
         &commitments,
         &batch::message(&batch.encoded),
-    ) {
+    );
+    send_share(conn, link_id, &id, outcome).await
+}
+
+/// Sends what making a share for `id` gave: the share; nothing, when the
+/// nonces are gone (the attempt began before a restart: a re-attempt will
+/// come); or a blame of the signer whose preprocess was bad.
+async fn send_share(
+    conn: &mut PgConnection,
+    link_id: &str,
+    id: &SignId,
+    outcome: Result<Option<Vec<u8>>, SignError>,
+) -> Result<(), HandleError> {
+    match outcome {
         Ok(Some(share)) => {
             link::enqueue(
                 conn,
                 link_id,
                 &[out(
-                    uid("sign-share", &id),
+                    uid("sign-share", id),
                     "sign_share",
                     Kind::SignShare(SignShare {
                         sign_id: Some(id.clone()),
@@ -254,14 +267,15 @@ pub async fn preprocesses(
         }
         Ok(None) => {
             warn!(
-                batch = batch_id,
+                kind = kind_name(id),
+                id = %hex::encode(&id.id),
                 attempt = id.attempt,
                 "no nonces for this attempt (begun before a restart): not signing, waiting for a re-attempt"
             );
             Ok(())
         }
         Err(SignError::Blame { accused, reason }) => {
-            blame(conn, link_id, &id, accused, reason).await
+            blame(conn, link_id, id, accused, reason).await
         }
         Err(e) => Err(keystore_failure(e)),
     }

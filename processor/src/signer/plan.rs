@@ -7,7 +7,7 @@ use proto::processor_v1::{SignId, SignPreprocesses, SignShares};
 use sqlx::{PgConnection, Row};
 use tracing::{info, warn};
 
-use super::{attempt_key, blame, indexed, key, keystore_failure, out, uid};
+use super::{attempt_key, blame, indexed, key, keystore_failure, out, send_share, uid};
 use crate::keystore::Keystore;
 use crate::keystore::clsag::KeyShape;
 use crate::keystore::sign::SignError;
@@ -15,7 +15,7 @@ use crate::link::db::to_i64;
 use crate::link::{self, HandleError};
 use crate::scheduler::db as sched;
 use monero_wallet::send::SignableTransaction;
-use proto::processor_v1::{SignPreprocess, SignShare, processor_message::Kind};
+use proto::processor_v1::{SignPreprocess, processor_message::Kind};
 
 async fn shape(conn: &mut PgConnection, session: u64) -> Result<KeyShape, HandleError> {
     let row = sqlx::query(
@@ -116,36 +116,8 @@ pub async fn preprocesses(
         );
         std::future::pending::<()>().await;
     }
-    match keystore.plan_sign(&attempt_key(&id), own, &chosen) {
-        Ok(Some(share)) => {
-            link::enqueue(
-                conn,
-                link_id,
-                &[out(
-                    uid("sign-share", &id),
-                    "sign_share",
-                    Kind::SignShare(SignShare {
-                        sign_id: Some(id.clone()),
-                        share,
-                    }),
-                )],
-            )
-            .await?;
-            Ok(())
-        }
-        Ok(None) => {
-            warn!(
-                plan = %hex::encode(&id.id),
-                attempt = id.attempt,
-                "no signing machine for this attempt (begun before a restart): not signing, waiting for a re-attempt"
-            );
-            Ok(())
-        }
-        Err(SignError::Blame { accused, reason }) => {
-            blame(conn, link_id, &id, accused, reason).await
-        }
-        Err(e) => Err(keystore_failure(e)),
-    }
+    let outcome = keystore.plan_sign(&attempt_key(&id), own, &chosen);
+    send_share(conn, link_id, &id, outcome).await
 }
 
 /// Everyone's shares: complete the transaction and store it for publishing.
