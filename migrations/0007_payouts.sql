@@ -36,12 +36,14 @@ CREATE TABLE plans (
     leader            INTEGER NOT NULL,
     signable          BYTEA   NOT NULL,
     burn_ids          TEXT[]  NOT NULL,
+    -- A leader's own plan is 'proposed' until the coordinator relays it back;
+    -- every plan is then checked in the order the coordinator relays them:
     -- received -> (waiting ->) signing | refused; signing -> signed ->
     -- published -> completed. Any open plan can complete (another processor
     -- may publish), or be superseded when a conflicting one completes.
     status            TEXT    NOT NULL CHECK (status IN
-                        ('received', 'waiting', 'refused', 'signing', 'signed', 'published',
-                         'completed', 'superseded')),
+                        ('proposed', 'received', 'waiting', 'refused', 'signing', 'signed',
+                         'published', 'completed', 'superseded')),
     reason            TEXT,
     tx                BYTEA,
     tx_hash           BYTEA,

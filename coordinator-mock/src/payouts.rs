@@ -31,7 +31,7 @@ async fn key_of(conn: &mut PgConnection, processor: &str) -> Result<(i64, i32), 
 }
 
 /// `PlanProposal` from a window's leader: record it and relay it to every
-/// other participant of the key.
+/// participant of the key, the leader included.
 pub async fn proposal(
     conn: &mut PgConnection,
     processor: &str,
@@ -70,10 +70,10 @@ pub async fn proposal(
         }
         .encode_to_vec(),
     };
+    // To every participant, the leader too: each takes proposals in the
+    // order relayed here, so conflicting ones are decided the same way.
     for (_, link_id) in links(conn, session, None).await? {
-        if link_id != processor {
-            link::enqueue(conn, &link_id, std::slice::from_ref(&relay)).await?;
-        }
+        link::enqueue(conn, &link_id, std::slice::from_ref(&relay)).await?;
     }
     info!(%plan, window = m.window, leader = processor, burns = m.burn_ids.len(), "plan proposed; relayed");
     Ok(())

@@ -339,6 +339,18 @@ pub async fn insert_plan(
     Ok(done.rows_affected() == 1)
 }
 
+/// A plan we proposed came back through the coordinator: `proposed` ->
+/// `received`, to be checked in relay order. False if it is not ours.
+pub async fn mark_relayed(conn: &mut PgConnection, plan_id: &[u8]) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE plans SET status = 'received', updated_at = now() WHERE plan_id = $1 AND status = 'proposed'",
+    )
+    .bind(plan_id)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// A stored plan.
 #[derive(Debug, Clone)]
 pub struct StoredPlan {
@@ -464,7 +476,8 @@ pub async fn open_plans(
 /// Whether any plan of a key is being signed or published.
 pub async fn active_plan_exists(pool: &PgPool, session: u64) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM plans WHERE session = $1 AND status IN ('signing', 'signed', 'published'))",
+        "SELECT EXISTS (SELECT 1 FROM plans WHERE session = $1
+                        AND status IN ('proposed', 'signing', 'signed', 'published'))",
     )
     .bind(to_i64(session))
     .fetch_one(pool)

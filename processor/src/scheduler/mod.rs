@@ -509,19 +509,14 @@ async fn lead(
     };
     let bytes = signable.serialize();
     let plan_id = plan::plan_id(&bytes);
-    let reserved: Vec<(Vec<u8>, i64)> = spendable[..used]
-        .iter()
-        .map(|o| (o.tx_hash.clone(), o.index_in_tx))
-        .collect();
     let mut tx = pool.begin().await?;
     if !db::lock_open_window(&mut tx, window).await? {
         return Ok(());
     }
-    if !db::reserve(&mut tx, &plan_id, &reserved, &chosen_burns).await? {
-        // The state moved under us (a settlement block, another pass).
-        tx.rollback().await?;
-        return Ok(());
-    }
+    // Not reserved or signed yet: the leader checks its own plan like every
+    // follower, when the coordinator relays it back, in the coordinator's
+    // order. Two leaders' conflicting plans are so taken in the same order
+    // everywhere, and one of them gets its t signers.
     db::insert_plan(
         &mut tx,
         &plan_id,
@@ -530,7 +525,7 @@ async fn lead(
         key.own_index,
         &bytes,
         &chosen_burns,
-        "signing",
+        "proposed",
     )
     .await?;
     db::close_window(&mut *tx, window, "planned", Some(&plan_id)).await?;
@@ -548,13 +543,6 @@ async fn lead(
                 burn_ids: chosen_burns.clone(),
             }),
         )],
-    )
-    .await?;
-    crate::signer::begin(
-        &mut tx,
-        &context.keystore,
-        &context.link_id,
-        &sign_id(key.session, &plan_id, 0),
     )
     .await?;
     tx.commit().await?;
@@ -614,6 +602,10 @@ async fn check(
             }
             db::set_plan_status(&mut tx, plan_id, "waiting", Some(&reason)).await?;
         }
+        Verdict::Stale(reason) => {
+            info!(plan = %hex::encode(plan_id), leader = proposal.leader, "plan overtaken by an earlier one: {reason}");
+            db::set_plan_status(&mut tx, plan_id, "superseded", Some(&reason)).await?;
+        }
         Verdict::Refuse(reason) => {
             warn!(plan = %hex::encode(plan_id), leader = proposal.leader, "plan refused: {reason}");
             db::set_plan_status(&mut tx, plan_id, "refused", Some(&reason)).await?;
@@ -649,9 +641,14 @@ async fn check(
 }
 
 enum Verdict {
-    Accept { reserved: Vec<(Vec<u8>, i64)> },
+    Accept {
+        reserved: Vec<(Vec<u8>, i64)>,
+    },
     Wait(String),
     Refuse(String),
+    /// Overtaken by a plan taken before it (its burns or inputs are taken):
+    /// not a fault of its leader, who planned before seeing the other.
+    Stale(String),
 }
 
 async fn verify(
@@ -701,6 +698,17 @@ async fn verify(
         Ok(i) => i,
         Err(e) => return Ok(Verdict::Refuse(e)),
     };
+    // A plan taken before this one may already pay these burns (and hold
+    // its inputs): this one is overtaken, not faulty.
+    for burn_id in &proposal.burn_ids {
+        if let Some((_, _, status)) = db::burn(conn, burn_id).await?
+            && (status == "planned" || status == "paid")
+        {
+            return Ok(Verdict::Stale(format!(
+                "burn {burn_id} is already {status}"
+            )));
+        }
+    }
     // Inputs: each must be one of our spendable outputs.
     let spendable = db::spendable_outputs(&mut *conn, key.session).await?;
     let mut reserved = Vec::new();
@@ -794,6 +802,10 @@ pub async fn receive(conn: &mut PgConnection, m: PlanProposal) -> Result<(), Han
         .ok_or_else(|| {
             HandleError::Rejected(format!("leader index {} is out of range", m.leader_index))
         })?;
+    if db::mark_relayed(conn, &m.plan_id).await? {
+        info!(plan = %hex::encode(&m.plan_id), window = m.window, "own plan relayed back: checking it");
+        return Ok(());
+    }
     if db::insert_plan(
         conn,
         &m.plan_id,
