@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use processor::config::Config;
-use tokio_util::sync::CancellationToken;
 
 /// A validator's Monero threshold-custody processor.
 #[derive(Debug, Parser)]
@@ -62,40 +61,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run { config } => {
-            let config = match Config::load(&config) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            processor::telemetry::init(&config.log.filter, config.log.json);
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("error: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            let result = runtime.block_on(async move {
-                let _failpoints = failpoints();
-                let shutdown = CancellationToken::new();
-                tokio::spawn(processor::run::stop_on_signal(shutdown.clone()));
-                processor::run::run(config, shutdown).await
-            });
-            match result {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("{e}");
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Run { config } => processor::run::main(&config),
     }
 }
 
@@ -111,12 +77,4 @@ fn write_kek(path: &std::path::Path) -> std::io::Result<()> {
     file.write_all(kek.to_hex().as_bytes())?;
     file.write_all(b"\n")?;
     file.sync_all()
-}
-
-/// Fault injection for crash tests: only when `FAILPOINTS` is set.
-fn failpoints() -> Option<fail::FailScenario<'static>> {
-    std::env::var_os("FAILPOINTS").map(|v| {
-        tracing::warn!(failpoints = ?v, "fault injection is ON (FAILPOINTS is set); never do this in production");
-        fail::FailScenario::setup()
-    })
 }

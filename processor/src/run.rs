@@ -258,3 +258,50 @@ pub async fn stop_on_signal(shutdown: CancellationToken) {
     shutdown.cancel();
     info!("{what} received");
 }
+
+/// The whole `run` command for a configuration file: load it (exit 2 on a
+/// bad one, naming the field), start logging and the runtime, run until
+/// SIGTERM or Ctrl-C. Also how the devnet starts its processors.
+pub fn main(config_path: &std::path::Path) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let config = match Config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::telemetry::init(&config.log.filter, config.log.json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let _failpoints = failpoints();
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        run(config, shutdown).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Fault injection for crash tests: only when `FAILPOINTS` is set.
+fn failpoints() -> Option<fail::FailScenario<'static>> {
+    std::env::var_os("FAILPOINTS").map(|v| {
+        warn!(failpoints = ?v, "fault injection is ON (FAILPOINTS is set); never do this in production");
+        fail::FailScenario::setup()
+    })
+}
