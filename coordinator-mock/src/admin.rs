@@ -47,7 +47,7 @@ impl CoordinatorAdmin for Admin {
             let acked = settlement::acked_by(&c.pool, &peer.endpoint.name)
                 .await
                 .map_err(CoordinatorError::from)?;
-            let scan = scan_status(&peer.endpoint.endpoint).await;
+            let scan = scan_status(peer).await;
             let faults: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM faults f JOIN keygen_participants k
                  ON k.session = f.session AND k.idx = f.accused WHERE k.processor = $1",
@@ -298,9 +298,10 @@ impl CoordinatorAdmin for Admin {
 }
 
 /// A processor's scan status from its admin API, if it answers quickly.
-async fn scan_status(endpoint: &str) -> Option<proto::processor_v1::ScanStatus> {
+async fn scan_status(peer: &crate::coordinator::Peer) -> Option<proto::processor_v1::ScanStatus> {
     use proto::processor_v1::processor_admin_client::ProcessorAdminClient;
-    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
+    let channel = peer
+        .endpoint()
         .ok()?
         .connect_timeout(std::time::Duration::from_millis(500))
         .timeout(std::time::Duration::from_secs(1))
@@ -308,7 +309,11 @@ async fn scan_status(endpoint: &str) -> Option<proto::processor_v1::ScanStatus> 
         .await
         .ok()?;
     ProcessorAdminClient::new(channel)
-        .get_scan_status(proto::processor_v1::GetScanStatusRequest {})
+        .get_scan_status({
+            let mut request = tonic::Request::new(proto::processor_v1::GetScanStatusRequest {});
+            processor::telemetry::inject(request.metadata_mut());
+            request
+        })
         .await
         .ok()
         .map(tonic::Response::into_inner)

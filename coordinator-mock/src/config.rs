@@ -21,6 +21,15 @@ pub struct Config {
     pub node_id: String,
     /// Address of the admin gRPC server (admin API, health, reflection).
     pub listen: SocketAddr,
+    /// Prometheus text metrics at `GET /metrics` over plain HTTP; absent:
+    /// not served.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Mutual TLS towards the processors: this coordinator's client
+    /// certificate, and the CA their server certificates must chain to.
+    /// Required unless `insecure = true` (then endpoints are `http://`).
+    #[serde(default)]
+    pub tls: processor::tls::TlsConfig,
     /// Postgres URL of the coordinator's own database (not a processor's).
     pub database_url: String,
     /// Most connections in the Postgres pool.
@@ -56,6 +65,8 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("node_id", &self.node_id)
             .field("listen", &self.listen)
+            .field("metrics_listen", &self.metrics_listen)
+            .field("tls", &self.tls)
             .field("database_url", &redact_url(&self.database_url))
             .field("max_db_connections", &self.max_db_connections)
             .field("processors", &self.processors)
@@ -180,7 +191,12 @@ impl Config {
                     .only(&["DATABASE_URL"])
                     .map(|_| "database_url".into()),
             )
-            .merge(Env::prefixed("COORDINATOR_").split("__"))
+            .merge(
+                // `<PREFIX>CONFIG` names the file itself (the CLI reads it).
+                Env::prefixed("COORDINATOR_")
+                    .ignore(&["config"])
+                    .split("__"),
+            )
             .extract()
             .map_err(|e| ConfigError::Parse(describe(e)))?;
         config.validate()?;
@@ -227,6 +243,19 @@ impl Config {
                     p.endpoint
                 ));
             }
+            let tls = p.endpoint.starts_with("https://");
+            if tls == self.tls.insecure {
+                return invalid(format!(
+                    "processors[{i}].endpoint {:?} must start with {} when tls.insecure = {}",
+                    p.endpoint,
+                    if self.tls.insecure {
+                        "http://"
+                    } else {
+                        "https://"
+                    },
+                    self.tls.insecure
+                ));
+            }
             if p.endpoint.parse::<tonic::transport::Uri>().is_err() {
                 return invalid(format!(
                     "processors[{i}].endpoint {:?} is not a URI",
@@ -234,6 +263,7 @@ impl Config {
                 ));
             }
         }
+        self.tls.validate("tls").map_err(ConfigError::Invalid)?;
         self.link.validate("link").map_err(ConfigError::Invalid)?;
         if self.reconnect.initial.is_zero() {
             return invalid("reconnect.initial must be more than 0".into());
@@ -290,8 +320,28 @@ mod tests {
     }
 
     #[test]
+    fn shipped_kubernetes_configs_parse() {
+        // database_url comes from the pod's environment there.
+        for (file, text) in [
+            (
+                "base",
+                include_str!("../../deploy/base/coordinator/config.toml"),
+            ),
+            (
+                "devnet",
+                include_str!("../../deploy/overlays/devnet/coordinator.toml"),
+            ),
+        ] {
+            let text = format!("database_url = \"postgres://c@db/coordinator\"\n{text}");
+            let config = Config::from_toml(&text)
+                .unwrap_or_else(|e| panic!("the {file} coordinator config must parse: {e}"));
+            assert!(!config.tls.insecure, "{file}");
+        }
+    }
+
+    #[test]
     fn errors_name_the_field() {
-        let base = "listen = \"127.0.0.1:1\"\ndatabase_url = \"postgres://x/y\"\n";
+        let base = "listen = \"127.0.0.1:1\"\ndatabase_url = \"postgres://x/y\"\ntls = { insecure = true }\n";
         let msg = Config::from_toml(&format!(
             "{base}[[processors]]\nname = \"a\"\nendpoint = \"127.0.0.1:5\"\n"
         ))
@@ -308,5 +358,17 @@ mod tests {
             .expect_err("unknown field")
             .to_string();
         assert!(msg.contains("colour"), "{msg}");
+        let msg = Config::from_toml(&format!(
+            "{base}[[processors]]\nname = \"a\"\nendpoint = \"https://p:5\"\n"
+        ))
+        .expect_err("TLS endpoint with insecure = true")
+        .to_string();
+        assert!(msg.contains("processors[0].endpoint"), "{msg}");
+        let msg = Config::from_toml(
+            "listen = \"127.0.0.1:1\"\ndatabase_url = \"postgres://x/y\"\nprocessors = []\n",
+        )
+        .expect_err("neither TLS files nor insecure")
+        .to_string();
+        assert!(msg.contains("tls.cert_file"), "{msg}");
     }
 }

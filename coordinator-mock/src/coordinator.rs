@@ -11,7 +11,7 @@ use proto::processor_v1::{CoordinatorMessage, LinkProbe, coordinator_message};
 use sqlx::PgPool;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
+use tonic::transport::{ClientTlsConfig, Endpoint};
 
 use tracing::{Instrument, info, info_span, warn};
 
@@ -43,6 +43,8 @@ pub struct DialState {
 pub struct Peer {
     /// Its configuration.
     pub endpoint: ProcessorEndpoint,
+    /// Mutual TLS towards it (`None`: plaintext, `tls.insecure`).
+    pub tls: Option<ClientTlsConfig>,
     /// The link to it.
     pub link: Arc<ProcessorLink>,
     /// Its dialer's state.
@@ -85,6 +87,29 @@ impl From<CoordinatorError> for tonic::Status {
     }
 }
 
+/// Why the coordinator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Database setup failed (including: another coordinator holds it).
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The TLS files cannot be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] processor::tls::TlsError),
+}
+
+impl Peer {
+    /// An endpoint for this processor (TLS as configured), for the link and
+    /// for admin calls.
+    pub fn endpoint(&self) -> Result<Endpoint, tonic::transport::Error> {
+        let endpoint = Endpoint::from_shared(self.endpoint.endpoint.clone())?;
+        match &self.tls {
+            Some(tls) => endpoint.tls_config(tls.clone()),
+            None => Ok(endpoint),
+        }
+    }
+}
+
 /// A running coordinator.
 #[derive(Debug)]
 pub struct Coordinator {
@@ -100,7 +125,11 @@ pub struct Coordinator {
 impl Coordinator {
     /// Takes the instance lock, migrates, creates the links and starts one
     /// dialer per processor. Dialers stop when `shutdown` is cancelled.
-    pub async fn start(config: &Config, shutdown: CancellationToken) -> Result<Arc<Self>, DbError> {
+    pub async fn start(
+        config: &Config,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, StartError> {
+        let tls = config.tls.client("tls")?;
         let lock = InstanceLock::acquire_key(
             &config.database_url,
             COORDINATOR_LOCK_KEY,
@@ -125,9 +154,11 @@ impl Coordinator {
                 ProcessorHandler,
                 shutdown.child_token(),
             )
-            .await?;
+            .await
+            .map_err(DbError::from)?;
             peers.push(Peer {
                 endpoint: endpoint.clone(),
+                tls: tls.clone(),
                 link,
                 dial: Arc::new(DialState::default()),
             });
@@ -358,8 +389,9 @@ async fn dial_loop(peer: Peer, reconnect: ReconnectConfig, shutdown: Cancellatio
 }
 
 async fn dial_once(peer: &Peer, reconnect: &ReconnectConfig) -> Result<(), SessionError> {
-    let endpoint = Endpoint::from_shared(peer.endpoint.endpoint.clone())
-        .map_err(|e| SessionError::Closed(format!("bad endpoint: {e}")))?
+    let endpoint = peer
+        .endpoint()
+        .map_err(|e| SessionError::Closed(format!("bad endpoint or TLS setup: {e}")))?
         .connect_timeout(reconnect.connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(std::time::Duration::from_secs(10));
@@ -370,6 +402,10 @@ async fn dial_once(peer: &Peer, reconnect: &ReconnectConfig) -> Result<(), Sessi
     let mut client = ProcessorClient::new(channel);
     peer.link
         .clone()
-        .dial(move |stream| async move { client.connect(stream).await.map(|r| r.into_inner()) })
+        .dial(move |stream| async move {
+            let mut request = tonic::Request::new(stream);
+            processor::telemetry::inject(request.metadata_mut());
+            client.connect(request).await.map(|r| r.into_inner())
+        })
         .await
 }

@@ -537,6 +537,9 @@ fn processor_config(net: &Net, i: usize, db: &str, kek: &Path) -> String {
         r#"node_id = "validator-{n}"
 listen = "127.0.0.1:{port}"
 database_url = "{db}"
+[tls]
+# Plaintext: the devnet runs on loopback only.
+insecure = true
 [keystore]
 kek_file = "{kek}"
 [monero]
@@ -719,6 +722,8 @@ async fn scenario(
         r#"listen = "127.0.0.1:{port}"
 database_url = "{db}"
 {processors}
+[tls]
+insecure = true
 [keygen]
 round_timeout = "30s"
 [settlement]

@@ -29,7 +29,7 @@ fn bad_config_names_the_field() {
     let (ok, text) = run(
         "listen = \"127.0.0.1:1\"\ndatabase_url = \"postgres://u:secret@h/d\"\n\
          [[processors]]\nname = \"a\"\nendpoint = \"http://127.0.0.1:2\"\n\
-         [[processors]]\nname = \"a\"\nendpoint = \"http://127.0.0.1:3\"\n",
+         [[processors]]\nname = \"a\"\nendpoint = \"http://127.0.0.1:3\"\n[tls]\ninsecure = true\n",
     );
     assert!(!ok);
     assert!(text.contains("processors[1].name"), "{text}");
@@ -44,7 +44,7 @@ fn good_config_is_echoed_without_secrets() {
     assert!(ok, "{text}");
     assert!(text.contains("validator-1"), "{text}");
     let (ok, text) = run(
-        "listen = \"127.0.0.1:1\"\ndatabase_url = \"postgres://u:secret@h/d\"\nprocessors = []\n",
+        "listen = \"127.0.0.1:1\"\ndatabase_url = \"postgres://u:secret@h/d\"\nprocessors = []\n[tls]\ninsecure = true\n",
     );
     assert!(ok, "{text}");
     assert!(!text.contains("secret"), "{text}");

@@ -96,7 +96,7 @@ async fn through_coordinator(n: u16) -> Duration {
         // Small pools: 31 processors share one Postgres (max_connections 100).
         let config = processor::config::Config::from_toml(&format!(
             "node_id = \"v{i}\"\nlisten = \"127.0.0.1:{port}\"\ndatabase_url = \"{db}\"\nmax_db_connections = 2\n\
-             [keystore]\nkek_file = \"{}\"\n[log]\nfilter = \"warn\"\n",
+             [tls]\ninsecure = true\n[keystore]\nkek_file = \"{}\"\n[log]\nfilter = \"warn\"\n",
             kek.display()
         ))
         .unwrap();
@@ -109,7 +109,7 @@ async fn through_coordinator(n: u16) -> Duration {
     let cdb = fresh_db("c").await;
     let config = coordinator_mock::config::Config::from_toml(&format!(
         "listen = \"127.0.0.1:1\"\ndatabase_url = \"{cdb}\"\nmax_db_connections = 3\n\
-         [reconnect]\ninitial = \"20ms\"\nmax = \"200ms\"\n[link]\npoll_interval = \"50ms\"\n{endpoints}"
+         [tls]\ninsecure = true\n[reconnect]\ninitial = \"20ms\"\nmax = \"200ms\"\n[link]\npoll_interval = \"50ms\"\n{endpoints}"
     ))
     .unwrap();
     let coordinator = Coordinator::start(&config, shutdown.clone()).await.unwrap();
@@ -154,7 +154,7 @@ async fn through_coordinator(n: u16) -> Duration {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    processor::telemetry::init("error", false);
+    let _telemetry = processor::telemetry::init("error", false, "bench", "bench");
     let argv: Vec<String> = std::env::args().collect();
     let sizes: Vec<u16> = argv
         .iter()

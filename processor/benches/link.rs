@@ -76,16 +76,16 @@ async fn main() {
     .unwrap();
     let pconfig = processor::config::Config::from_toml(&format!(
         "node_id = \"validator-1\"\nlisten = \"127.0.0.1:{port}\"\ndatabase_url = \"{pdb}\"\n\
-         [keystore]\nkek_file = \"{}\"\n[log]\nfilter = \"warn\"\n",
+         [tls]\ninsecure = true\n[keystore]\nkek_file = \"{}\"\n[log]\nfilter = \"warn\"\n",
         kek.display()
     ))
     .unwrap();
-    processor::telemetry::init("warn", false);
+    let _telemetry = processor::telemetry::init("warn", false, "bench", "bench");
     let processor = tokio::spawn(processor::run::run(pconfig, shutdown.clone()));
     let cconfig = coordinator_mock::config::Config::from_toml(&format!(
         "listen = \"127.0.0.1:1\"\ndatabase_url = \"{cdb}\"\n\
          [[processors]]\nname = \"validator-1\"\nendpoint = \"http://127.0.0.1:{port}\"\n\
-         [reconnect]\ninitial = \"20ms\"\nmax = \"200ms\"\n"
+         [reconnect]\ninitial = \"20ms\"\nmax = \"200ms\"\n[tls]\ninsecure = true\n"
     ))
     .unwrap();
     let coordinator = Coordinator::start(&cconfig, shutdown.clone())

@@ -23,6 +23,17 @@ pub struct Config {
     pub node_id: String,
     /// Address the gRPC server (link, admin, health, reflection) listens on.
     pub listen: SocketAddr,
+    /// Plaintext `grpc.health.v1` only, for probes that cannot present a
+    /// client certificate (Kubernetes' gRPC probes); absent: not served.
+    #[serde(default)]
+    pub health_listen: Option<SocketAddr>,
+    /// Prometheus text metrics at `GET /metrics` over plain HTTP; absent:
+    /// not served.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Mutual TLS on `listen`: required unless `insecure = true`.
+    #[serde(default)]
+    pub tls: crate::tls::TlsConfig,
     /// Postgres connection URL of this processor's own database. One
     /// processor per database: a second one refuses to start.
     pub database_url: String,
@@ -54,6 +65,9 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("node_id", &self.node_id)
             .field("listen", &self.listen)
+            .field("health_listen", &self.health_listen)
+            .field("metrics_listen", &self.metrics_listen)
+            .field("tls", &self.tls)
             .field("database_url", &redact_url(&self.database_url))
             .field("max_db_connections", &self.max_db_connections)
             .field("keystore", &self.keystore)
@@ -160,7 +174,10 @@ impl Config {
                     .only(&["DATABASE_URL"])
                     .map(|_| "database_url".into()),
             )
-            .merge(Env::prefixed("PROCESSOR_").split("__"))
+            .merge(
+                // `<PREFIX>CONFIG` names the file itself (the CLI reads it).
+                Env::prefixed("PROCESSOR_").ignore(&["config"]).split("__"),
+            )
             .extract()
             .map_err(|e| ConfigError::Parse(describe(e)))?;
         config.validate()?;
@@ -195,6 +212,7 @@ impl Config {
             monero.validate().map_err(ConfigError::Invalid)?;
         }
         self.scheduler.validate().map_err(ConfigError::Invalid)?;
+        self.tls.validate("tls").map_err(ConfigError::Invalid)?;
         self.link.validate("link").map_err(ConfigError::Invalid)?;
         if self.admin.request_timeout.is_zero() {
             return Err(ConfigError::Invalid(
@@ -266,15 +284,28 @@ mod tests {
     }
 
     #[test]
+    fn shipped_kubernetes_config_parses() {
+        // node_id and database_url come from the pod's environment there.
+        let text = format!(
+            "node_id = \"validator-1\"\ndatabase_url = \"postgres://p@db/processor\"\n{}",
+            include_str!("../../deploy/base/processor/config.toml")
+        );
+        let config =
+            Config::from_toml(&text).expect("deploy/base/processor/config.toml must parse");
+        assert!(!config.tls.insecure);
+        assert!(config.health_listen.is_some() && config.metrics_listen.is_some());
+    }
+
+    #[test]
     fn a_zero_window_is_refused_by_name() {
-        let text = "node_id = \"a\"\nlisten = \"127.0.0.1:1\"\ndatabase_url = \"postgres://x/y\"\n[keystore]\nkek_file = \"k\"\n[scheduler]\nwindow_blocks = 0\n";
+        let text = "node_id = \"a\"\nlisten = \"127.0.0.1:1\"\ndatabase_url = \"postgres://x/y\"\n[keystore]\nkek_file = \"k\"\n[tls]\ninsecure = true\n[scheduler]\nwindow_blocks = 0\n";
         let err = Config::from_toml(text).expect_err("a zero window must be refused");
         assert!(err.to_string().contains("scheduler.window_blocks"), "{err}");
     }
 
     #[test]
     fn unknown_field_is_named() {
-        let text = "node_id = \"a\"\nlisten = \"127.0.0.1:1\"\ndatabase_url = \"postgres://x/y\"\n[keystore]\nkek_file = \"k\"\n[link]\nheartbeat = \"1s\"\n";
+        let text = "node_id = \"a\"\nlisten = \"127.0.0.1:1\"\ndatabase_url = \"postgres://x/y\"\n[keystore]\nkek_file = \"k\"\n[tls]\ninsecure = true\n[link]\nheartbeat = \"1s\"\n";
         let err = Config::from_toml(text).expect_err("unknown field must be refused");
         let msg = err.to_string();
         assert!(msg.contains("link") && msg.contains("heartbeat"), "{msg}");
@@ -288,7 +319,7 @@ mod tests {
             .expect_err("bad address")
             .to_string();
         assert!(msg.contains("`listen`"), "{msg}");
-        let text = "node_id = \"a\"\nlisten = \"127.0.0.1:1\"\ndatabase_url = \"postgres://x/y\"\n[keystore]\nkek_file = \"k\"\n[link]\nheartbeat_interval = \"5s\"\npeer_timeout = \"2s\"\n";
+        let text = "node_id = \"a\"\nlisten = \"127.0.0.1:1\"\ndatabase_url = \"postgres://x/y\"\n[keystore]\nkek_file = \"k\"\n[tls]\ninsecure = true\n[link]\nheartbeat_interval = \"5s\"\npeer_timeout = \"2s\"\n";
         let msg = Config::from_toml(text)
             .expect_err("timeout below heartbeat")
             .to_string();
@@ -306,7 +337,7 @@ mod tests {
     #[test]
     fn password_is_redacted() {
         let config = Config::from_toml(
-            "node_id = \"a\"\nlisten = \"127.0.0.1:1\"\ndatabase_url = \"postgres://u:hunter2@h/d\"\n[keystore]\nkek_file = \"k\"\n",
+            "node_id = \"a\"\nlisten = \"127.0.0.1:1\"\ndatabase_url = \"postgres://u:hunter2@h/d\"\n[keystore]\nkek_file = \"k\"\n[tls]\ninsecure = true\n",
         )
         .expect("valid");
         let shown = format!("{config:?}");

@@ -114,6 +114,7 @@ impl RawLink {
             id,
             payload,
             uid: format!("test/{id}"),
+            traceparent: String::new(),
         }))
         .await;
     }
@@ -384,7 +385,7 @@ async fn coordinator_notices_a_frozen_processor_and_recovers() {
         "listen = \"127.0.0.1:1\"\ndatabase_url = \"{}\"\n\
          [[processors]]\nname = \"validator-1\"\nendpoint = \"http://127.0.0.1:{port}\"\n\
          [link]\nheartbeat_interval = \"200ms\"\npeer_timeout = \"1s\"\n\
-         [reconnect]\ninitial = \"50ms\"\nmax = \"300ms\"\nconnect_timeout = \"500ms\"\n",
+         [reconnect]\ninitial = \"50ms\"\nmax = \"300ms\"\nconnect_timeout = \"500ms\"\n[tls]\ninsecure = true\n",
         cdb.url
     ))
     .unwrap();

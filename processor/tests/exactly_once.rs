@@ -22,7 +22,7 @@ fn coordinator_config(db_url: &str, processors: &[(&str, u16)]) -> CoordinatorCo
     let mut text = format!(
         "listen = \"127.0.0.1:1\"\ndatabase_url = \"{db_url}\"\n\
          [link]\nheartbeat_interval = \"200ms\"\npeer_timeout = \"1500ms\"\npoll_interval = \"100ms\"\n\
-         [reconnect]\ninitial = \"50ms\"\nmax = \"500ms\"\n"
+         [reconnect]\ninitial = \"50ms\"\nmax = \"500ms\"\n[tls]\ninsecure = true\n"
     );
     for (name, port) in processors {
         text.push_str(&format!(
@@ -229,7 +229,7 @@ async fn coordinator_restarts_lose_and_repeat_nothing() {
             "listen = \"127.0.0.1:{admin_port}\"\ndatabase_url = \"{}\"\n\
              [[processors]]\nname = \"validator-1\"\nendpoint = \"http://127.0.0.1:{port}\"\n\
              [link]\nheartbeat_interval = \"200ms\"\npeer_timeout = \"1500ms\"\npoll_interval = \"100ms\"\n\
-             [reconnect]\ninitial = \"50ms\"\nmax = \"500ms\"\n",
+             [reconnect]\ninitial = \"50ms\"\nmax = \"500ms\"\n[tls]\ninsecure = true\n",
             cdb.url
         );
         if let Some(i) = interval {

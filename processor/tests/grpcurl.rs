@@ -36,7 +36,7 @@ async fn grpcurl_lists_queries_and_checks_health() {
     let coordinator_config = format!(
         "listen = \"127.0.0.1:{admin_port}\"\ndatabase_url = \"{}\"\n\
          [[processors]]\nname = \"validator-1\"\nendpoint = \"http://127.0.0.1:{port}\"\n\
-         [reconnect]\ninitial = \"50ms\"\nmax = \"500ms\"\n",
+         [reconnect]\ninitial = \"50ms\"\nmax = \"500ms\"\n[tls]\ninsecure = true\n",
         cdb.url
     );
     let _coordinator = spawn(

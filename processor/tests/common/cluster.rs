@@ -66,7 +66,7 @@ impl Cluster {
         let mut text = format!(
             "listen = \"127.0.0.1:1\"\ndatabase_url = \"{}\"\n\
              [link]\nheartbeat_interval = \"200ms\"\npeer_timeout = \"1500ms\"\npoll_interval = \"100ms\"\n\
-             [reconnect]\ninitial = \"50ms\"\nmax = \"500ms\"\n",
+             [reconnect]\ninitial = \"50ms\"\nmax = \"500ms\"\n[tls]\ninsecure = true\n",
             cdb.url
         );
         text.push_str(coordinator_extra);
