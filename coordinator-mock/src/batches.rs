@@ -15,6 +15,7 @@ fn i64_of(v: u64) -> i64 {
 }
 
 /// `BatchProposal`: remember it (the first proposal defines the batch).
+#[tracing::instrument(name = "batch.proposal", skip_all, fields(processor = %processor, batch = m.batch.as_ref().map(|b| b.id)))]
 pub async fn proposal(
     conn: &mut PgConnection,
     processor: &str,
@@ -60,6 +61,7 @@ pub async fn proposal(
 }
 
 /// `BatchSigned`: verify with a standard Ed25519 verifier, then include.
+#[tracing::instrument(name = "batch.signed", skip_all, fields(processor = %processor, batch = m.batch.as_ref().map(|b| b.id)))]
 pub async fn signed(
     conn: &mut PgConnection,
     processor: &str,
@@ -130,6 +132,7 @@ pub async fn signed(
         processor,
         "batch signature verified: included"
     );
+    metrics::counter!(processor::metrics::BATCHES_SIGNED).increment(1);
     Ok(())
 }
 

@@ -11,6 +11,7 @@ pub mod coordinator;
 pub mod devnet;
 pub mod inbound;
 pub mod keygen;
+pub mod metrics;
 pub mod payouts;
 pub mod run;
 pub mod settlement;

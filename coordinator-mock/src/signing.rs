@@ -135,7 +135,7 @@ async fn lock_attempt(
     if !exists {
         return Ok(None);
     }
-    sqlx::query(
+    let created = sqlx::query(
         "INSERT INTO sign_attempts (kind, id, attempt) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
     )
     .bind(procedure.kind)
@@ -143,6 +143,9 @@ async fn lock_attempt(
     .bind(attempt)
     .execute(&mut *conn)
     .await?;
+    if created.rows_affected() > 0 {
+        metrics::counter!(processor::metrics::SIGN_ATTEMPTS, "kind" => procedure.kind).increment(1);
+    }
     let row = sqlx::query(
         "SELECT status, signers FROM sign_attempts WHERE kind = $1 AND id = $2 AND attempt = $3
          FOR NO KEY UPDATE",
@@ -200,6 +203,7 @@ async fn open_attempt(
 }
 
 /// `SignPreprocess`: collect; the first t to arrive become the signers.
+#[tracing::instrument(name = "sign.preprocess", skip_all, fields(processor = %processor, session = m.sign_id.as_ref().map(|i| i.session), attempt = m.sign_id.as_ref().map(|i| i.attempt)))]
 pub async fn preprocess(
     conn: &mut PgConnection,
     processor: &str,
@@ -282,6 +286,7 @@ pub async fn preprocess(
 }
 
 /// `SignShare`: collect; when every signer's share is in, relay them.
+#[tracing::instrument(name = "sign.share", skip_all, fields(processor = %processor, session = m.sign_id.as_ref().map(|i| i.session), attempt = m.sign_id.as_ref().map(|i| i.attempt)))]
 pub async fn share(
     conn: &mut PgConnection,
     processor: &str,
@@ -369,6 +374,7 @@ pub async fn blame(
     .await?
     .unwrap_or_else(|| format!("participant {}", m.accused));
     warn!(kind, key, attempt = id.attempt, accuser = processor, %accused, "signer blamed: {}", m.reason);
+    metrics::counter!(processor::metrics::SIGN_BLAMES, "kind" => kind).increment(1);
     sqlx::query(
         "INSERT INTO sign_blames (kind, id, attempt, accuser, accused, reason) VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT DO NOTHING",
@@ -386,13 +392,31 @@ pub async fn blame(
 
 /// Marks a procedure's attempts done (it completed).
 pub async fn finish(conn: &mut PgConnection, procedure: Procedure) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE sign_attempts SET status = 'done' WHERE kind = $1 AND id = $2 AND status <> 'abandoned'",
+    let seconds: Option<f64> = sqlx::query_scalar(
+        "SELECT extract(epoch FROM now() - min(started_at))::float8 FROM sign_attempts
+         WHERE kind = $1 AND id = $2",
+    )
+    .bind(procedure.kind)
+    .bind(procedure.key)
+    .fetch_one(&mut *conn)
+    .await?;
+    let finished = sqlx::query(
+        "UPDATE sign_attempts SET status = 'done'
+         WHERE kind = $1 AND id = $2 AND status NOT IN ('abandoned', 'done')",
     )
     .bind(procedure.kind)
     .bind(procedure.key)
     .execute(conn)
     .await?;
+    // Counted once: a second report of the same signature finds it done.
+    if finished.rows_affected() > 0 {
+        metrics::counter!(processor::metrics::SIGN_COMPLETED, "kind" => procedure.kind)
+            .increment(1);
+        if let Some(seconds) = seconds {
+            metrics::histogram!(processor::metrics::SIGN_SECONDS, "kind" => procedure.kind)
+                .record(seconds);
+        }
+    }
     Ok(())
 }
 
@@ -468,6 +492,7 @@ pub async fn reattempt_stalled(pool: &PgPool, timeout: Duration) -> Result<usize
             kind = kind_name,
             key, attempt, "signing attempt stalled; re-attempting"
         );
+        metrics::counter!(processor::metrics::SIGN_REATTEMPTS, "kind" => kind_name).increment(1);
         count += 1;
     }
     tx.commit().await?;

@@ -41,6 +41,7 @@ pub fn output_id(tx_hash: &[u8; 32], index: u64) -> Vec<u8> {
 
 /// Builds, stores and proposes the batch of a block with deposits, and
 /// begins signing it (attempt 0). Runs in the scanner's transaction.
+#[tracing::instrument(name = "batch.create", skip_all, fields(session = session, block = block_height))]
 pub async fn create(
     conn: &mut PgConnection,
     keystore: &Keystore,

@@ -54,6 +54,13 @@ impl Daemon {
     }
 
     fn error(&self, what: &str, detail: impl std::fmt::Display) -> DaemonError {
+        // One series per call, not per block range.
+        let call = if what.starts_with("blocks ") {
+            "get_blocks.bin"
+        } else {
+            what
+        };
+        metrics::counter!(crate::metrics::RPC_ERRORS, "call" => call.to_owned()).increment(1);
         DaemonError {
             url: self.url.clone(),
             what: what.to_owned(),

@@ -1,0 +1,30 @@
+//! The coordinator's gauges read from its database; the metric names and
+//! the exporter are shared with the processor (`processor::metrics`).
+
+use processor::metrics::{BACKLOG_GAUGE, BATCHES, DbGauge, PLANS};
+
+/// Key generation sessions by status.
+pub const KEYGEN_SESSIONS: &str = "custody_keygen_sessions";
+
+/// Send-log backlog per processor, batches, plans and key generations by
+/// status.
+pub fn db_gauges() -> Vec<DbGauge> {
+    vec![
+        BACKLOG_GAUGE,
+        DbGauge {
+            name: BATCHES,
+            label: "status",
+            query: "SELECT status, count(*) FROM batches GROUP BY status",
+        },
+        DbGauge {
+            name: PLANS,
+            label: "status",
+            query: "SELECT status, count(*) FROM plans GROUP BY status",
+        },
+        DbGauge {
+            name: KEYGEN_SESSIONS,
+            label: "status",
+            query: "SELECT status, count(*) FROM keygen_sessions GROUP BY status",
+        },
+    ]
+}
