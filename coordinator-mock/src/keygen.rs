@@ -65,6 +65,9 @@ fn hex_of(bytes: &[u8]) -> String {
 }
 
 /// Starts session `next` among `processors` (names, in index order).
+/// Its span is the root of the key generation's trace: every message of the
+/// session, on every service, descends from it.
+#[tracing::instrument(name = "keygen", skip_all, fields(threshold = threshold, n = processors.len(), session))]
 pub async fn start(
     pool: &PgPool,
     threshold: u32,
@@ -116,6 +119,7 @@ pub async fn start(
         sqlx::query_scalar("SELECT COALESCE(MAX(session) + 1, 0) FROM keygen_sessions")
             .fetch_one(&mut *tx)
             .await?;
+    tracing::Span::current().record("session", session);
     sqlx::query(
         "INSERT INTO keygen_sessions (session, threshold, status) VALUES ($1, $2, 'round1')",
     )
@@ -238,6 +242,7 @@ fn expect_status(s: &SessionRow, status: &str, attempt: u32) -> Result<(), Handl
 }
 
 /// `KeyGenRound1`: store; when all are in, broadcast them.
+#[tracing::instrument(name = "keygen.round1", skip_all, fields(processor = %processor, session = m.session, attempt = m.attempt))]
 pub async fn round1(
     conn: &mut PgConnection,
     processor: &str,
@@ -301,6 +306,7 @@ pub async fn round1(
 }
 
 /// `KeyGenRound2`: store; when all are in, send each recipient its share.
+#[tracing::instrument(name = "keygen.round2", skip_all, fields(processor = %processor, session = m.session, attempt = m.attempt))]
 pub async fn round2(
     conn: &mut PgConnection,
     processor: &str,
@@ -395,6 +401,7 @@ pub async fn round2(
 }
 
 /// `KeyGenerated`: when everyone reported, confirm if they agree.
+#[tracing::instrument(name = "keygen.generated", skip_all, fields(processor = %processor, session = m.session))]
 pub async fn generated(
     conn: &mut PgConnection,
     processor: &str,
@@ -445,6 +452,16 @@ pub async fn generated(
         return Ok(());
     }
     let group_key = first.1.unwrap_or_default();
+    let seconds: Option<f64> = sqlx::query_scalar(
+        "SELECT extract(epoch FROM now() - created_at)::float8 FROM keygen_sessions WHERE session = $1",
+    )
+    .bind(s.session)
+    .fetch_optional(&mut *conn)
+    .await?;
+    metrics::counter!(processor::metrics::KEYGEN_COMPLETED).increment(1);
+    if let Some(seconds) = seconds {
+        metrics::histogram!(processor::metrics::KEYGEN_SECONDS).record(seconds);
+    }
     sqlx::query("UPDATE keygen_sessions SET status = 'confirmed', group_key = $2, monero_address = $3 WHERE session = $1")
         .bind(s.session)
         .bind(&group_key)

@@ -48,7 +48,6 @@ fn main() -> ExitCode {
         println!("{config:#?}");
         return ExitCode::SUCCESS;
     }
-    processor::telemetry::init(&config.log.filter, config.log.json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -59,11 +58,23 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // On the runtime (the OTLP exporter's channel lives there), dropped
+    // before it so the last spans are flushed.
+    let telemetry = {
+        let _on_runtime = runtime.enter();
+        processor::telemetry::init(
+            &config.log.filter,
+            config.log.json,
+            "coordinator-mock",
+            &config.node_id,
+        )
+    };
     let result = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         tokio::spawn(processor::run::stop_on_signal(shutdown.clone()));
         coordinator_mock::run::run(config, shutdown).await
     });
+    drop(telemetry);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -32,6 +32,7 @@ async fn key_of(conn: &mut PgConnection, processor: &str) -> Result<(i64, i32), 
 
 /// `PlanProposal` from a window's leader: record it and relay it to every
 /// participant of the key, the leader included.
+#[tracing::instrument(name = "plan.proposal", skip_all, fields(processor = %processor, plan = %hex::encode(&m.plan_id)))]
 pub async fn proposal(
     conn: &mut PgConnection,
     processor: &str,
@@ -81,6 +82,7 @@ pub async fn proposal(
 
 /// `PlanCompleted`: record each processor's report; the first completes
 /// the plan.
+#[tracing::instrument(name = "plan.completed", skip_all, fields(processor = %processor, plan = %hex::encode(&m.plan_id)))]
 pub async fn completed(
     conn: &mut PgConnection,
     processor: &str,

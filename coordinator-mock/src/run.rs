@@ -22,6 +22,12 @@ pub enum RunError {
     /// Database setup failed.
     #[error(transparent)]
     Db(#[from] DbError),
+    /// The coordinator could not start (database, TLS files).
+    #[error(transparent)]
+    Start(#[from] crate::coordinator::StartError),
+    /// The metrics endpoint cannot start.
+    #[error(transparent)]
+    Metrics(#[from] processor::metrics::MetricsError),
     /// The listen address cannot be bound.
     #[error("cannot listen on {addr} (config field `listen`): {source}")]
     Bind {
@@ -40,11 +46,25 @@ pub enum RunError {
 
 /// Runs until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    if config.tls.insecure {
+        warn!("tls.insecure = true: links to processors are plaintext; local runs only");
+    }
+    if let Some(addr) = config.metrics_listen {
+        processor::metrics::install(addr, "coordinator-mock")?;
+        info!(%addr, "serving Prometheus metrics at /metrics");
+    }
     let coordinator = Coordinator::start(&config, shutdown.clone()).await?;
     info!(
         processors = coordinator.peers.len(),
         "coordinator started; dialing processors"
     );
+    if config.metrics_listen.is_some() {
+        processor::metrics::spawn_db_gauges(
+            coordinator.pool.clone(),
+            crate::metrics::db_gauges(),
+            shutdown.clone(),
+        );
+    }
     serve(coordinator, &config, shutdown).await
 }
 

@@ -33,9 +33,11 @@ pub enum RunError {
     /// Database setup failed (including: another processor holds the lock).
     #[error(transparent)]
     Db(#[from] DbError),
-    /// The listen address cannot be bound.
-    #[error("cannot listen on {addr} (config field `listen`): {source}")]
+    /// A listen address cannot be bound.
+    #[error("cannot listen on {addr} (config field `{field}`): {source}")]
     Bind {
+        /// The config field.
+        field: &'static str,
         /// The address.
         addr: std::net::SocketAddr,
         /// Why.
@@ -50,6 +52,12 @@ pub enum RunError {
     /// Reflection could not be built from the contract.
     #[error("gRPC reflection setup failed: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// A TLS certificate or key cannot be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    /// The metrics endpoint cannot start.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     /// The session holding the instance lock died; another processor could
     /// now take the database, so this one stops.
     #[error("lost the database session that holds the instance lock: {0}")]
@@ -88,11 +96,41 @@ impl Processor for LinkService {
 /// Runs the processor until `shutdown` is cancelled (then drains and returns
 /// `Ok`) or something fatal happens.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    // Certificates before anything else: a bad file is a config error.
+    let tls = config.tls.server("tls")?;
+    if tls.is_none() {
+        warn!(
+            "tls.insecure = true: the coordinator link and admin API are plaintext and unauthenticated; local runs only"
+        );
+    }
+    if let Some(addr) = config.metrics_listen {
+        crate::metrics::install(addr, "processor")?;
+        info!(%addr, "serving Prometheus metrics at /metrics");
+    }
     // Lock first: a second instance must not even run migrations.
     let mut lock = InstanceLock::acquire(&config.database_url).await?;
     let pool = db::connect(&config.database_url, config.max_db_connections).await?;
     db::migrate(&pool, &config.database_url).await?;
     info!(node_id = %config.node_id, "database ready, instance lock held");
+    if config.metrics_listen.is_some() {
+        crate::metrics::spawn_db_gauges(
+            pool.clone(),
+            vec![
+                crate::metrics::BACKLOG_GAUGE,
+                crate::metrics::DbGauge {
+                    name: crate::metrics::PLANS,
+                    label: "status",
+                    query: "SELECT status, count(*) FROM plans GROUP BY status",
+                },
+                crate::metrics::DbGauge {
+                    name: crate::metrics::BATCHES,
+                    label: "status",
+                    query: "SELECT status, count(*) FROM batches GROUP BY status",
+                },
+            ],
+            shutdown.clone(),
+        );
+    }
     let keystore = Keystore::open(&pool, &config.keystore.kek_file).await?;
     info!(identity = %hex::encode(keystore.identity_public()), "keystore open");
 
@@ -147,13 +185,38 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| RunError::Bind {
+            field: "listen",
             addr: config.listen,
             source,
         })?;
     let local = listener.local_addr().map_err(|source| RunError::Bind {
+        field: "listen",
         addr: config.listen,
         source,
     })?;
+    if let Some(addr) = config.health_listen {
+        // Probes (kubelet) cannot present a client certificate: health
+        // alone, plaintext, on its own port.
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| RunError::Bind {
+                field: "health_listen",
+                addr,
+                source,
+            })?;
+        let health_only = tonic::transport::Server::builder()
+            .add_service(health_service.clone())
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener),
+                shutdown.clone().cancelled_owned(),
+            );
+        tokio::spawn(async move {
+            if let Err(e) = health_only.await {
+                error!("the health endpoint (health_listen) failed: {e}");
+            }
+        });
+        info!(%addr, "serving grpc.health.v1 (plaintext) for probes");
+    }
 
     health.set_serving::<ProcessorServer<LinkService>>().await;
     health.set_serving::<ProcessorAdminServer<Admin>>().await;
@@ -206,7 +269,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             shutdown.cancel();
         }
     };
-    let served = tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls)?;
+        info!("mutual TLS: clients must present a certificate from tls.ca_file");
+    }
+    let served = server
         .trace_fn(trace_call)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .add_service(health_service)
@@ -271,7 +339,6 @@ pub fn main(config_path: &std::path::Path) -> std::process::ExitCode {
             return ExitCode::from(2);
         }
     };
-    crate::telemetry::init(&config.log.filter, config.log.json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -282,12 +349,24 @@ pub fn main(config_path: &std::path::Path) -> std::process::ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Made on the runtime (the exporter's channel lives there) and dropped
+    // before it, so the last spans are flushed.
+    let telemetry = {
+        let _on_runtime = runtime.enter();
+        crate::telemetry::init(
+            &config.log.filter,
+            config.log.json,
+            "processor",
+            &config.node_id,
+        )
+    };
     let result = runtime.block_on(async move {
         let _failpoints = failpoints();
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
         run(config, shutdown).await
     });
+    drop(telemetry);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

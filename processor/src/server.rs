@@ -123,6 +123,10 @@ pub fn reflection() -> Result<
 }
 
 /// A span per gRPC call.
+/// A caller's `traceparent` metadata makes it a child of the caller's span.
 pub fn trace_call(request: &http::Request<()>) -> tracing::Span {
-    tracing::info_span!("grpc", path = %request.uri().path())
+    let path = request.uri().path();
+    let span = tracing::info_span!("grpc", otel.name = %path, path = %path);
+    crate::telemetry::set_remote_parent(&span, crate::telemetry::traceparent_of(request.headers()));
+    span
 }

@@ -83,12 +83,14 @@ pub async fn announce_identity(
 }
 
 /// `KeyGenStart`: round 1.
+#[tracing::instrument(name = "keygen.start", skip_all, fields(session = message.session))]
 pub async fn start(
     conn: &mut PgConnection,
     link_id: &str,
     keystore: &Keystore,
     message: KeyGenStart,
 ) -> Result<(), HandleError> {
+    metrics::counter!(crate::metrics::KEYGEN_ROUNDS, "round" => "1").increment(1);
     if db::lock(conn, message.session).await?.is_some() {
         return Err(HandleError::Rejected(format!(
             "key generation for session {} was already started",
@@ -237,12 +239,14 @@ fn packages(
 }
 
 /// `KeyGenRound1Packages`: round 2.
+#[tracing::instrument(name = "keygen.round1_packages", skip_all, fields(session = message.session, attempt = message.attempt))]
 pub async fn round1_packages(
     conn: &mut PgConnection,
     link_id: &str,
     keystore: &Keystore,
     message: KeyGenRound1Packages,
 ) -> Result<(), HandleError> {
+    metrics::counter!(crate::metrics::KEYGEN_ROUNDS, "round" => "2").increment(1);
     let row = load(conn, message.session, message.attempt, "round1").await?;
     let params = params_of(&row)?;
     let all = packages(&message.packages)?;
@@ -285,6 +289,7 @@ pub async fn round1_packages(
 }
 
 /// `KeyGenRound2Packages`: round 3, the key.
+#[tracing::instrument(name = "keygen.round2_packages", skip_all, fields(session = message.session, attempt = message.attempt))]
 pub async fn round2_packages(
     conn: &mut PgConnection,
     link_id: &str,

@@ -23,6 +23,8 @@ pub struct OutRow {
     pub uid: String,
     /// The encoded message.
     pub payload: Vec<u8>,
+    /// Trace context of the span that enqueued it ("" if none).
+    pub traceparent: String,
 }
 
 /// The watermarks of one link.
@@ -127,8 +129,8 @@ pub async fn enqueue(
     // The row lock makes NOT EXISTS exact; ON CONFLICT is the constraint that
     // guarantees it regardless.
     let ids: Vec<i64> = sqlx::query_scalar(
-        "INSERT INTO send_log (link_id, id, uid, kind, payload)
-         SELECT $1, $2 + row_number() OVER (ORDER BY f.ord), f.uid, f.kind, f.payload
+        "INSERT INTO send_log (link_id, id, uid, kind, payload, traceparent)
+         SELECT $1, $2 + row_number() OVER (ORDER BY f.ord), f.uid, f.kind, f.payload, $6
          FROM (
              SELECT DISTINCT ON (u.uid) u.uid, u.kind, u.payload, u.ord
              FROM UNNEST($3::text[], $4::text[], $5::bytea[]) WITH ORDINALITY AS u(uid, kind, payload, ord)
@@ -143,6 +145,7 @@ pub async fn enqueue(
     .bind(&uids)
     .bind(&kinds)
     .bind(&payloads)
+    .bind(crate::telemetry::current_traceparent())
     .fetch_all(&mut *conn)
     .await?;
     if ids.is_empty() {
@@ -175,7 +178,7 @@ pub async fn fetch_outbound(
     limit: u64,
 ) -> Result<Vec<OutRow>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT id, uid, payload FROM send_log WHERE link_id = $1 AND id >= $2 ORDER BY id LIMIT $3",
+        "SELECT id, uid, payload, traceparent FROM send_log WHERE link_id = $1 AND id >= $2 ORDER BY id LIMIT $3",
     )
     .bind(link_id)
     .bind(to_i64(from))
@@ -188,6 +191,7 @@ pub async fn fetch_outbound(
             id: to_u64(r.get(0)),
             uid: r.get(1),
             payload: r.get(2),
+            traceparent: r.get(3),
         })
         .collect())
 }

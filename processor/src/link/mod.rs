@@ -210,6 +210,9 @@ pub struct Link<S: Side, H: Handler> {
     current: std::sync::Mutex<CancellationToken>,
     /// The durable outbound ack watermark, for waiters.
     acked: watch::Sender<u64>,
+    /// The highest outbound id this process has sent, to tell first sends
+    /// from redeliveries in the metrics.
+    max_sent: AtomicU64,
     shutdown: CancellationToken,
     _side: std::marker::PhantomData<S>,
 }
@@ -251,6 +254,7 @@ impl<S: Side, H: Handler> Link<S, H> {
         drop(conn);
         Ok(Arc::new(Self {
             acked: watch::Sender::new(counters.acked_out),
+            max_sent: AtomicU64::new(counters.acked_out),
             pool,
             link_id,
             node_id: node_id.into(),
@@ -315,6 +319,8 @@ impl<S: Side, H: Handler> Link<S, H> {
         self.acked.send_if_modified(|cur| {
             let newer = id > *cur;
             if newer {
+                metrics::counter!(crate::metrics::LINK_ACKED, "link" => self.link_id.clone())
+                    .increment(id - *cur);
                 *cur = id;
             }
             newer
@@ -640,6 +646,9 @@ impl<S: Side, H: Handler> Link<S, H> {
             "stream up"
         );
         let now = SystemTime::now();
+        metrics::counter!(crate::metrics::LINK_SESSIONS, "link" => self.link_id.clone())
+            .increment(1);
+        metrics::gauge!(crate::metrics::LINK_CONNECTED, "link" => self.link_id.clone()).set(1.0);
         self.set_live(|l| {
             l.peer = peer;
             l.connected = true;
@@ -668,6 +677,7 @@ impl<S: Side, H: Handler> Link<S, H> {
             () = token.cancelled() => Err(SessionError::Stopped),
         };
         token.cancel();
+        metrics::gauge!(crate::metrics::LINK_CONNECTED, "link" => self.link_id.clone()).set(0.0);
         if let Err(e) = handler.await {
             warn!("inbound handler task failed: {e}");
         }
@@ -822,6 +832,7 @@ impl<S: Side, H: Handler> Link<S, H> {
             let rows = match db::fetch_outbound(&self.pool, &self.link_id, next, limit).await {
                 Ok(rows) => rows,
                 Err(e) => {
+                    crate::metrics::db_error("send_log_read");
                     warn!("reading send_log failed, retrying: {e}");
                     tokio::time::sleep(self.config.poll_interval).await;
                     continue;
@@ -845,10 +856,18 @@ impl<S: Side, H: Handler> Link<S, H> {
                         self.link_id, row.id
                     )));
                 }
+                let first_send = self.max_sent.fetch_max(row.id, Ordering::Relaxed) < row.id;
+                let counter = if first_send {
+                    crate::metrics::LINK_SENT
+                } else {
+                    crate::metrics::LINK_REDELIVERED
+                };
+                metrics::counter!(counter, "link" => self.link_id.clone()).increment(1);
                 let frame = LinkFrame::Data(Data {
                     id: row.id,
                     payload: row.payload,
                     uid: row.uid,
+                    traceparent: row.traceparent,
                 });
                 if out.send(S::wrap(frame)).await.is_err() {
                     return Err(SessionError::Closed("outbound channel closed".into()));
@@ -879,6 +898,7 @@ impl<S: Side, H: Handler> Link<S, H> {
                         )));
                     }
                     Err(e) => {
+                        crate::metrics::db_error("ack");
                         warn!("recording ack {id} failed, retrying: {e}");
                         tokio::time::sleep(delay).await;
                         delay = (delay * 2).min(Duration::from_secs(2));
@@ -935,6 +955,10 @@ impl<S: Side, H: Handler> Link<S, H> {
             let mut next = first;
             loop {
                 let expected = last_handled + batch.len() as u64 + 1;
+                if next.id < expected {
+                    metrics::counter!(crate::metrics::LINK_DEDUPLICATED, "link" => self.link_id.clone())
+                        .increment(1);
+                }
                 if next.id < expected && batch.is_empty() {
                     duplicate = true;
                 } else if next.id == expected {
@@ -1019,6 +1043,7 @@ impl<S: Side, H: Handler> Link<S, H> {
                 }
                 Err(BatchError::NeedsSavepoints) => careful = true,
                 Err(BatchError::Storage(e)) => {
+                    crate::metrics::db_error("inbound_batch");
                     warn!(
                         first = batch.first().map(|d| d.id),
                         len = batch.len(),
@@ -1075,9 +1100,26 @@ impl<S: Side, H: Handler> Link<S, H> {
                 id: data.id,
                 uid: &data.uid,
             };
+            // The sender's span (carried with the message, persisted in its
+            // send log) is the parent, so one procedure is one trace across
+            // services and restarts.
+            let span = tracing::info_span!(
+                "handle",
+                otel.name = %format!("handle {kind}"),
+                link = %self.link_id,
+                message_id = data.id,
+                uid = %data.uid,
+                kind,
+            );
+            crate::telemetry::set_remote_parent(&span, &data.traceparent);
             if careful {
                 let mut sp = sqlx::Connection::begin(&mut *tx).await?;
-                match self.handler.handle(&mut sp, inbound, message).await {
+                match self
+                    .handler
+                    .handle(&mut sp, inbound, message)
+                    .instrument(span)
+                    .await
+                {
                     Ok(()) => {
                         sp.commit().await?;
                         handled.push((data, kind));
@@ -1093,7 +1135,12 @@ impl<S: Side, H: Handler> Link<S, H> {
                     Err(HandleError::Storage(e)) => return Err(e.into()),
                 }
             } else {
-                match self.handler.handle(&mut tx, inbound, message).await {
+                match self
+                    .handler
+                    .handle(&mut tx, inbound, message)
+                    .instrument(span)
+                    .await
+                {
                     Ok(()) => handled.push((data, kind)),
                     Err(HandleError::Rejected(_)) => return Err(BatchError::NeedsSavepoints),
                     Err(HandleError::Storage(e)) => return Err(e.into()),
@@ -1133,6 +1180,10 @@ impl<S: Side, H: Handler> Link<S, H> {
         )
         .await?;
         tx.commit().await?;
+        metrics::counter!(crate::metrics::LINK_HANDLED, "link" => self.link_id.clone())
+            .increment(handled.len() as u64);
+        metrics::counter!(crate::metrics::LINK_QUARANTINED, "link" => self.link_id.clone())
+            .increment(rejected.len() as u64);
         for (id, code, reason) in &rejected {
             warn!(id, code = code.as_str_name(), "quarantined: {reason}");
         }

@@ -17,7 +17,7 @@ use monero_wallet::transaction::Timelock;
 use serde::Deserialize;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{Instrument as _, debug, error, info, info_span, warn};
 
 use crate::accounts::view_pair;
 use crate::keygen;
@@ -146,6 +146,9 @@ pub async fn run(
                 return;
             }
             Err(e) => {
+                if matches!(e, StepError::Storage(_)) {
+                    crate::metrics::db_error("scan");
+                }
                 warn!("scanning step failed, retrying in {delay:?}: {e}");
                 let wait = delay;
                 delay = (delay * 2).min(Duration::from_secs(30));
@@ -274,6 +277,7 @@ async fn step(
     config: &MoneroConfig,
     context: &ScanContext,
 ) -> Result<u64, StepError> {
+    let started = std::time::Instant::now();
     let Some((session, group_key)) = keygen::db::active(pool).await? else {
         return Ok(0);
     };
@@ -297,6 +301,11 @@ async fn step(
         return Err(StepError::Halt(reason));
     }
     let tip = daemon.tip().await?;
+    #[allow(clippy::cast_precision_loss)]
+    {
+        metrics::gauge!(crate::metrics::SCAN_TIP).set(tip as f64);
+        metrics::gauge!(crate::metrics::SCAN_LAG).set(tip.saturating_sub(next) as f64);
+    }
     let Some(finalized_tip) = tip.checked_sub(config.confirmations) else {
         return Ok(0);
     };
@@ -346,81 +355,99 @@ async fn step(
     let mut tx = pool.begin().await?;
     let mut stored = 0;
     for block in scanned {
-        let (height, hash, transactions, found) =
-            (block.height, block.hash, block.transactions, block.outputs);
-        let outputs: Vec<db::NewOutput> = found
-            .iter()
-            .map(|o| {
-                let (account, minor) = o
-                    .subaddress()
-                    .map_or((0, 0), |s| (s.account(), s.address()));
-                let (unlock_height, unlock_time) = match o.additional_timelock() {
-                    Timelock::None => (None, None),
-                    Timelock::Block(b) => (Some(b as u64), None),
-                    Timelock::Time(t) => (None, Some(t)),
-                };
-                db::NewOutput {
-                    tx_hash: o.transaction(),
-                    index_in_tx: o.index_in_transaction(),
+        let span = info_span!("block", height = block.height, session);
+        async {
+            let (height, hash, transactions, found) =
+                (block.height, block.hash, block.transactions, block.outputs);
+            let outputs: Vec<db::NewOutput> = found
+                .iter()
+                .map(|o| {
+                    let (account, minor) = o
+                        .subaddress()
+                        .map_or((0, 0), |s| (s.account(), s.address()));
+                    let (unlock_height, unlock_time) = match o.additional_timelock() {
+                        Timelock::None => (None, None),
+                        Timelock::Block(b) => (Some(b as u64), None),
+                        Timelock::Time(t) => (None, Some(t)),
+                    };
+                    db::NewOutput {
+                        tx_hash: o.transaction(),
+                        index_in_tx: o.index_in_transaction(),
+                        session,
+                        block_height: height,
+                        account,
+                        subaddress_minor: minor,
+                        amount: o.commitment().amount,
+                        unlock_height,
+                        unlock_time,
+                        wallet_output: o.serialize(),
+                    }
+                })
+                .collect();
+            let found_count = outputs.len() as u64;
+            for o in &outputs {
+                info!(height, account = o.account, amount = o.amount, tx = %hex::encode(o.tx_hash), "output found");
+            }
+            db::insert_block(&mut tx, height, &hash, &outputs).await?;
+            let deposits: Vec<db::NewOutput> = outputs.into_iter().filter(|o| o.account >= 1).collect();
+            if !deposits.is_empty() {
+                let id = crate::batch::create(
+                    &mut tx,
+                    &context.keystore,
+                    &context.link_id,
                     session,
-                    block_height: height,
-                    account,
-                    subaddress_minor: minor,
-                    amount: o.commitment().amount,
-                    unlock_height,
-                    unlock_time,
-                    wallet_output: o.serialize(),
-                }
-            })
-            .collect();
-        for o in &outputs {
-            info!(height, account = o.account, amount = o.amount, tx = %hex::encode(o.tx_hash), "output found");
-        }
-        db::insert_block(&mut tx, height, &hash, &outputs).await?;
-        let deposits: Vec<db::NewOutput> = outputs.into_iter().filter(|o| o.account >= 1).collect();
-        if !deposits.is_empty() {
-            let id = crate::batch::create(
+                    height,
+                    &hash,
+                    &deposits,
+                )
+                .await
+                .map_err(|e| match e {
+                    HandleError::Storage(e) => StepError::Storage(e),
+                    HandleError::Rejected(why) => {
+                        StepError::Halt(format!("batch for block {height}: {why}"))
+                    }
+                })?;
+                info!(
+                    batch = id,
+                    height,
+                    deposits = deposits.len(),
+                    "batch proposed"
+                );
+                metrics::counter!(crate::metrics::BATCHES_CREATED).increment(1);
+            }
+            crate::scheduler::on_block(
                 &mut tx,
-                &context.keystore,
                 &context.link_id,
-                session,
+                &context.scheduler,
+                &key,
                 height,
                 &hash,
-                &deposits,
+                transactions.as_ref(),
             )
             .await
             .map_err(|e| match e {
                 HandleError::Storage(e) => StepError::Storage(e),
-                HandleError::Rejected(why) => {
-                    StepError::Halt(format!("batch for block {height}: {why}"))
-                }
+                HandleError::Rejected(why) => StepError::Halt(format!("block {height}: {why}")),
             })?;
-            info!(
-                batch = id,
-                height,
-                deposits = deposits.len(),
-                "batch proposed"
-            );
+            db::set_cursor(&mut tx, height + 1).await?;
+            metrics::counter!(crate::metrics::SCAN_OUTPUTS).increment(found_count);
+            Ok::<(), StepError>(())
         }
-        crate::scheduler::on_block(
-            &mut tx,
-            &context.link_id,
-            &context.scheduler,
-            &key,
-            height,
-            &hash,
-            transactions.as_ref(),
-        )
-        .await
-        .map_err(|e| match e {
-            HandleError::Storage(e) => StepError::Storage(e),
-            HandleError::Rejected(why) => StepError::Halt(format!("block {height}: {why}")),
-        })?;
-        db::set_cursor(&mut tx, height + 1).await?;
+        .instrument(span)
+        .await?;
         stored += 1;
     }
     tx.commit().await?;
     context.outbox.wake();
     debug!(from = next, to = end, tip, "finalized blocks stored");
+    #[allow(clippy::cast_precision_loss)]
+    {
+        metrics::counter!(crate::metrics::SCAN_BLOCKS).increment(stored);
+        metrics::gauge!(crate::metrics::SCAN_FINALIZED)
+            .set((next + stored).saturating_sub(1) as f64);
+        metrics::gauge!(crate::metrics::SCAN_LAG).set(tip.saturating_sub(next + stored) as f64);
+        metrics::histogram!(crate::metrics::SCAN_STEP_SECONDS)
+            .record(started.elapsed().as_secs_f64());
+    }
     Ok(stored)
 }

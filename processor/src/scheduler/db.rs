@@ -324,8 +324,8 @@ pub async fn insert_plan(
     status: &str,
 ) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
-        "INSERT INTO plans (plan_id, session, \"window\", leader, signable, burn_ids, status)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+        "INSERT INTO plans (plan_id, session, \"window\", leader, signable, burn_ids, status, traceparent)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
     )
     .bind(plan_id)
     .bind(to_i64(session))
@@ -334,9 +334,21 @@ pub async fn insert_plan(
     .bind(signable)
     .bind(burn_ids)
     .bind(status)
+    .bind(crate::telemetry::current_traceparent())
     .execute(conn)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// The trace context a plan was proposed or received in ("" if none).
+pub async fn traceparent(pool: &PgPool, plan_id: &[u8]) -> Result<String, sqlx::Error> {
+    Ok(
+        sqlx::query_scalar("SELECT traceparent FROM plans WHERE plan_id = $1")
+            .bind(plan_id)
+            .fetch_optional(pool)
+            .await?
+            .unwrap_or_default(),
+    )
 }
 
 /// A plan we proposed came back through the coordinator: `proposed` ->

@@ -28,7 +28,7 @@ use proto::processor_v1::{
 use serde::Deserialize;
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{Instrument as _, info, info_span, warn};
 
 use crate::accounts::view_pair;
 use crate::keystore::Keystore;
@@ -292,6 +292,7 @@ async fn complete(
     )
     .await?;
     info!(plan = %hex::encode(plan_id), tx = %hex::encode(tx_hash), fee, height, "payout final");
+    metrics::counter!(crate::metrics::PAYOUTS_COMPLETED).increment(1);
     Ok(())
 }
 
@@ -343,6 +344,9 @@ pub async fn run(
             r = pass(&pool, &daemon, &context, &mut published) => r,
         };
         if let Err(e) = result {
+            if matches!(e, PassError::Storage(_)) {
+                crate::metrics::db_error("scheduler");
+            }
             warn!("scheduler pass failed, retrying: {e}");
         }
         tokio::select! {
@@ -368,7 +372,12 @@ async fn pass(
         // Check others' proposals first: planning while one is unchecked
         // would make a conflicting plan.
         for plan_id in to_check {
-            check(pool, context, &key, &plan_id, fee_rate).await?;
+            let span =
+                info_span!("plan.check", plan = %hex::encode(&plan_id), session = key.session);
+            crate::telemetry::set_remote_parent(&span, &db::traceparent(pool, &plan_id).await?);
+            check(pool, context, &key, &plan_id, fee_rate)
+                .instrument(span)
+                .await?;
         }
         for window in open_windows {
             lead(pool, daemon, context, &key, window, fee_rate).await?;
@@ -384,8 +393,11 @@ async fn pass(
         let Ok(parsed) = Transaction::<NotPruned>::read(&mut tx.as_slice()) else {
             continue;
         };
-        match daemon.publish(&parsed).await {
+        let span = info_span!("plan.publish", plan = %hex::encode(&plan_id), tx = %hex::encode(parsed.hash()));
+        crate::telemetry::set_remote_parent(&span, &db::traceparent(pool, &plan_id).await?);
+        match daemon.publish(&parsed).instrument(span).await {
             Ok(()) => {
+                metrics::counter!(crate::metrics::PAYOUTS_PUBLISHED).increment(1);
                 if db::mark_published(pool, &plan_id).await? {
                     info!(plan = %hex::encode(&plan_id), tx = %hex::encode(parsed.hash()), "payout published");
                 }
@@ -399,7 +411,9 @@ async fn pass(
     Ok(())
 }
 
-/// Plans the transaction of a window this processor leads.
+/// Plans the transaction of a window this processor leads. Its span is the
+/// root of the payout's trace.
+#[tracing::instrument(name = "plan.lead", skip_all, fields(session = key.session, window = window))]
 async fn lead(
     pool: &PgPool,
     daemon: &Daemon,

@@ -109,6 +109,7 @@ fn keystore_failure(e: SignError) -> HandleError {
 
 /// Begins an attempt: records it, makes nonces, sends the commitments. An
 /// attempt already begun is not begun again (no second preprocess, ever).
+#[tracing::instrument(name = "sign.begin", skip_all, fields(kind = kind_name(id), session = id.session, attempt = id.attempt))]
 pub async fn begin(
     conn: &mut PgConnection,
     keystore: &Keystore,
@@ -128,6 +129,7 @@ pub async fn begin(
     if recorded.rows_affected() == 0 {
         return Ok(());
     }
+    metrics::counter!(crate::metrics::SIGN_PREPROCESSES, "kind" => kind_name(id)).increment(1);
     if is_plan(id) {
         return plan::preprocess(conn, keystore, link_id, id).await;
     }
@@ -250,6 +252,7 @@ async fn send_share(
 ) -> Result<(), HandleError> {
     match outcome {
         Ok(Some(share)) => {
+            metrics::counter!(crate::metrics::SIGN_SHARES, "kind" => kind_name(id)).increment(1);
             link::enqueue(
                 conn,
                 link_id,
