@@ -42,6 +42,19 @@ pub struct Options {
     pub keep_running: bool,
     /// Print progress.
     pub verbose: bool,
+    /// Export traces of the coordinator (in this process) and the
+    /// processors to this OTLP/gRPC endpoint.
+    pub otlp_endpoint: Option<String>,
+}
+
+impl Options {
+    /// Environment for the processors.
+    fn processor_env(&self) -> Vec<(String, String)> {
+        self.otlp_endpoint
+            .iter()
+            .map(|e| ("OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(), e.clone()))
+            .collect()
+    }
 }
 
 /// What the run produced.
@@ -107,6 +120,7 @@ impl Child {
         name: &str,
         program: &Path,
         args: &[String],
+        env: &[(String, String)],
         log: PathBuf,
     ) -> Result<Self, DevnetError> {
         let file = std::fs::OpenOptions::new()
@@ -129,6 +143,7 @@ impl Child {
                 command.env_remove(key);
             }
         }
+        command.envs(env.iter().map(|(k, v)| (k, v)));
         let child = command.spawn().map_err(|e| {
             DevnetError::Missing(format!("cannot start {}: {e}", program.display()))
         })?;
@@ -367,6 +382,10 @@ pub async fn run(options: Options, interrupt: CancellationToken) -> Result<Summa
     };
     progress.step("checking the machine (monerod, monero-wallet-rpc, Postgres)");
     preflight(&options).await?;
+    let telemetry = options
+        .otlp_endpoint
+        .as_deref()
+        .map(|e| processor::telemetry::init_export_only(e, "coordinator-mock", "devnet"));
     let dir = tempfile::Builder::new().prefix("devnet-").tempdir()?;
     let keep = dir.path().to_path_buf();
     let mut net = Net {
@@ -417,6 +436,10 @@ pub async fn run(options: Options, interrupt: CancellationToken) -> Result<Summa
     }
     progress.step("stopping every process");
     drop(net);
+    if let Some(telemetry) = telemetry {
+        // Flushing blocks until the exporter is done; not on a runtime worker.
+        let _ = tokio::task::spawn_blocking(move || drop(telemetry)).await;
+    }
     progress.done("stopped");
     result
 }
@@ -622,6 +645,7 @@ async fn scenario(
         "monerod",
         Path::new("monerod"),
         &monerod_args(net),
+        &[],
         net.dir.join("monerod.log"),
     )?);
     let daemon = processor::monero::Daemon::new(format!("http://127.0.0.1:{}", net.monerod_port));
@@ -639,6 +663,7 @@ async fn scenario(
         "monero-wallet-rpc",
         Path::new("monero-wallet-rpc"),
         &wallet_args(net),
+        &[],
         net.dir.join("wallet-rpc.log"),
     )?);
     let wallet_port = net.wallet_port;
@@ -695,6 +720,7 @@ async fn scenario(
             &format!("validator-{}", i + 1),
             &options.processor_exe,
             &args,
+            &options.processor_env(),
             net.dir.join(format!("validator-{}.log", i + 1)),
         )?));
         net.processor_args.push(args);
@@ -866,6 +892,7 @@ peer_timeout = "5s"
             &format!("validator-{}", r + 1),
             &options.processor_exe,
             &net.processor_args[r],
+            &options.processor_env(),
             net.dir.join(format!("validator-{}.log", r + 1)),
         )?);
         progress.done(&format!("validator-{} restarted", r + 1));

@@ -3,10 +3,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use coordinator_mock::devnet::{Options, run};
 use tokio_util::sync::CancellationToken;
+
+#[path = "../../processor/tests/common/otlp.rs"]
+mod otlp;
 
 fn options(n: usize, t: u32, prefix: &str) -> Options {
     Options {
@@ -20,14 +25,20 @@ fn options(n: usize, t: u32, prefix: &str) -> Options {
         restart: None,
         keep_running: false,
         verbose: true,
+        otlp_endpoint: None,
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_custody_cycle_completes_with_three_processors() {
-    let summary = run(options(3, 2, "e2e_three"), CancellationToken::new())
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = otlp::Receiver::start(dir.path());
+    let mut options = options(3, 2, "e2e_three");
+    options.otlp_endpoint = Some(receiver.endpoint());
+    let summary = run(options, CancellationToken::new())
         .await
         .expect("the devnet scenario completes");
+    payout_is_one_trace(&receiver, 2);
     assert_eq!(summary.batches.len(), 1);
     assert_eq!(summary.batches[0].1, 5_000_000_000_000, "both deposits");
     assert_eq!(summary.payouts.len(), 1);
@@ -59,5 +70,58 @@ async fn three_of_five_with_one_restarted_and_one_offline() {
     );
     for (name, deposits, paid, fees, unspent) in &summary.accounting {
         assert_eq!(*deposits, paid + fees + unspent, "{name}");
+    }
+}
+
+/// The payout's spans, from the leader's plan to the signers' shares, the
+/// coordinator's relaying and the publishing, share one trace id.
+fn payout_is_one_trace(receiver: &otlp::Receiver, t: usize) {
+    // The processors flushed when they stopped; allow the receiver a moment.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let spans = receiver.spans();
+        let traces: Vec<&str> = spans
+            .iter()
+            .filter(|s| s["service"] == "processor" && s["name"] == "plan.lead")
+            .filter_map(|s| s["trace_id"].as_str())
+            .collect();
+        let complete = traces.iter().find_map(|trace| {
+            let of_trace: Vec<&serde_json::Value> =
+                spans.iter().filter(|s| s["trace_id"] == *trace).collect();
+            let names: BTreeSet<&str> =
+                of_trace.iter().filter_map(|s| s["name"].as_str()).collect();
+            let signers: BTreeSet<&str> = of_trace
+                .iter()
+                .filter(|s| s["service"] == "processor" && s["name"] == "sign.begin")
+                .filter_map(|s| s["instance"].as_str())
+                .collect();
+            let by_coordinator = of_trace
+                .iter()
+                .any(|s| s["service"] == "coordinator-mock" && s["name"] == "plan.proposal");
+            (by_coordinator
+                && signers.len() >= t
+                && [
+                    "plan.check",
+                    "sign.preprocess",
+                    "sign.share",
+                    "plan.publish",
+                ]
+                .iter()
+                .all(|n| names.contains(n)))
+            .then_some(())
+        });
+        if complete.is_some() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no payout trace holds the leader's plan, the coordinator's relay, {t} signers and the publishing; \
+             plan.lead traces: {traces:?}; span names: {:?}",
+            spans
+                .iter()
+                .filter_map(|s| s["name"].as_str())
+                .collect::<BTreeSet<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(500));
     }
 }

@@ -68,7 +68,6 @@ pub fn init(filter: &str, json: bool, service: &str, instance: &str) -> Telemetr
     } else {
         fmt.boxed()
     });
-    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let mut telemetry = Telemetry::default();
     let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
         .ok()
@@ -92,6 +91,33 @@ pub fn init(filter: &str, json: bool, service: &str, instance: &str) -> Telemetr
         .with(layers)
         .try_init();
     telemetry
+}
+
+/// Exports spans to `endpoint` without any log output, for a process whose
+/// console shows something else (the devnet). Same runtime rule as [`init`].
+pub fn init_export_only(endpoint: &str, service: &str, instance: &str) -> Telemetry {
+    match otlp_provider(endpoint, service, instance) {
+        Ok(provider) => {
+            let tracer = provider.tracer(service.to_owned());
+            let _ = tracing_subscriber::registry()
+                .with(
+                    tracing_opentelemetry::layer()
+                        .with_tracer(tracer)
+                        .with_filter(EnvFilter::new("info")),
+                )
+                .try_init();
+            Telemetry {
+                provider: Some(provider),
+            }
+        }
+        Err(e) => {
+            eprintln!(
+                "warning: OTLP endpoint {endpoint:?}: the exporter cannot be built ({e}); \
+                 traces are not exported"
+            );
+            Telemetry::default()
+        }
+    }
 }
 
 fn otlp_provider(

@@ -9,7 +9,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -180,57 +180,12 @@ async fn health(port: u16) -> Result<i32, String> {
         .map_err(|s| s.to_string())
 }
 
-/// A real OTLP/gRPC receiver writing spans as JSON lines.
-struct Receiver {
-    _proc: Proc,
-    port: u16,
-    out: PathBuf,
-}
-
-impl Receiver {
-    fn start(dir: &Path) -> Self {
-        let python = otel_python();
-        let port = free_port();
-        let out = dir.join("spans.jsonl");
-        let log = dir.join("otlp-receiver.log");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/otlp_receiver.py");
-        let child = Command::new(python)
-            .arg(script)
-            .arg(port.to_string())
-            .arg(&out)
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(Stdio::from(
-                std::fs::OpenOptions::new().append(true).open(&log).unwrap(),
-            ))
-            .spawn()
-            .expect("start the OTLP receiver");
-        Self {
-            _proc: Proc {
-                child,
-                log,
-                name: "otlp-receiver".into(),
-            },
-            port,
-            out,
-        }
-    }
-
-    fn spans(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(&self.out)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn mtls_link_with_metrics_and_one_trace_across_services() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("custody test CA");
-    let receiver = Receiver::start(dir.path());
-    wait_port(receiver.port).await;
-    let otlp = format!("http://127.0.0.1:{}", receiver.port);
+    let receiver = otlp::Receiver::start(dir.path());
+    let otlp = receiver.endpoint();
     let env: Vec<(&str, &str)> = vec![
         ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.as_str()),
         // Export within half a second rather than the default five.

