@@ -467,3 +467,35 @@ async fn a_signer_killed_after_its_preprocess_never_shares_and_the_payout_comple
         "every attempt had its own preprocess"
     );
 }
+
+/// The race behind a livelock seen in CI: a leader stores its own plan
+/// before a rival's proposal arrives, but the coordinator relays the rival's
+/// first. Both must be checked in relay order, on the leader too, or the
+/// leader signs its own plan while everyone else signs the rival's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proposals_are_checked_in_relay_order_even_the_leaders_own() {
+    use processor::scheduler::db;
+    let test_db = TestDb::new("relayorder").await;
+    let pool = processor::db::connect(&test_db.url, 2).await.unwrap();
+    processor::db::migrate(&pool, &test_db.url).await.unwrap();
+    let (own, rival, third) = ([1_u8; 32], [2_u8; 32], [3_u8; 32]);
+    let mut conn = pool.acquire().await.unwrap();
+    // Our plan is stored (unrelayed) first; in the coordinator's relay the
+    // rival comes first, then ours, then a third, two of them in one
+    // transaction (one now()).
+    db::insert_plan(&mut conn, &own, 0, 10, 1, b"own", &[], "proposed")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut tx = pool.begin().await.unwrap();
+    db::insert_plan(&mut tx, &rival, 0, 11, 2, b"rival", &[], "received")
+        .await
+        .unwrap();
+    assert!(db::mark_relayed(&mut tx, &own).await.unwrap());
+    tx.commit().await.unwrap();
+    db::insert_plan(&mut conn, &third, 0, 12, 3, b"third", &[], "received")
+        .await
+        .unwrap();
+    let order = db::plans_to_check(&pool, 0).await.unwrap();
+    assert_eq!(order, vec![rival.to_vec(), own.to_vec(), third.to_vec()]);
+}

@@ -324,8 +324,10 @@ pub async fn insert_plan(
     status: &str,
 ) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
-        "INSERT INTO plans (plan_id, session, \"window\", leader, signable, burn_ids, status, traceparent)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+        "INSERT INTO plans (plan_id, session, \"window\", leader, signable, burn_ids, status, traceparent, relay_order)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8,
+                 CASE WHEN $7 = 'received' THEN nextval('plan_relay_order') END)
+         ON CONFLICT DO NOTHING",
     )
     .bind(plan_id)
     .bind(to_i64(session))
@@ -355,7 +357,8 @@ pub async fn traceparent(pool: &PgPool, plan_id: &[u8]) -> Result<String, sqlx::
 /// `received`, to be checked in relay order. False if it is not ours.
 pub async fn mark_relayed(conn: &mut PgConnection, plan_id: &[u8]) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
-        "UPDATE plans SET status = 'received', updated_at = now() WHERE plan_id = $1 AND status = 'proposed'",
+        "UPDATE plans SET status = 'received', relay_order = nextval('plan_relay_order'), updated_at = now()
+         WHERE plan_id = $1 AND status = 'proposed'",
     )
     .bind(plan_id)
     .execute(conn)
@@ -515,7 +518,8 @@ pub async fn other_active_plan(
 /// Proposals from other leaders to check (received or waiting).
 pub async fn plans_to_check(pool: &PgPool, session: u64) -> Result<Vec<Vec<u8>>, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT plan_id FROM plans WHERE session = $1 AND status IN ('received', 'waiting') ORDER BY created_at",
+        "SELECT plan_id FROM plans WHERE session = $1 AND status IN ('received', 'waiting')
+         ORDER BY relay_order NULLS FIRST, created_at",
     )
     .bind(to_i64(session))
     .fetch_all(pool)
