@@ -314,8 +314,12 @@ async fn mtls_link_with_metrics_and_one_trace_across_services() {
                             && total(m, "custody_link_messages_handled_total", &[]) > 0.0
                             && total(m, "custody_keygen_rounds_total", &[]) >= 2.0
                             && total(m, "custody_link_connected", &[]) == 1.0
+                            // Read from Postgres every 2 s; everything sent
+                            // gets acknowledged, so it settles at 0.
                             && m.keys()
                                 .any(|k| k.starts_with("custody_link_send_backlog{"))
+                            && total(m, "custody_link_send_backlog", &["link=\"coordinator\""])
+                                == 0.0
                     })
                     .then_some(after)
             }
@@ -326,11 +330,6 @@ async fn mtls_link_with_metrics_and_one_trace_across_services() {
         assert!(
             total(a, "custody_link_messages_sent_total", &[])
                 > total(b, "custody_link_messages_sent_total", &[])
-        );
-        assert_eq!(
-            total(a, "custody_link_send_backlog", &["link=\"coordinator\""]),
-            0.0,
-            "everything sent was acknowledged: {a:?}"
         );
         assert!(a.keys().any(|k| k.contains("service=\"processor\"")));
     }
