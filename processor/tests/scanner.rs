@@ -224,3 +224,72 @@ async fn the_daemon_client_reports_a_down_daemon_and_reads_fees() {
         4
     );
 }
+
+/// The fast `get_blocks.bin` path (full transactions, hashed here) gives
+/// exactly what monero-daemon-rpc's validated path gives, on blocks with
+/// RingCT payments (where this monerod sends no prunable hashes and the
+/// library falls back to JSON per block).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fast_block_fetch_matches_the_librarys() {
+    use monero_wallet::interface::ProvidesScannableBlocks as _;
+    let chain = tempfile::tempdir().unwrap();
+    let monerod = Monerod::start(chain.path()).await;
+    let wallet = WalletRpc::start_with(chain.path(), Some(&monerod.url)).await;
+    wallet
+        .call(
+            "create_wallet",
+            serde_json::json!({"filename": "payer", "language": "English"}),
+        )
+        .await;
+    let payer = wallet
+        .call("get_address", serde_json::json!({"account_index": 0}))
+        .await["result"]["address"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    monerod.mine(&payer, 80).await;
+    wallet.call("refresh", serde_json::json!({})).await;
+    for _ in 0..3 {
+        let sent = wallet
+            .call(
+                "transfer",
+                serde_json::json!({"destinations": [{"amount": 1_000_000_000_u64, "address": elsewhere()}]}),
+            )
+            .await;
+        assert!(sent.get("error").is_none(), "{sent}");
+    }
+    monerod.mine(&elsewhere(), 2).await;
+    let daemon = processor::monero::Daemon::new(monerod.url.clone());
+    let tip = daemon.tip().await.unwrap();
+    let rpc = daemon.rpc().await.unwrap();
+    let fast = processor::monero::blocks_bin::fetch(&rpc, 1..=tip)
+        .await
+        .expect("the fast path reads this monerod");
+    let library = rpc
+        .contiguous_scannable_blocks(1..=usize::try_from(tip).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(fast.len(), library.len());
+    let with_payments = fast.iter().filter(|b| !b.transactions.is_empty()).count();
+    assert!(with_payments >= 1, "the payments were mined");
+    for (a, b) in fast.iter().zip(&library) {
+        assert_eq!(a.block.hash(), b.block.hash());
+        assert_eq!(
+            a.output_index_for_first_ringct_output,
+            b.output_index_for_first_ringct_output,
+            "block {}",
+            a.block.number()
+        );
+        assert!(
+            a.transactions == b.transactions,
+            "block {}",
+            a.block.number()
+        );
+    }
+    // A range past the tip is an error, not a short answer.
+    assert!(
+        processor::monero::blocks_bin::fetch(&rpc, tip..=tip + 5)
+            .await
+            .is_err()
+    );
+}
