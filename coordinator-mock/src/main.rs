@@ -48,26 +48,10 @@ fn main() -> ExitCode {
         println!("{config:#?}");
         return ExitCode::SUCCESS;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    // On the runtime (the OTLP exporter's channel lives there), dropped
-    // before it so the last spans are flushed.
-    let telemetry = {
-        let _on_runtime = runtime.enter();
-        processor::telemetry::init(
-            &config.log.filter,
-            config.log.json,
-            "coordinator-mock",
-            &config.node_id,
-        )
+    let Some((runtime, telemetry)) =
+        processor::run::start_runtime(&config.log, "coordinator-mock", &config.node_id)
+    else {
+        return ExitCode::FAILURE;
     };
     let result = runtime.block_on(async move {
         let shutdown = CancellationToken::new();

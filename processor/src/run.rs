@@ -339,26 +339,9 @@ pub fn main(config_path: &std::path::Path) -> std::process::ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    // Made on the runtime (the exporter's channel lives there) and dropped
-    // before it, so the last spans are flushed.
-    let telemetry = {
-        let _on_runtime = runtime.enter();
-        crate::telemetry::init(
-            &config.log.filter,
-            config.log.json,
-            "processor",
-            &config.node_id,
-        )
+    let Some((runtime, telemetry)) = start_runtime(&config.log, "processor", &config.node_id)
+    else {
+        return ExitCode::FAILURE;
     };
     let result = runtime.block_on(async move {
         let _failpoints = failpoints();
@@ -375,6 +358,35 @@ pub fn main(config_path: &std::path::Path) -> std::process::ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The multi-threaded runtime and, made on it, logging and trace export as
+/// `service` (see [`crate::telemetry::init`]). Drop the [`Telemetry`] before
+/// the runtime so the last spans are flushed. `None` (after saying why on
+/// stderr) when the runtime cannot start.
+///
+/// [`Telemetry`]: crate::telemetry::Telemetry
+pub fn start_runtime(
+    log: &crate::config::LogConfig,
+    service: &str,
+    instance: &str,
+) -> Option<(tokio::runtime::Runtime, crate::telemetry::Telemetry)> {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return None;
+        }
+    };
+    // The exporter's gRPC channel lives on the runtime.
+    let telemetry = {
+        let _on_runtime = runtime.enter();
+        crate::telemetry::init(&log.filter, log.json, service, instance)
+    };
+    Some((runtime, telemetry))
 }
 
 /// Fault injection for crash tests: only when `FAILPOINTS` is set.
