@@ -18,7 +18,10 @@ use proto::coordinator_v1::{
 use proto::processor_v1::{DepositAddress, DepositAddressRequest};
 use tonic::{Request, Response, Status};
 
+use processor::amount::Amount;
+
 use crate::coordinator::{Coordinator, CoordinatorError};
+use crate::payouts::BurnError;
 use crate::settlement;
 
 /// Serves `CoordinatorAdmin`.
@@ -155,9 +158,8 @@ impl CoordinatorAdmin for Admin {
         request: Request<SubmitBurnRequest>,
     ) -> Result<Response<SubmitBurnResponse>, Status> {
         let r = request.into_inner();
-        if r.monero_address.is_empty() {
-            return Err(Status::invalid_argument("monero_address is required"));
-        }
+        // Checked before anything is stored: a bad address or amount is the
+        // caller's to fix now, not a rejection processors report later.
         let burn_id = crate::payouts::submit_burn(
             &self.coordinator.pool,
             &r.burn_id,
@@ -166,10 +168,9 @@ impl CoordinatorAdmin for Admin {
         )
         .await
         .map_err(|e| match e {
-            sqlx::Error::Database(d) if d.is_unique_violation() => {
-                Status::already_exists(format!("burn {:?} was submitted before", r.burn_id))
-            }
-            other => Status::from(CoordinatorError::from(other)),
+            BurnError::Invalid(why) => Status::invalid_argument(why),
+            BurnError::Duplicate(_) => Status::already_exists(e.to_string()),
+            BurnError::Storage(e) => Status::from(CoordinatorError::from(e)),
         })?;
         Ok(Response::new(SubmitBurnResponse { burn_id }))
     }
@@ -282,17 +283,22 @@ impl CoordinatorAdmin for Admin {
                 let decoded =
                     <proto::processor_v1::Batch as prost::Message>::decode(encoded.as_slice())
                         .unwrap_or_default();
-                BatchView {
+                let total = Amount::sum(
+                    &format!("the total of batch {id}"),
+                    decoded.instructions.iter().map(|i| i.amount),
+                )
+                .map_err(|e| Status::failed_precondition(e.to_string()))?;
+                Ok(BatchView {
                     id: u64::try_from(id).unwrap_or(0),
                     session: u64::try_from(session).unwrap_or(0),
                     block_height: u64::try_from(height).unwrap_or(0),
                     deposits: u32::try_from(decoded.instructions.len()).unwrap_or(u32::MAX),
-                    total: decoded.instructions.iter().map(|i| i.amount).sum(),
+                    total: total.piconero(),
                     status,
                     settlement_block: block.unwrap_or(-1),
-                }
+                })
             })
-            .collect();
+            .collect::<Result<_, Status>>()?;
         Ok(Response::new(BatchList { batches }))
     }
 }

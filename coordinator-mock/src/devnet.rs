@@ -947,7 +947,8 @@ peer_timeout = "5s"
     ];
     for (i, (amount, (address, _))) in burns.iter().enumerate() {
         crate::payouts::submit_burn(&pool, &format!("devnet-burn-{}", i + 1), address, *amount)
-            .await?;
+            .await
+            .map_err(|e| failed(format!("submitting a burn: {e}")))?;
     }
     let burned: u64 = burns.iter().map(|b| b.0).sum();
     progress.step(&format!(

@@ -13,7 +13,9 @@ use proto::processor_v1::{
 use sqlx::{PgConnection, PgPool, Row};
 use tracing::{info, warn};
 
+use processor::amount::Amount;
 use processor::link::{self, HandleError, OutMessage};
+use processor::scheduler::plan;
 
 use crate::signing::{Procedure, finish, links};
 
@@ -187,15 +189,65 @@ pub async fn burn_rejected(
     Ok(())
 }
 
-/// Queues a burn for the next settlement block. Processors validate it.
+/// Why the coordinator refuses to queue a burn.
+#[derive(Debug, thiserror::Error)]
+pub enum BurnError {
+    /// The address or amount is not payable; the message names the field,
+    /// the value and what to give instead.
+    #[error("{0}")]
+    Invalid(String),
+    /// A burn with this id is already queued or paid.
+    #[error(
+        "burn {0:?} was submitted before: give a new burn_id, or leave it empty to have one assigned"
+    )]
+    Duplicate(String),
+    /// Postgres.
+    #[error(transparent)]
+    Storage(sqlx::Error),
+}
+
+/// Checks a burn as a caller submits it, before anything is stored: the
+/// address must be one the processors pay (network included) and the amount
+/// at least 1 piconero and at most [`MAX_BURN`](processor::amount::MAX_BURN).
+/// Refused, never clamped.
+pub fn check_burn(address: &str, amount: u64) -> Result<Amount, BurnError> {
+    plan::check_burn_address(address).map_err(BurnError::Invalid)?;
+    Amount::for_burn(amount).map_err(|e| BurnError::Invalid(e.to_string()))
+}
+
+/// Queues a burn for the next settlement block, after [`check_burn`].
+/// Processors check it again as they take the block in.
 pub async fn submit_burn(
     pool: &PgPool,
     burn_id: &str,
     address: &str,
     amount: u64,
+) -> Result<String, BurnError> {
+    let amount = check_burn(address, amount)?;
+    let amount = i64::try_from(amount.piconero()).map_err(|_| {
+        // check_burn bounds the amount by i64::MAX.
+        BurnError::Invalid(format!("amount {amount} does not fit BIGINT"))
+    })?;
+    store_burn_unchecked(pool, burn_id, address, amount)
+        .await
+        .map_err(|e| match e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => {
+                BurnError::Duplicate(burn_id.to_owned())
+            }
+            other => BurnError::Storage(other),
+        })
+}
+
+/// Queues a burn as given, unchecked: only for tests that need a burn the
+/// coordinator's edge refuses, to see the processors reject it too.
+#[doc(hidden)]
+pub async fn store_burn_unchecked(
+    pool: &PgPool,
+    burn_id: &str,
+    address: &str,
+    amount: i64,
 ) -> Result<String, sqlx::Error> {
-    let amount = i64::try_from(amount).unwrap_or(i64::MAX);
-    let id: String = if burn_id.is_empty() {
+    if burn_id.is_empty() {
         sqlx::query_scalar(
             "INSERT INTO burns (burn_id, monero_address, amount)
              VALUES ('burn-' || currval(pg_get_serial_sequence('burns', 'seq'))::text, $1, $2)
@@ -204,7 +256,7 @@ pub async fn submit_burn(
         .bind(address)
         .bind(amount)
         .fetch_one(pool)
-        .await?
+        .await
     } else {
         sqlx::query_scalar(
             "INSERT INTO burns (burn_id, monero_address, amount) VALUES ($1, $2, $3) RETURNING burn_id",
@@ -213,9 +265,8 @@ pub async fn submit_burn(
         .bind(address)
         .bind(amount)
         .fetch_one(pool)
-        .await?
-    };
-    Ok(id)
+        .await
+    }
 }
 
 /// Burns not yet in a settlement block: assigns them to block `number`.

@@ -10,7 +10,7 @@ use tower::Layer;
 use tracing::{info, warn};
 
 use processor::db::DbError;
-use processor::server::{AdminGuardLayer, reflection, trace_call};
+use processor::server::{AdminGuardLayer, reflection_of, trace_call};
 
 use crate::admin::Admin;
 use crate::config::Config;
@@ -90,7 +90,11 @@ pub async fn serve(
         })?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<CoordinatorAdminServer<Admin>>().await;
-    let (reflection_v1, reflection_v1alpha) = reflection()?;
+    // Reflection lists only what this port answers: the admin API and health.
+    let (reflection_v1, reflection_v1alpha) = reflection_of(&[
+        proto::coordinator_v1::coordinator_admin_server::SERVICE_NAME,
+        tonic_health::pb::health_server::SERVICE_NAME,
+    ])?;
     let guard = AdminGuardLayer::new(config.admin.concurrency_limit, config.admin.request_timeout);
     let admin = guard.layer(CoordinatorAdminServer::new(Admin::new(coordinator.clone())));
     info!(addr = %config.listen, "serving the admin API, health and reflection");

@@ -14,9 +14,11 @@ use proto::processor_v1::{BurnEntry, GetScheduleRequest, PlanEntry, Schedule, Wi
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
+use crate::amount::Amount;
 use crate::error::ServiceError;
 use crate::inbound::CoordinatorHandler;
 use crate::link::{Link, ProcessorSide, db as link_db};
+use crate::scheduler::db::ScheduleError;
 use crate::{accounts, batch, keygen, scanner, settlement};
 
 /// The processor's link type.
@@ -315,12 +317,17 @@ impl ProcessorAdmin for Admin {
                             b.id
                         ))
                     })?;
+            let total = Amount::sum(
+                &format!("the total of batch {}", b.id),
+                decoded.instructions.iter().map(|i| i.amount),
+            )
+            .map_err(|e| ServiceError::FailedPrecondition(e.to_string()))?;
             batches.push(BatchEntry {
                 id: b.id,
                 session: b.session,
                 block_height: b.block_height,
                 instructions: u32::try_from(decoded.instructions.len()).unwrap_or(u32::MAX),
-                total: decoded.instructions.iter().map(|i| i.amount).sum(),
+                total: total.piconero(),
                 status: b.status,
                 signature: b.signature.map(hex::encode).unwrap_or_default(),
             });
@@ -338,7 +345,10 @@ impl ProcessorAdmin for Admin {
         };
         let view = crate::scheduler::db::schedule(&self.pool, limit)
             .await
-            .map_err(ServiceError::from)?;
+            .map_err(|e| match e {
+                ScheduleError::Storage(e) => ServiceError::Storage(e),
+                ScheduleError::Amount(e) => ServiceError::FailedPrecondition(e.to_string()),
+            })?;
         let hex_or_empty = |v: Option<Vec<u8>>| v.map(hex::encode).unwrap_or_default();
         Ok(Response::new(Schedule {
             burns: view
@@ -384,8 +394,8 @@ impl ProcessorAdmin for Admin {
                     },
                 )
                 .collect(),
-            spendable: view.spendable,
-            reserved: view.reserved,
+            spendable: view.spendable.piconero(),
+            reserved: view.reserved.piconero(),
         }))
     }
 }

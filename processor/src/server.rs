@@ -1,6 +1,7 @@
 //! gRPC plumbing shared by the processor and the coordinator-mock: the tower
 //! layer guarding admin services, reflection (v1 and v1alpha, for grpcurl
-//! 1.8) and the standard health service.
+//! 1.8) listing only the services each server answers, and the standard
+//! health service.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -99,7 +100,25 @@ where
     }
 }
 
-/// Reflection services (v1 and v1alpha) describing the contract and health.
+/// The reflection services' own names (both are served, for grpcurl old
+/// and new).
+pub const REFLECTION_SERVICES: [&str; 2] = [
+    tonic_reflection::pb::v1::server_reflection_server::SERVICE_NAME,
+    tonic_reflection::pb::v1alpha::server_reflection_server::SERVICE_NAME,
+];
+
+/// What the processor serves on its port, as its reflection lists it
+/// (besides reflection itself): the link, the admin API and health. The
+/// descriptor set also holds `coordinator.v1`, which the processor does not
+/// serve, so it is not listed.
+pub const PROCESSOR_SERVICES: [&str; 3] = [
+    proto::processor_v1::processor_server::SERVICE_NAME,
+    proto::processor_v1::processor_admin_server::SERVICE_NAME,
+    tonic_health::pb::health_server::SERVICE_NAME,
+];
+
+/// The processor's reflection services (v1 and v1alpha): they list exactly
+/// [`PROCESSOR_SERVICES`] and reflection.
 pub fn reflection() -> Result<
     (
         tonic_reflection::server::v1::ServerReflectionServer<
@@ -111,15 +130,40 @@ pub fn reflection() -> Result<
     ),
     tonic_reflection::server::Error,
 > {
-    let v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
-    Ok((v1, v1alpha))
+    reflection_of(&PROCESSOR_SERVICES)
+}
+
+/// Reflection services (v1 and v1alpha) describing the contract and health,
+/// listing only `served` and the reflection services: a server lists what
+/// it answers, never a service it would answer with `Unimplemented`.
+pub fn reflection_of(
+    served: &[&str],
+) -> Result<
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
+    tonic_reflection::server::Error,
+> {
+    let configure = || {
+        let mut builder = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // Both reflection versions are served, so both are described.
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            );
+        for name in served.iter().chain(&REFLECTION_SERVICES) {
+            builder = builder.with_service_name(*name);
+        }
+        builder
+    };
+    Ok((configure().build_v1()?, configure().build_v1alpha()?))
 }
 
 /// A span per gRPC call.

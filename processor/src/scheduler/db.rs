@@ -3,6 +3,7 @@
 
 use sqlx::{PgConnection, PgExecutor, PgPool, Row};
 
+use crate::amount::{Amount, AmountError};
 use crate::link::db::{to_i64, to_u64};
 
 /// The active key as the scheduler needs it.
@@ -633,9 +634,9 @@ pub struct ScheduleView {
     /// Windows.
     pub windows: Vec<WindowRow>,
     /// Spendable balance.
-    pub spendable: u64,
+    pub spendable: Amount,
     /// Reserved balance.
-    pub reserved: u64,
+    pub reserved: Amount,
 }
 
 /// One plan for the admin API.
@@ -664,7 +665,7 @@ pub struct PlanView {
 }
 
 /// The schedule, newest first.
-pub async fn schedule(pool: &PgPool, limit: u32) -> Result<ScheduleView, sqlx::Error> {
+pub async fn schedule(pool: &PgPool, limit: u32) -> Result<ScheduleView, ScheduleError> {
     let limit = i64::from(limit);
     let burns = sqlx::query(
         "SELECT burn_id, monero_address, amount, status, plan_id, reason FROM burns ORDER BY seq DESC LIMIT $1",
@@ -707,21 +708,41 @@ pub async fn schedule(pool: &PgPool, limit: u32) -> Result<ScheduleView, sqlx::E
     .into_iter()
     .map(|r| (to_u64(r.get(0)), to_u64(r.get(1)), u16_of(r.get(2)), r.get(3), r.get(4)))
     .collect();
-    let spendable: i64 = sqlx::query_scalar(
-        "SELECT COALESCE(sum(amount), 0)::bigint FROM outputs WHERE status = 'included'",
-    )
-    .fetch_one(pool)
-    .await?;
-    let reserved: i64 = sqlx::query_scalar(
-        "SELECT COALESCE(sum(amount), 0)::bigint FROM outputs WHERE status = 'reserved'",
-    )
-    .fetch_one(pool)
-    .await?;
     Ok(ScheduleView {
         burns,
         plans,
         windows,
-        spendable: to_u64(spendable),
-        reserved: to_u64(reserved),
+        spendable: balance(pool, "included", "the spendable balance").await?,
+        reserved: balance(pool, "reserved", "the reserved balance").await?,
     })
+}
+
+/// The sum of the outputs in `status`. Postgres sums `BIGINT` exactly (as
+/// `NUMERIC`); a total above 64 bits is an [`AmountError`], not a wrapped
+/// or clamped number.
+async fn balance(pool: &PgPool, status: &str, what: &str) -> Result<Amount, ScheduleError> {
+    let total: String =
+        sqlx::query_scalar("SELECT COALESCE(sum(amount), 0)::text FROM outputs WHERE status = $1")
+            .bind(status)
+            .fetch_one(pool)
+            .await?;
+    total
+        .parse::<u64>()
+        .map(Amount::from_piconero)
+        .map_err(|_| {
+            ScheduleError::Amount(AmountError::Overflow {
+                what: format!("{what} ({total} piconero)"),
+            })
+        })
+}
+
+/// Why the schedule cannot be shown.
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    /// Postgres.
+    #[error(transparent)]
+    Storage(#[from] sqlx::Error),
+    /// A balance does not fit 64 bits.
+    #[error(transparent)]
+    Amount(#[from] AmountError),
 }

@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, info, info_span, warn};
 
 use crate::accounts::view_pair;
+use crate::amount::Amount;
 use crate::keystore::Keystore;
 use crate::link::{self, HandleError, OutMessage, Outbox};
 use crate::monero::Daemon;
@@ -39,10 +40,11 @@ use crate::monero::Daemon;
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct SchedulerConfig {
-    /// A coordination window opens every this many finalized blocks. Every
-    /// processor of a key must use the same value.
-    #[serde(default = "default_window_blocks")]
-    pub window_blocks: u64,
+    /// Optional: the coordination window length this operator expects. The
+    /// key fixes it for every processor alike; if this is set and differs,
+    /// scanning refuses to start and says which value the key fixes.
+    #[serde(default)]
+    pub window_blocks: Option<u64>,
     /// How often a signed transaction is published again until it is seen
     /// in a finalized block.
     #[serde(with = "humantime_serde", default = "default_republish")]
@@ -57,9 +59,6 @@ pub struct SchedulerConfig {
     pub input_patience_blocks: u64,
 }
 
-fn default_window_blocks() -> u64 {
-    5
-}
 fn default_republish() -> Duration {
     Duration::from_secs(10)
 }
@@ -73,7 +72,7 @@ fn default_input_patience() -> u64 {
 impl Default for SchedulerConfig {
     fn default() -> Self {
         Self {
-            window_blocks: default_window_blocks(),
+            window_blocks: None,
             republish_interval: default_republish(),
             fee_tolerance_percent: default_fee_tolerance(),
             input_patience_blocks: default_input_patience(),
@@ -84,7 +83,7 @@ impl Default for SchedulerConfig {
 impl SchedulerConfig {
     /// Checks values; the error names the field.
     pub fn validate(&self) -> Result<(), String> {
-        if self.window_blocks == 0 {
+        if self.window_blocks == Some(0) {
             return Err("scheduler.window_blocks must be at least 1".into());
         }
         if self.republish_interval.is_zero() {
@@ -172,8 +171,11 @@ pub async fn on_block(
     hash: &[u8; 32],
     block: Option<&BlockTransactions>,
 ) -> Result<(), HandleError> {
-    if height.is_multiple_of(config.window_blocks) {
-        let window = height / config.window_blocks;
+    // The scanner passes the key's window length; a config without one
+    // never reaches here.
+    let window_blocks = config.window_blocks.unwrap_or(u64::MAX).max(1);
+    if height.is_multiple_of(window_blocks) {
+        let window = height / window_blocks;
         let leader = plan::leader(&key.group_key, hash, key.n);
         let outcome = if leader == key.own_index {
             "open"
@@ -441,8 +443,10 @@ async fn lead(
     spendable.sort_by_key(|o| std::cmp::Reverse(o.amount));
     let mut payments = Vec::new();
     let mut chosen_burns = Vec::new();
-    let balance: u64 = spendable.iter().map(|o| o.amount).sum();
-    let mut committed = 0u64;
+    let balance = Amount::sum("the spendable balance", spendable.iter().map(|o| o.amount))
+        .map_err(|e| PassError::Handle(e.to_string()))?;
+    let margin = fee_margin(fee_rate, spendable.len());
+    let mut committed = Amount::ZERO;
     for burn in burns {
         if chosen_burns.len() + 1 >= plan::MAX_OUTPUTS {
             break;
@@ -450,11 +454,18 @@ async fn lead(
         let Ok(address) = plan::parse_address(&burn.address) else {
             continue;
         };
-        // Keep a margin for the fee; what does not fit waits for more funds.
-        if committed + burn.amount + fee_margin(fee_rate, spendable.len()) > balance {
+        // Keep a margin for the fee; what does not fit waits for more funds
+        // (a sum above 64 bits certainly does not fit).
+        let Some(with_burn) = committed.checked_add(Amount::from_piconero(burn.amount)) else {
+            continue;
+        };
+        if with_burn
+            .checked_add(margin)
+            .is_none_or(|need| need > balance)
+        {
             continue;
         }
-        committed += burn.amount;
+        committed = with_burn;
         payments.push((address, burn.amount));
         chosen_burns.push(burn.burn_id);
     }
@@ -479,8 +490,15 @@ async fn lead(
     let mut inputs = Vec::new();
     let mut used = 0;
     let signable = loop {
-        let have: u64 = spendable[..used].iter().map(|o| o.amount).sum();
-        let short = inputs.is_empty() || have < committed + fee_margin(fee_rate, used);
+        let have = Amount::sum(
+            "the inputs chosen",
+            spendable[..used].iter().map(|o| o.amount),
+        )
+        .map_err(|e| PassError::Handle(e.to_string()))?;
+        let short = inputs.is_empty()
+            || committed
+                .checked_add(fee_margin(fee_rate, used))
+                .is_none_or(|need| have < need);
         if !short {
             match plan::build(
                 &key.group_key,
@@ -573,9 +591,13 @@ async fn lead(
 
 /// A conservative fee for a transaction with `inputs` inputs and the
 /// maximum outputs, to decide which burns fit.
-fn fee_margin(fee_rate: FeeRate, inputs: usize) -> u64 {
-    let weight = 3_000 + 1_500 * u64::try_from(inputs).unwrap_or(u64::MAX / 4_000);
-    fee_rate.per_weight().saturating_mul(weight)
+/// (Saturating: a margin too large for 64 bits is one no balance covers.)
+fn fee_margin(fee_rate: FeeRate, inputs: usize) -> Amount {
+    let weight = u64::try_from(inputs)
+        .unwrap_or(u64::MAX)
+        .saturating_mul(1_500)
+        .saturating_add(3_000);
+    Amount::from_piconero(fee_rate.per_weight().saturating_mul(weight))
 }
 
 /// Checks a proposal from another leader, then signs or refuses it.
@@ -766,11 +788,19 @@ async fn verify(
             None => return Ok(Verdict::Refuse(format!("burn {burn_id} is unknown"))),
         }
     }
+    if let Err(e) = Amount::sum(
+        "the named burns",
+        payments.iter().map(|(_, amount)| *amount),
+    ) {
+        return Ok(Verdict::Refuse(e.to_string()));
+    }
     // Fee: within the tolerance of our own estimate.
     let theirs = u128::from(leader_tx.fee_rate().per_weight());
     let ours = u128::from(own_fee_rate.per_weight());
     let tolerance = u128::from(context.config.fee_tolerance_percent);
-    if theirs * 100 > ours * (100 + tolerance) || theirs * (100 + tolerance) < ours * 100 {
+    // Products of u64 values in u128: only an absurd tolerance saturates.
+    let scale = 100u128.saturating_add(tolerance);
+    if theirs * 100 > ours.saturating_mul(scale) || theirs.saturating_mul(scale) < ours * 100 {
         return Ok(Verdict::Refuse(format!(
             "fee rate {theirs} per weight is outside {tolerance}% of this processor's estimate {ours}"
         )));

@@ -60,9 +60,36 @@ pub fn outgoing_view_key(group_key: &[u8; 32], inputs: &[OutputWithDecoys]) -> Z
     key
 }
 
+/// The network burns are paid on. The processors derive mainnet addresses
+/// and pay mainnet-prefixed ones, on regtest too.
+pub const BURN_NETWORK: Network = Network::Mainnet;
+
 /// Parses a burn's destination (regtest uses mainnet prefixes).
 pub fn parse_address(address: &str) -> Result<MoneroAddress, String> {
-    MoneroAddress::from_str(Network::Mainnet, address).map_err(|e| format!("invalid address: {e}"))
+    MoneroAddress::from_str(BURN_NETWORK, address).map_err(|e| format!("invalid address: {e}"))
+}
+
+/// Checks a burn's destination where a caller submits it (the coordinator's
+/// `SubmitBurn`), exactly as [`parse_address`] will take it, with a message
+/// naming the field, the value and what to give instead.
+pub fn check_burn_address(address: &str) -> Result<MoneroAddress, String> {
+    use monero_wallet::address::AddressError;
+    if address.is_empty() {
+        return Err(format!(
+            "monero_address is required: give the {BURN_NETWORK:?} Monero address to pay"
+        ));
+    }
+    MoneroAddress::from_str(BURN_NETWORK, address).map_err(|e| match e {
+        AddressError::DifferentNetwork { actual, expected } => format!(
+            "monero_address {address:?} is a {actual:?} address, but burns are paid on \
+             {expected:?} (the processors use {expected:?} prefixes, on regtest too): \
+             give a {expected:?} address"
+        ),
+        other => format!(
+            "monero_address {address:?} is not a Monero address ({other}): give a \
+             {BURN_NETWORK:?} standard, subaddress or integrated address"
+        ),
+    })
 }
 
 /// Builds the transaction paying `payments` from `inputs`, change to the
@@ -178,6 +205,32 @@ mod tests {
         assert_eq!(bytes, &[0xff]);
         let mut truncated: &[u8] = &[0x80];
         assert!(read_varint(&mut truncated).is_err());
+    }
+
+    #[test]
+    fn burn_addresses_are_checked_with_the_network() {
+        // Monero's donation address (mainnet).
+        let mainnet = "44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft3XjrpDtQGv7SqSsaBYBb98uNbr2VBBEt7f2wfn3RVGQBEP3A";
+        let parsed = check_burn_address(mainnet).expect("a mainnet address is payable");
+        assert!(parse_address(mainnet).is_ok());
+        let testnet = MoneroAddress::new(
+            Network::Testnet,
+            *parsed.kind(),
+            parsed.spend(),
+            parsed.view(),
+        )
+        .to_string();
+        let err = check_burn_address(&testnet).expect_err("a testnet address is refused");
+        assert!(
+            err.contains("Testnet address") && err.contains("give a Mainnet address"),
+            "{err}"
+        );
+        let err = check_burn_address("notanaddress").expect_err("garbage is refused");
+        assert!(
+            err.contains("\"notanaddress\" is not a Monero address"),
+            "{err}"
+        );
+        assert!(check_burn_address("").is_err());
     }
 
     #[test]
