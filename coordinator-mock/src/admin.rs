@@ -146,10 +146,11 @@ impl CoordinatorAdmin for Admin {
         request: Request<RegisterAccountRequest>,
     ) -> Result<Response<RegisterAccountResponse>, Status> {
         let account = request.into_inner().account;
-        let newly_registered = self.coordinator.register_account(account).await?;
+        let (newly_registered, active_from) = self.coordinator.register_account(account).await?;
         Ok(Response::new(RegisterAccountResponse {
             account,
             newly_registered,
+            active_from,
         }))
     }
 

@@ -122,9 +122,25 @@ impl Default for ReconnectConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct SettlementConfig {
     /// Produce a settlement block this often (absent: only on request through
-    /// the admin API).
+    /// the admin API, and when a registration or a key's activation waits).
     #[serde(with = "humantime_serde")]
     pub block_interval: Option<Duration>,
+    /// monerod's RPC URL: each settlement block carries a Monero horizon
+    /// (this daemon's tip less `keygen.confirmations`), and processors scan
+    /// no further than it. Absent: the horizon stays at 0 and processors
+    /// scan nothing (for tests that need no Monero).
+    pub monero_daemon_url: Option<String>,
+}
+
+/// Parameters every key this coordinator generates fixes for its
+/// processors (sent in `KeyGenStart`): what they report is derived from
+/// these, never from a processor's own config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainParams {
+    /// A Monero block is final once this many blocks are on top of it.
+    pub confirmations: u64,
+    /// A coordination window opens every this many finalized blocks.
+    pub window_blocks: u64,
 }
 
 /// How key generations run.
@@ -138,6 +154,22 @@ pub struct KeygenConfig {
     /// If set, start session 0 with this threshold among every configured
     /// processor as soon as all have announced their identity keys.
     pub auto_start_threshold: Option<u32>,
+    /// Fixed with each new key: a Monero block is final once this many
+    /// blocks are on top of it.
+    pub confirmations: u64,
+    /// Fixed with each new key: a coordination window opens every this
+    /// many finalized blocks.
+    pub window_blocks: u64,
+}
+
+impl KeygenConfig {
+    /// The parameters a new key fixes.
+    pub fn chain(&self) -> ChainParams {
+        ChainParams {
+            confirmations: self.confirmations,
+            window_blocks: self.window_blocks,
+        }
+    }
 }
 
 impl Default for KeygenConfig {
@@ -145,6 +177,8 @@ impl Default for KeygenConfig {
         Self {
             round_timeout: Duration::from_secs(60),
             auto_start_threshold: None,
+            confirmations: 10,
+            window_blocks: 5,
         }
     }
 }
@@ -276,6 +310,19 @@ impl Config {
         }
         if self.reconnect.connect_timeout.is_zero() {
             return invalid("reconnect.connect_timeout must be more than 0".into());
+        }
+        if self.keygen.confirmations == 0 {
+            return invalid("keygen.confirmations must be at least 1".into());
+        }
+        if self.keygen.window_blocks == 0 {
+            return invalid("keygen.window_blocks must be at least 1".into());
+        }
+        if let Some(url) = &self.settlement.monero_daemon_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return invalid(format!(
+                "settlement.monero_daemon_url must start with http:// or https://, got {url:?}"
+            ));
         }
         if self.settlement.block_interval.is_some_and(|d| d.is_zero()) {
             return invalid("settlement.block_interval must be more than 0".into());

@@ -119,6 +119,10 @@ pub struct Coordinator {
     pub node_id: String,
     /// The processors, in configuration order.
     pub peers: Vec<Peer>,
+    /// What each new key fixes for its processors.
+    pub chain: crate::config::ChainParams,
+    /// Where the Monero horizon of settlement blocks comes from.
+    pub daemon: Option<Arc<processor::monero::Daemon>>,
     _lock: InstanceLock,
 }
 
@@ -167,6 +171,12 @@ impl Coordinator {
             pool,
             node_id: config.node_id.clone(),
             peers,
+            chain: config.keygen.chain(),
+            daemon: config
+                .settlement
+                .monero_daemon_url
+                .clone()
+                .map(|url| Arc::new(processor::monero::Daemon::new(url))),
             _lock: lock,
         });
         tokio::spawn(keygen_timer(
@@ -175,6 +185,13 @@ impl Coordinator {
             config.signing.round_timeout,
             shutdown.clone(),
         ));
+        if let Some(interval) = config.settlement.block_interval {
+            tokio::spawn(produce_blocks(
+                coordinator.clone(),
+                interval,
+                shutdown.clone(),
+            ));
+        }
         for peer in &coordinator.peers {
             let span = info_span!("dialer", processor = %peer.endpoint.name);
             tokio::spawn(
@@ -193,14 +210,31 @@ impl Coordinator {
             .ok_or_else(|| CoordinatorError::UnknownProcessor(name.to_owned()))
     }
 
+    /// The Monero horizon this coordinator sees now: its daemon's tip less
+    /// the confirmation depth (0 without a daemon; the last block's horizon
+    /// when the daemon cannot be reached, so the chain never waits on it).
+    pub async fn monero_horizon(&self) -> u64 {
+        let Some(daemon) = &self.daemon else { return 0 };
+        match daemon.tip().await {
+            Ok(tip) => tip.saturating_sub(self.chain.confirmations),
+            Err(e) => {
+                warn!("the Monero horizon does not advance: {e}");
+                0
+            }
+        }
+    }
+
     /// Produces the next settlement block and sends it to every processor.
     pub async fn emit_settlement_block(&self) -> Result<u64, CoordinatorError> {
+        Ok(self.emit().await?.number)
+    }
+
+    async fn emit(&self) -> Result<settlement::Emitted, CoordinatorError> {
         let links: Vec<String> = self.peers.iter().map(|p| p.endpoint.name.clone()).collect();
-        let number = settlement::emit_block(&self.pool, &links).await?;
-        for peer in &self.peers {
-            peer.link.outbox().wake();
-        }
-        Ok(number)
+        let horizon = self.monero_horizon().await;
+        let emitted = settlement::emit_block(&self.pool, &links, horizon).await?;
+        self.wake_all();
+        Ok(emitted)
     }
 
     /// Starts a key generation among `processors` (names; empty: all, in
@@ -218,16 +252,17 @@ impl Coordinator {
             }
             processors.to_vec()
         };
-        let session = crate::keygen::start(&self.pool, threshold, &names).await?;
+        let session = crate::keygen::start(&self.pool, threshold, &names, &self.chain).await?;
         for peer in &self.peers {
             peer.link.outbox().wake();
         }
         Ok(session)
     }
 
-    /// Registers a deposit account with every processor. Returns false if it
-    /// was registered before (nothing is sent twice).
-    pub async fn register_account(&self, account: u32) -> Result<bool, CoordinatorError> {
+    /// Registers a deposit account with every processor, in the next
+    /// settlement block (produced now), which fixes the Monero block it is
+    /// credited from. Returns whether it is new, and that block.
+    pub async fn register_account(&self, account: u32) -> Result<(bool, u64), CoordinatorError> {
         let stored = i32::try_from(account)
             .ok()
             .filter(|&a| a >= 1)
@@ -236,32 +271,29 @@ impl Coordinator {
                     "account {account} cannot be registered: accounts start at 1 (0 is the processors' own)"
                 ))
             })?;
-        let mut tx = self.pool.begin().await?;
         let inserted =
             sqlx::query("INSERT INTO accounts (account) VALUES ($1) ON CONFLICT DO NOTHING")
                 .bind(stored)
-                .execute(&mut *tx)
+                .execute(&self.pool)
                 .await?
                 .rows_affected()
                 == 1;
-        let message = CoordinatorMessage {
-            kind: Some(coordinator_message::Kind::RegisterAccount(
-                proto::processor_v1::RegisterAccount { account },
-            )),
-        };
-        let out = [OutMessage {
-            uid: format!("register-account/{account}"),
-            kind: "register_account",
-            payload: message.encode_to_vec(),
-        }];
-        let mut links: Vec<&str> = self.peers.iter().map(|p| p.link.link_id()).collect();
-        links.sort_unstable();
-        for link_id in links {
-            link::enqueue(&mut tx, link_id, &out).await?;
+        if inserted {
+            self.emit().await?;
         }
-        tx.commit().await?;
-        self.wake_all();
-        Ok(inserted)
+        let active_from: Option<i64> =
+            sqlx::query_scalar("SELECT active_from FROM accounts WHERE account = $1")
+                .bind(stored)
+                .fetch_one(&self.pool)
+                .await?;
+        let active_from = active_from
+            .and_then(|a| u64::try_from(a).ok())
+            .ok_or_else(|| {
+                CoordinatorError::FailedPrecondition(format!(
+                    "account {account} waits for the next settlement block; ask again shortly"
+                ))
+            })?;
+        Ok((inserted, active_from))
     }
 
     /// Wakes every link's pump (after a commit that enqueued to several).
@@ -324,6 +356,17 @@ async fn keygen_timer(
         if let Err(e) = crate::keygen::expire(&coordinator.pool, config.round_timeout).await {
             warn!("checking key generation timeouts failed: {e}");
         }
+        // A confirmed key or a registration takes effect with the next
+        // settlement block: produce it now rather than at the next interval.
+        match settlement::pending(&coordinator.pool).await {
+            Ok(true) => {
+                if let Err(e) = coordinator.emit().await {
+                    warn!("producing a settlement block for pending registrations failed: {e}");
+                }
+            }
+            Ok(false) => {}
+            Err(e) => warn!("checking pending registrations failed: {e}"),
+        }
         match crate::signing::reattempt_stalled(&coordinator.pool, signing_timeout).await {
             Ok(0) => {}
             Ok(_) => coordinator.wake_all(),
@@ -348,6 +391,31 @@ async fn keygen_timer(
                 }
                 Err(e) => warn!("automatic key generation failed to start: {e}"),
             }
+        }
+    }
+}
+
+/// Produces a settlement block every `interval`: the chain's clock, which
+/// also moves the Monero horizon processors scan up to.
+async fn produce_blocks(
+    coordinator: Arc<Coordinator>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match coordinator.emit().await {
+            Ok(block) => tracing::debug!(
+                number = block.number,
+                monero_horizon = block.monero_horizon,
+                "settlement block produced and sent to every processor"
+            ),
+            Err(e) => warn!("producing a settlement block failed: {e}"),
         }
     }
 }

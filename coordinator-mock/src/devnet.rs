@@ -567,10 +567,8 @@ insecure = true
 kek_file = "{kek}"
 [monero]
 daemon_url = "http://127.0.0.1:{monerod}"
-confirmations = 4
 poll_interval = "250ms"
 [scheduler]
-window_blocks = 4
 republish_interval = "3s"
 [link]
 heartbeat_interval = "1s"
@@ -752,8 +750,12 @@ database_url = "{db}"
 insecure = true
 [keygen]
 round_timeout = "30s"
+# Fixed with the key for every processor: 4 confirmations, 4-block windows.
+confirmations = 4
+window_blocks = 4
 [settlement]
 block_interval = "1s"
+monero_daemon_url = "http://127.0.0.1:{monerod}"
 [signing]
 round_timeout = "10s"
 [link]
@@ -762,6 +764,7 @@ peer_timeout = "5s"
 "#,
         port = net.coordinator_port,
         db = db_url(&options.database_url, &names[n]),
+        monerod = net.monerod_port,
     ))
     .map_err(|e| failed(format!("coordinator config: {e}")))?;
     let coordinator = Coordinator::start(&config, net.shutdown.clone())

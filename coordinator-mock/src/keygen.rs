@@ -72,6 +72,7 @@ pub async fn start(
     pool: &PgPool,
     threshold: u32,
     processors: &[String],
+    chain: &crate::config::ChainParams,
 ) -> Result<u64, CoordinatorError> {
     let n = processors.len();
     if n < 2 {
@@ -121,10 +122,13 @@ pub async fn start(
             .await?;
     tracing::Span::current().record("session", session);
     sqlx::query(
-        "INSERT INTO keygen_sessions (session, threshold, status) VALUES ($1, $2, 'round1')",
+        "INSERT INTO keygen_sessions (session, threshold, status, confirmations, window_blocks)
+         VALUES ($1, $2, 'round1', $3, $4)",
     )
     .bind(session)
     .bind(i32::try_from(threshold).unwrap_or(i32::MAX))
+    .bind(i64::try_from(chain.confirmations).unwrap_or(i64::MAX))
+    .bind(i64::try_from(chain.window_blocks).unwrap_or(i64::MAX))
     .execute(&mut *tx)
     .await?;
     let participants: Vec<Participant> = processors
@@ -160,6 +164,8 @@ pub async fn start(
                     threshold,
                     own_index: u32::try_from(i + 1).unwrap_or(u32::MAX),
                     participants: participants.clone(),
+                    confirmations: chain.confirmations,
+                    window_blocks: chain.window_blocks,
                 }),
             )],
         )
@@ -468,24 +474,70 @@ pub async fn generated(
         .bind(&first.2)
         .execute(&mut *conn)
         .await?;
-    let message = Kind::KeyConfirmed(KeyConfirmed {
-        session: m.session,
-        group_key: group_key.clone(),
-    });
-    for (_, link_id) in participants(conn, s.session).await? {
-        link::enqueue(
-            conn,
-            &link_id,
-            &[out(
-                format!("keygen-confirmed/{}", s.session),
-                "key_confirmed",
-                message.clone(),
-            )],
-        )
-        .await?;
-    }
+    // KeyConfirmed leaves with the next settlement block, which fixes the
+    // Monero height the key is scanned from (see `activate`).
     info!(session = s.session, group_key = %hex_of(&group_key), address = first.2.as_deref().unwrap_or(""), "key confirmed by every participant");
     Ok(())
+}
+
+/// Gives every confirmed key still without one its activation height
+/// (`monero_horizon + 1` of the settlement block being produced) and sends
+/// `KeyConfirmed` to its participants, after that block on every link: no
+/// processor can have scanned the activation block before it learns of the
+/// key. Runs in the settlement block's transaction.
+pub async fn activate(conn: &mut PgConnection, monero_horizon: u64) -> Result<(), sqlx::Error> {
+    let activation = monero_horizon.saturating_add(1);
+    let rows = sqlx::query(
+        "UPDATE keygen_sessions SET activation_height = $1
+         WHERE status = 'confirmed' AND activation_height IS NULL
+         RETURNING session, group_key",
+    )
+    .bind(i64::try_from(activation).unwrap_or(i64::MAX))
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut confirmed: Vec<(i64, Vec<u8>)> = Vec::with_capacity(rows.len());
+    for r in rows {
+        confirmed.push((
+            r.try_get("session")?,
+            r.try_get::<Option<Vec<u8>>, _>("group_key")?
+                .unwrap_or_default(),
+        ));
+    }
+    confirmed.sort();
+    for (session, group_key) in confirmed {
+        let message = Kind::KeyConfirmed(KeyConfirmed {
+            session: u64::try_from(session).unwrap_or(0),
+            group_key,
+            activation_height: activation,
+        });
+        for (_, link_id) in participants(conn, session).await? {
+            link::enqueue(
+                conn,
+                &link_id,
+                &[out(
+                    format!("keygen-confirmed/{session}"),
+                    "key_confirmed",
+                    message.clone(),
+                )],
+            )
+            .await?;
+        }
+        info!(
+            session,
+            activation_height = activation,
+            "key confirmed to its participants, scanned from its activation height"
+        );
+    }
+    Ok(())
+}
+
+/// Whether a confirmed key waits for its activation height.
+pub async fn activation_pending(pool: &PgPool) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM keygen_sessions WHERE status = 'confirmed' AND activation_height IS NULL)",
+    )
+    .fetch_one(pool)
+    .await
 }
 
 /// `KeyGenBlame`: record it; the session fails.

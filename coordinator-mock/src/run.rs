@@ -75,13 +75,6 @@ pub async fn serve(
     config: &Config,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    if let Some(interval) = config.settlement.block_interval {
-        tokio::spawn(produce_blocks(
-            coordinator.clone(),
-            interval,
-            shutdown.clone(),
-        ));
-    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| RunError::Bind {
@@ -119,26 +112,4 @@ pub async fn serve(
     coordinator.pool.close().await;
     info!("stopped");
     Ok(())
-}
-
-async fn produce_blocks(
-    coordinator: Arc<Coordinator>,
-    interval: Duration,
-    shutdown: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        match coordinator.emit_settlement_block().await {
-            Ok(number) => info!(
-                number,
-                "settlement block produced and sent to every processor"
-            ),
-            Err(e) => warn!("producing a settlement block failed: {e}"),
-        }
-    }
 }

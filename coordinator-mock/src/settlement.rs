@@ -15,9 +15,27 @@ pub fn block_uid(number: u64) -> String {
     format!("settlement-block/{number}")
 }
 
+/// A settlement block as produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Emitted {
+    /// Its number.
+    pub number: u64,
+    /// Its Monero horizon.
+    pub monero_horizon: u64,
+}
+
 /// Produces the next settlement block and enqueues it to every link in
-/// `links` in one transaction. Returns its number.
-pub async fn emit_block(pool: &PgPool, links: &[String]) -> Result<u64, sqlx::Error> {
+/// `links` in one transaction: the batches included since the last block,
+/// the burns submitted, the accounts waiting for registration (credited from
+/// `monero_horizon + 1`), and the Monero horizon itself (`seen_horizon`,
+/// never lower than the last block's). Keys confirmed since the last block
+/// get their activation height here, and their `KeyConfirmed` follows the
+/// block on every participant's link.
+pub async fn emit_block(
+    pool: &PgPool,
+    links: &[String],
+    seen_horizon: u64,
+) -> Result<Emitted, sqlx::Error> {
     let mut tx = pool.begin().await?;
     // Serializes producers so numbers are consecutive. An advisory lock, not
     // a table lock: a table lock blocks the foreign-key checks of handlers
@@ -30,10 +48,30 @@ pub async fn emit_block(pool: &PgPool, links: &[String]) -> Result<u64, sqlx::Er
         sqlx::query_scalar("SELECT COALESCE(MAX(number) + 1, 0) FROM settlement_blocks")
             .fetch_one(&mut *tx)
             .await?;
-    sqlx::query("INSERT INTO settlement_blocks (number) VALUES ($1)")
+    let previous: Option<i64> =
+        sqlx::query_scalar("SELECT max(monero_horizon) FROM settlement_blocks")
+            .fetch_one(&mut *tx)
+            .await?;
+    let monero_horizon = previous
+        .and_then(|p| u64::try_from(p).ok())
+        .unwrap_or(0)
+        .max(seen_horizon);
+    let horizon_i64 = i64::try_from(monero_horizon).unwrap_or(i64::MAX);
+    sqlx::query("INSERT INTO settlement_blocks (number, monero_horizon) VALUES ($1, $2)")
         .bind(number)
+        .bind(horizon_i64)
         .execute(&mut *tx)
         .await?;
+    let active_from = monero_horizon.saturating_add(1);
+    let mut accounts: Vec<i32> = sqlx::query_scalar(
+        "UPDATE accounts SET settlement_block = $1, active_from = $2
+         WHERE settlement_block IS NULL RETURNING account",
+    )
+    .bind(number)
+    .bind(i64::try_from(active_from).unwrap_or(i64::MAX))
+    .fetch_all(&mut *tx)
+    .await?;
+    accounts.sort_unstable();
     // Batches verified since the last block are included in this one.
     let included_batch_ids = crate::batches::take_for_block(&mut tx, number).await?;
     let burns = crate::payouts::take_for_block(&mut tx, number).await?;
@@ -44,6 +82,15 @@ pub async fn emit_block(pool: &PgPool, links: &[String]) -> Result<u64, sqlx::Er
                 number,
                 included_batch_ids,
                 burns,
+                monero_horizon,
+                accounts: accounts
+                    .into_iter()
+                    .filter_map(|a| u32::try_from(a).ok())
+                    .map(|account| proto::processor_v1::RegisterAccount {
+                        account,
+                        active_from,
+                    })
+                    .collect(),
             },
         )),
     };
@@ -58,8 +105,22 @@ pub async fn emit_block(pool: &PgPool, links: &[String]) -> Result<u64, sqlx::Er
     for link_id in sorted {
         link::enqueue(&mut tx, link_id, &out).await?;
     }
+    crate::keygen::activate(&mut tx, monero_horizon).await?;
     tx.commit().await?;
-    Ok(number)
+    Ok(Emitted {
+        number,
+        monero_horizon,
+    })
+}
+
+/// Whether anything waits for the next settlement block to take effect (an
+/// account registration, a key's activation).
+pub async fn pending(pool: &PgPool) -> Result<bool, sqlx::Error> {
+    let accounts: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM accounts WHERE settlement_block IS NULL)")
+            .fetch_one(pool)
+            .await?;
+    Ok(accounts || crate::keygen::activation_pending(pool).await?)
 }
 
 /// Records that `processor` took in block `number`.

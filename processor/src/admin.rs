@@ -293,6 +293,11 @@ impl ProcessorAdmin for Admin {
                     amount: o.amount,
                     unlock_height: o.unlock_height,
                     status: o.status,
+                    output_key: hex::encode(&o.output_key),
+                    reason: o.reason.unwrap_or_default(),
+                    batch_id: o.batch_id.unwrap_or_default(),
+                    unlock_time: o.unlock_time,
+                    subaddress_minor: o.subaddress_minor,
                 })
                 .collect(),
         }))

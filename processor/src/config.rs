@@ -276,7 +276,7 @@ mod tests {
         let config = Config::from_toml(text).expect("the shipped example config must parse");
         assert_eq!(config.node_id, "validator-1");
         assert_eq!(config.link.peer_timeout, Duration::from_secs(5));
-        assert_eq!(config.monero.as_ref().map(|m| m.confirmations), Some(10));
+        assert_eq!(config.monero.as_ref().map(|m| m.confirmations), Some(None));
         assert_eq!(
             config.scheduler,
             crate::scheduler::SchedulerConfig::default()

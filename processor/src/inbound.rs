@@ -51,7 +51,7 @@ impl Handler for CoordinatorHandler {
                 keygen::round2_packages(conn, inbound.link_id, &self.keystore, m).await
             }
             Some(Kind::KeyConfirmed(m)) => keygen::confirmed(conn, m).await,
-            Some(Kind::RegisterAccount(m)) => accounts::register(conn, m.account).await,
+            Some(Kind::RegisterAccount(m)) => Err(accounts::refuse_loose(m.account)),
             Some(Kind::SignPreprocesses(m)) => {
                 signer::preprocesses(conn, &self.keystore, inbound.link_id, m).await
             }

@@ -46,6 +46,8 @@ pub const SCAN_LAG: &str = "custody_scan_lag_blocks";
 pub const SCAN_BLOCKS: &str = "custody_scan_blocks_total";
 /// Outputs to the group key found.
 pub const SCAN_OUTPUTS: &str = "custody_scan_outputs_total";
+/// Outputs whose one-time key was received before (never credited).
+pub const SCAN_DUPLICATE_OUTPUTS: &str = "custody_scan_duplicate_outputs_total";
 /// Time of one scan step (fetch, scan, store).
 pub const SCAN_STEP_SECONDS: &str = "custody_scan_step_seconds";
 
@@ -129,6 +131,10 @@ fn describe() {
         (LINK_SESSIONS, "link streams that came up"),
         (SCAN_BLOCKS, "finalized blocks stored"),
         (SCAN_OUTPUTS, "outputs to the group key found"),
+        (
+            SCAN_DUPLICATE_OUTPUTS,
+            "outputs whose one-time key was received before: recorded, never credited (the burning bug)",
+        ),
         (BATCHES_CREATED, "batches created from finalized blocks"),
         (BATCHES_SIGNED, "batches whose signature verified"),
         (PAYOUTS_PUBLISHED, "payout transactions published"),

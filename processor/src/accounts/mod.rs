@@ -13,8 +13,15 @@ use zeroize::Zeroizing;
 use crate::keystore::dkg::view_key;
 use crate::link::HandleError;
 
-/// `RegisterAccount`: remember the account (registering twice is harmless).
-pub async fn register(conn: &mut PgConnection, account: u32) -> Result<(), HandleError> {
+/// A `RegisterAccount` of a settlement block: remember the account and the
+/// Monero block it is credited from (registering twice is harmless: the
+/// first registration stands).
+pub async fn register(
+    conn: &mut PgConnection,
+    account: u32,
+    active_from: u64,
+    settlement_block: u64,
+) -> Result<(), HandleError> {
     let account = i32::try_from(account)
         .ok()
         .filter(|&a| a >= 1)
@@ -24,10 +31,23 @@ pub async fn register(conn: &mut PgConnection, account: u32) -> Result<(), Handl
                 i32::MAX
             ))
         })?;
-    if db::insert(conn, account).await? {
-        info!(account, "deposit account registered");
+    if db::insert(conn, account, active_from, settlement_block).await? {
+        info!(
+            account,
+            active_from, settlement_block, "deposit account registered"
+        );
     }
     Ok(())
+}
+
+/// A `RegisterAccount` on its own, outside a settlement block: refused. It
+/// would take effect at whatever Monero block this processor happened to be
+/// scanning when it arrived, and two processors would credit differently.
+pub fn refuse_loose(account: u32) -> HandleError {
+    HandleError::Rejected(format!(
+        "RegisterAccount for account {account} arrived outside a settlement block: accounts are \
+         registered in settlement blocks, with the Monero block they are credited from (upgrade the coordinator)"
+    ))
 }
 
 /// The view pair every processor of the key derives from the group key.

@@ -3,7 +3,7 @@
 
 use prost::Message as _;
 use proto::processor_v1::{
-    Batch, BatchProposal, InInstruction, ProcessorMessage, SignId, SignKind,
+    Batch, BatchProposal, Fault, InInstruction, ProcessorMessage, SignId, SignKind,
     processor_message::Kind,
 };
 use sqlx::{PgConnection, PgPool, Row};
@@ -11,7 +11,6 @@ use sqlx::{PgConnection, PgPool, Row};
 use crate::keystore::Keystore;
 use crate::link::db::{to_i64, to_u64};
 use crate::link::{self, HandleError, OutMessage};
-use crate::scanner::db::NewOutput;
 use crate::signer;
 
 /// Domain separation of what the group signs for a batch.
@@ -32,6 +31,34 @@ pub fn sign_id(session: u64, id: u64, attempt: u32) -> SignId {
     }
 }
 
+/// Bits of a batch id that hold the block height: ids are
+/// `session * 2^48 + block height`, derived from the chain so that every
+/// processor names a batch alike (Monero will not reach 2^48 blocks).
+pub const HEIGHT_BITS: u32 = 48;
+
+/// The id of the batch of key `session` for Monero block `block_height`.
+pub fn batch_id(session: u64, block_height: u64) -> u64 {
+    (session << HEIGHT_BITS) | (block_height & ((1 << HEIGHT_BITS) - 1))
+}
+
+/// The (session, block height) a batch id names.
+pub fn batch_parts(id: u64) -> (u64, u64) {
+    (id >> HEIGHT_BITS, id & ((1 << HEIGHT_BITS) - 1))
+}
+
+/// A deposit as a batch reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deposit {
+    /// Transaction hash.
+    pub tx_hash: [u8; 32],
+    /// Index in the transaction.
+    pub index_in_tx: u64,
+    /// Account credited (0: the main address, unattributed).
+    pub account: u32,
+    /// Amount, atomic units.
+    pub amount: u64,
+}
+
 /// An output's id: transaction hash, then its index (4 bytes, little endian).
 pub fn output_id(tx_hash: &[u8; 32], index: u64) -> Vec<u8> {
     let mut id = tx_hash.to_vec();
@@ -49,12 +76,9 @@ pub async fn create(
     session: u64,
     block_height: u64,
     block_hash: &[u8; 32],
-    deposits: &[NewOutput],
+    deposits: &[Deposit],
 ) -> Result<u64, HandleError> {
-    let id: i64 = sqlx::query_scalar("SELECT COALESCE(max(id) + 1, 0) FROM batches")
-        .fetch_one(&mut *conn)
-        .await?;
-    let id = to_u64(id);
+    let id = batch_id(session, block_height);
     let batch = Batch {
         id,
         session,
@@ -167,22 +191,113 @@ pub async fn list(pool: &PgPool, after: u64, limit: u32) -> Result<Vec<StoredBat
         .collect())
 }
 
-/// Marks batches the settlement chain included.
-pub async fn mark_included(conn: &mut PgConnection, ids: &[u64]) -> Result<(), sqlx::Error> {
+/// Marks batches the settlement chain included: each moves from proposed or
+/// signed to included, and its outputs from received to included (only
+/// those: a reserved or spent output never moves back). Returns the ids that
+/// moved.
+pub async fn mark_included(conn: &mut PgConnection, ids: &[u64]) -> Result<Vec<u64>, sqlx::Error> {
     if ids.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let ids: Vec<i64> = ids.iter().map(|&i| to_i64(i)).collect();
-    sqlx::query("UPDATE batches SET status = 'included' WHERE id = ANY($1)")
-        .bind(&ids)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query(
-        "UPDATE outputs SET status = 'included'
-         WHERE block_height IN (SELECT block_height FROM batches WHERE id = ANY($1)) AND account > 0",
+    let moved: Vec<i64> = sqlx::query_scalar(
+        "UPDATE batches SET status = 'included' WHERE id = ANY($1) AND status IN ('proposed', 'signed')
+         RETURNING id",
     )
     .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    sqlx::query(
+        "UPDATE outputs SET status = 'included' WHERE batch_id = ANY($1) AND status = 'received'",
+    )
+    .bind(&moved)
     .execute(conn)
     .await?;
-    Ok(())
+    Ok(moved.into_iter().map(to_u64).collect())
+}
+
+/// A settlement block's `included_batch_ids`, checked against this
+/// processor's books. A batch this processor has is included (once: a
+/// second inclusion changes nothing); one for a block it has not scanned
+/// yet is accepted, to be included when the scanner gets there. A batch it
+/// already had included, or one for a block it scanned and found no such
+/// batch in, is refused: a `Fault` says why, and the rest of the block is
+/// taken in. Returns the ids accepted.
+pub async fn include(
+    conn: &mut PgConnection,
+    link_id: &str,
+    settlement_block: u64,
+    ids: &[u64],
+) -> Result<Vec<u64>, HandleError> {
+    let next_height = crate::scanner::db::next_height(&mut *conn).await?;
+    let mut accepted = Vec::new();
+    let mut refusals = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for &id in ids {
+        let (session, height) = batch_parts(id);
+        if !seen.insert(id) {
+            refusals.push((
+                id,
+                format!("batch {id} is listed twice in settlement block {settlement_block}"),
+            ));
+            continue;
+        }
+        let status: Option<String> = sqlx::query_scalar("SELECT status FROM batches WHERE id = $1")
+            .bind(to_i64(id))
+            .fetch_optional(&mut *conn)
+            .await?;
+        let earlier: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM settlement_blocks WHERE $1 = ANY(included_batch_ids))",
+        )
+        .bind(to_i64(id))
+        .fetch_one(&mut *conn)
+        .await?;
+        match status.as_deref() {
+            _ if earlier => refusals.push((
+                id,
+                format!("batch {id} (key {session}, block {height}) was already included by an earlier settlement block"),
+            )),
+            Some("included") => refusals.push((
+                id,
+                format!("batch {id} (key {session}, block {height}) is already included"),
+            )),
+            Some(_) => accepted.push(id),
+            None if next_height.is_some_and(|next| height < next) => refusals.push((
+                id,
+                format!(
+                    "batch {id} is unknown: this processor scanned block {height} and found no deposits \
+                     of key {session} in it"
+                ),
+            )),
+            // Not scanned yet: the batch is marked when it is made.
+            None => accepted.push(id),
+        }
+    }
+    let moved = mark_included(conn, &accepted).await?;
+    tracing::debug!(?moved, "batches included");
+    for (id, reason) in refusals {
+        tracing::warn!(batch = id, settlement_block, "inclusion refused: {reason}");
+        let (session, _) = batch_parts(id);
+        link::enqueue(
+            conn,
+            link_id,
+            &[OutMessage {
+                uid: format!("inclusion-refused/{settlement_block}/{id}"),
+                kind: "fault",
+                payload: ProcessorMessage {
+                    kind: Some(Kind::Fault(Fault {
+                        session,
+                        // 0: no participant; the settlement chain's block is at fault.
+                        accused: 0,
+                        kind: "inclusion-refused".into(),
+                        detail: format!("settlement block {settlement_block}: {reason}"),
+                        subject: id.to_be_bytes().to_vec(),
+                    })),
+                }
+                .encode_to_vec(),
+            }],
+        )
+        .await?;
+    }
+    Ok(accepted)
 }

@@ -39,12 +39,18 @@ pub struct KeyRow {
     pub blamed: Option<u16>,
     /// Last update, Unix ms.
     pub updated_unix_ms: i64,
+    /// Finality depth fixed with the key.
+    pub confirmations: Option<u64>,
+    /// Coordination window length fixed with the key.
+    pub window_blocks: Option<u64>,
+    /// First Monero block scanned for the key (once confirmed).
+    pub activation_height: Option<u64>,
 }
 
 const COLUMNS: &str = "session, attempt, threshold, own_index, participant_keys, status, \
     sealed_round1_secret, sealed_round2_secret, round1_packages, sealed_key_package, \
     public_key_package, group_key, monero_address, failure, blamed, \
-    (extract(epoch from updated_at) * 1000)::bigint";
+    (extract(epoch from updated_at) * 1000)::bigint, confirmations, window_blocks, activation_height";
 
 fn small(v: i32) -> u16 {
     u16::try_from(v).unwrap_or(0)
@@ -68,6 +74,9 @@ fn from_row(r: &sqlx::postgres::PgRow) -> KeyRow {
         failure: r.get(13),
         blamed: r.get::<Option<i32>, _>(14).map(small),
         updated_unix_ms: r.get(15),
+        confirmations: r.get::<Option<i64>, _>(16).map(to_u64),
+        window_blocks: r.get::<Option<i64>, _>(17).map(to_u64),
+        activation_height: r.get::<Option<i64>, _>(18).map(to_u64),
     }
 }
 
@@ -92,7 +101,17 @@ pub async fn list(pool: &PgPool) -> Result<Vec<KeyRow>, sqlx::Error> {
     Ok(rows.iter().map(from_row).collect())
 }
 
+/// The parameters a key fixes for everything derived from the chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainParams {
+    /// Finality depth.
+    pub confirmations: u64,
+    /// Coordination window length.
+    pub window_blocks: u64,
+}
+
 /// Stores a new key in round 1.
+#[allow(clippy::too_many_arguments)]
 pub async fn insert_round1(
     conn: &mut PgConnection,
     session: u64,
@@ -101,10 +120,12 @@ pub async fn insert_round1(
     own_index: u16,
     participant_keys: &[Vec<u8>],
     sealed_round1_secret: &[u8],
+    chain: ChainParams,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO keys (session, attempt, threshold, own_index, participant_keys, status, sealed_round1_secret)
-         VALUES ($1, $2, $3, $4, $5, 'round1', $6)",
+        "INSERT INTO keys (session, attempt, threshold, own_index, participant_keys, status, sealed_round1_secret,
+                           confirmations, window_blocks)
+         VALUES ($1, $2, $3, $4, $5, 'round1', $6, $7, $8)",
     )
     .bind(to_i64(session))
     .bind(i32::try_from(attempt).unwrap_or(i32::MAX))
@@ -112,6 +133,8 @@ pub async fn insert_round1(
     .bind(i32::from(own_index))
     .bind(participant_keys)
     .bind(sealed_round1_secret)
+    .bind(to_i64(chain.confirmations))
+    .bind(to_i64(chain.window_blocks))
     .execute(conn)
     .await?;
     Ok(())
@@ -161,13 +184,65 @@ pub async fn set_generated(
     Ok(())
 }
 
-/// The coordinator confirmed the key: it is active.
-pub async fn set_confirmed(conn: &mut PgConnection, session: u64) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE keys SET status = 'confirmed', updated_at = now() WHERE session = $1")
-        .bind(to_i64(session))
-        .execute(conn)
-        .await?;
+/// The coordinator confirmed the key: it is scanned from `activation_height`.
+pub async fn set_confirmed(
+    conn: &mut PgConnection,
+    session: u64,
+    activation_height: u64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE keys SET status = 'confirmed', activation_height = $2, updated_at = now()
+         WHERE session = $1 AND status = 'generated'",
+    )
+    .bind(to_i64(session))
+    .bind(to_i64(activation_height))
+    .execute(conn)
+    .await?;
     Ok(())
+}
+
+/// A confirmed key as the scanner uses it.
+#[derive(Debug, Clone)]
+pub struct ConfirmedKey {
+    /// Session.
+    pub session: u64,
+    /// Group key.
+    pub group_key: [u8; 32],
+    /// Parameters fixed with the key.
+    pub chain: ChainParams,
+    /// First Monero block scanned for it.
+    pub activation_height: u64,
+}
+
+/// Every confirmed key with its parameters, by activation height (then
+/// session). A key confirmed before its parameters were fixed (stored
+/// without them) is skipped: it cannot be scanned deterministically.
+pub async fn confirmed_keys(pool: &PgPool) -> Result<Vec<ConfirmedKey>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT session, group_key, confirmations, window_blocks, activation_height FROM keys
+         WHERE status = 'confirmed' AND confirmations IS NOT NULL AND window_blocks IS NOT NULL
+           AND activation_height IS NOT NULL
+         ORDER BY activation_height, session",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut keys = Vec::with_capacity(rows.len());
+    for r in rows {
+        let group_key: Option<Vec<u8>> = r.try_get("group_key")?;
+        let Some(group_key) = group_key.and_then(|k| <[u8; 32]>::try_from(k).ok()) else {
+            continue;
+        };
+        keys.push(ConfirmedKey {
+            session: to_u64(r.try_get("session")?),
+            group_key,
+            chain: ChainParams {
+                confirmations: to_u64(r.try_get("confirmations")?),
+                window_blocks: to_u64(r.try_get("window_blocks")?),
+            },
+            activation_height: to_u64(r.try_get("activation_height")?),
+        });
+    }
+    Ok(keys)
 }
 
 /// The DKG failed; secrets of the attempt are dropped.
@@ -200,5 +275,31 @@ pub async fn active(pool: &PgPool) -> Result<Option<(u64, [u8; 32])>, sqlx::Erro
     Ok(row.and_then(|r| {
         let key: Vec<u8> = r.get(1);
         Some((to_u64(r.get(0)), key.try_into().ok()?))
+    }))
+}
+
+/// What the scheduler needs of a confirmed key: our index, n and t.
+pub async fn participation(
+    pool: &PgPool,
+    session: u64,
+) -> Result<Option<crate::scheduler::db::ActiveKey>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT session, group_key, own_index, cardinality(participant_keys) AS n, threshold FROM keys
+         WHERE session = $1 AND status = 'confirmed'",
+    )
+    .bind(to_i64(session))
+    .fetch_optional(pool)
+    .await?;
+    let Some(r) = row else { return Ok(None) };
+    let group_key: Option<Vec<u8>> = r.try_get("group_key")?;
+    let Some(group_key) = group_key.and_then(|k| <[u8; 32]>::try_from(k).ok()) else {
+        return Ok(None);
+    };
+    Ok(Some(crate::scheduler::db::ActiveKey {
+        session: to_u64(r.try_get("session")?),
+        group_key,
+        own_index: small(r.try_get("own_index")?),
+        n: small(r.try_get("n")?),
+        threshold: small(r.try_get("threshold")?),
     }))
 }

@@ -125,6 +125,17 @@ pub async fn start(
     params
         .validate(&keystore.identity_public())
         .map_err(HandleError::Rejected)?;
+    if message.confirmations == 0 || message.window_blocks == 0 {
+        return Err(HandleError::Rejected(format!(
+            "KeyGenStart for session {} fixes confirmations = {} and window_blocks = {}; both must be \
+             at least 1 (a coordinator older than this processor sends neither: upgrade it)",
+            message.session, message.confirmations, message.window_blocks
+        )));
+    }
+    let chain = db::ChainParams {
+        confirmations: message.confirmations,
+        window_blocks: message.window_blocks,
+    };
     let round1 = keystore.dkg_round1(&params).map_err(dkg_rejection)?;
     let keys: Vec<Vec<u8>> = params.participants.values().map(|k| k.to_vec()).collect();
     db::insert_round1(
@@ -135,6 +146,7 @@ pub async fn start(
         params.own_index,
         &keys,
         &round1.sealed_secret,
+        chain,
     )
     .await?;
     link::enqueue(
@@ -362,7 +374,24 @@ pub async fn confirmed(conn: &mut PgConnection, message: KeyConfirmed) -> Result
             hex::encode(row.group_key.unwrap_or_default())
         )));
     }
-    db::set_confirmed(conn, row.session).await?;
-    info!(session = row.session, "key confirmed: active");
+    // The key must not reach back below what this processor may already
+    // have scanned, or it would report those blocks differently from a
+    // processor that learnt of the key sooner.
+    let horizon = crate::settlement::db::horizon(&mut *conn).await?;
+    if horizon.is_some_and(|h| message.activation_height <= h) {
+        return Err(HandleError::Rejected(format!(
+            "the coordinator activates key {} at Monero block {}, at or below the horizon {} of a \
+             settlement block it sent before: processors may have scanned that block already",
+            row.session,
+            message.activation_height,
+            horizon.unwrap_or_default()
+        )));
+    }
+    db::set_confirmed(conn, row.session, message.activation_height).await?;
+    info!(
+        session = row.session,
+        activation_height = message.activation_height,
+        "key confirmed: scanned from its activation height"
+    );
     Ok(())
 }

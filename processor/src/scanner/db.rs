@@ -33,6 +33,70 @@ pub async fn halt(pool: &PgPool, reason: &str, next_height: u64) -> Result<(), s
     Ok(())
 }
 
+/// Where the cursor stands, in the caller's transaction (`None`: nothing
+/// scanned yet).
+pub async fn next_height(conn: &mut PgConnection) -> Result<Option<u64>, sqlx::Error> {
+    let next: Option<i64> = sqlx::query_scalar("SELECT next_height FROM scan_cursor")
+        .fetch_optional(conn)
+        .await?;
+    Ok(next.map(to_u64))
+}
+
+/// Whether a plan of `session` is still open (its transaction is looked for
+/// in every block).
+pub async fn open_plans_exist(pool: &PgPool, session: u64) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM plans WHERE session = $1 AND status NOT IN ('completed', 'superseded'))",
+    )
+    .bind(to_i64(session))
+    .fetch_one(pool)
+    .await
+}
+
+/// An output's status (column `outputs.status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputStatus {
+    /// An additional timelock not yet passed: not reported yet.
+    Locked,
+    /// Reported in a batch not yet included.
+    Received,
+    /// Its batch is included (or it is change): spendable.
+    Included,
+    /// Reserved by a plan.
+    Reserved,
+    /// Spent by a final plan.
+    Spent,
+    /// Its one-time key was received before: never credited.
+    Duplicate,
+}
+
+impl OutputStatus {
+    /// The column value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Locked => "locked",
+            Self::Received => "received",
+            Self::Included => "included",
+            Self::Reserved => "reserved",
+            Self::Spent => "spent",
+            Self::Duplicate => "duplicate",
+        }
+    }
+
+    /// From the column value.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "locked" => Self::Locked,
+            "received" => Self::Received,
+            "included" => Self::Included,
+            "reserved" => Self::Reserved,
+            "spent" => Self::Spent,
+            "duplicate" => Self::Duplicate,
+            _ => return None,
+        })
+    }
+}
+
 /// One output found, ready to store.
 #[derive(Debug, Clone)]
 pub struct NewOutput {
@@ -40,6 +104,12 @@ pub struct NewOutput {
     pub tx_hash: [u8; 32],
     /// Index within the transaction.
     pub index_in_tx: u64,
+    /// The one-time output key.
+    pub output_key: [u8; 32],
+    /// How it is taken in.
+    pub status: OutputStatus,
+    /// Why it is not credited, or how it unlocks.
+    pub reason: Option<String>,
     /// Key session.
     pub session: u64,
     /// Block number.
@@ -75,10 +145,8 @@ pub async fn insert_block(
     for o in outputs {
         sqlx::query(
             "INSERT INTO outputs (tx_hash, index_in_tx, session, block_height, account, subaddress_minor,
-                                  amount, unlock_height, unlock_time, wallet_output, status)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
-                     -- change is the group's own: spendable without a batch
-                     CASE WHEN $5 = 0 AND $6 = 1 THEN 'included' ELSE 'received' END)",
+                                  amount, unlock_height, unlock_time, wallet_output, status, output_key, reason)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(o.tx_hash.as_slice())
         .bind(to_i64(o.index_in_tx))
@@ -90,9 +158,96 @@ pub async fn insert_block(
         .bind(o.unlock_height.map(to_i64))
         .bind(o.unlock_time.map(to_i64))
         .bind(&o.wallet_output)
+        .bind(o.status.as_str())
+        .bind(o.output_key.as_slice())
+        .bind(o.reason.as_deref())
         .execute(&mut *conn)
         .await?;
     }
+    Ok(())
+}
+
+/// The credited output that holds `output_key`, if any: (tx hash, index,
+/// block).
+pub async fn output_key_owner(
+    conn: &mut PgConnection,
+    output_key: &[u8; 32],
+) -> Result<Option<([u8; 32], u64, u64)>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT tx_hash, index_in_tx, block_height FROM outputs
+         WHERE output_key = $1 AND status <> 'duplicate'",
+    )
+    .bind(output_key.as_slice())
+    .fetch_optional(conn)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let tx: Vec<u8> = row.try_get("tx_hash")?;
+    Ok(Some((
+        tx.try_into().unwrap_or([0; 32]),
+        to_u64(row.try_get("index_in_tx")?),
+        to_u64(row.try_get("block_height")?),
+    )))
+}
+
+/// Outputs of `session` whose lock block `height` (with `timestamp`)
+/// passes: change becomes spendable at once; the deposits are returned, in
+/// chain order, for this block's batch.
+pub async fn unlock(
+    conn: &mut PgConnection,
+    session: u64,
+    height: u64,
+    timestamp: u64,
+) -> Result<Vec<crate::batch::Deposit>, sqlx::Error> {
+    let passed = "session = $1 AND status = 'locked'
+         AND (unlock_height <= $2 OR unlock_time <= $3)";
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE outputs SET status = 'included' WHERE {passed} AND account = 0 AND subaddress_minor = 1"
+    )))
+    .bind(to_i64(session))
+    .bind(to_i64(height))
+    .bind(to_i64(timestamp))
+    .execute(&mut *conn)
+    .await?;
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT tx_hash, index_in_tx, account, amount FROM outputs WHERE {passed}
+         ORDER BY block_height, tx_hash, index_in_tx"
+    )))
+    .bind(to_i64(session))
+    .bind(to_i64(height))
+    .bind(to_i64(timestamp))
+    .fetch_all(conn)
+    .await?;
+    let mut deposits = Vec::with_capacity(rows.len());
+    for r in rows {
+        let tx: Vec<u8> = r.try_get("tx_hash")?;
+        deposits.push(crate::batch::Deposit {
+            tx_hash: tx.try_into().unwrap_or([0; 32]),
+            index_in_tx: to_u64(r.try_get("index_in_tx")?),
+            account: u32::try_from(r.try_get::<i64, _>("account")?).unwrap_or(0),
+            amount: to_u64(r.try_get("amount")?),
+        });
+    }
+    Ok(deposits)
+}
+
+/// The outputs a batch reports: they wait (received) for its inclusion.
+pub async fn assign_batch(
+    conn: &mut PgConnection,
+    batch_id: u64,
+    deposits: &[crate::batch::Deposit],
+) -> Result<(), sqlx::Error> {
+    let hashes: Vec<&[u8]> = deposits.iter().map(|d| d.tx_hash.as_slice()).collect();
+    let indexes: Vec<i64> = deposits.iter().map(|d| to_i64(d.index_in_tx)).collect();
+    sqlx::query(
+        "UPDATE outputs o SET batch_id = $1, status = 'received', reason = NULL
+         FROM UNNEST($2::bytea[], $3::bigint[]) AS u(tx_hash, idx)
+         WHERE o.tx_hash = u.tx_hash AND o.index_in_tx = u.idx AND o.status IN ('locked', 'received')",
+    )
+    .bind(to_i64(batch_id))
+    .bind(&hashes)
+    .bind(&indexes)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -106,17 +261,6 @@ pub async fn set_cursor(conn: &mut PgConnection, next_height: u64) -> Result<(),
     .execute(conn)
     .await?;
     Ok(())
-}
-
-/// Registered deposit accounts.
-pub async fn accounts(pool: &PgPool) -> Result<Vec<u32>, sqlx::Error> {
-    let rows: Vec<i32> = sqlx::query_scalar("SELECT account FROM accounts ORDER BY account")
-        .fetch_all(pool)
-        .await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|a| u32::try_from(a).ok())
-        .collect())
 }
 
 /// An output for the admin API.
@@ -134,8 +278,18 @@ pub struct OutputView {
     pub amount: u64,
     /// Unlock block (0: none).
     pub unlock_height: u64,
+    /// Unlock time (0: none).
+    pub unlock_time: u64,
     /// Status.
     pub status: String,
+    /// Subaddress minor index.
+    pub subaddress_minor: u32,
+    /// One-time key.
+    pub output_key: Vec<u8>,
+    /// Why not credited / how it unlocks.
+    pub reason: Option<String>,
+    /// The batch reporting it.
+    pub batch_id: Option<u64>,
 }
 
 /// Outputs in blocks from `from` on (admin API).
@@ -145,25 +299,38 @@ pub async fn list_outputs(
     limit: u32,
 ) -> Result<Vec<OutputView>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT tx_hash, index_in_tx, block_height, account, amount, unlock_height, status FROM outputs
+        "SELECT tx_hash, index_in_tx, block_height, account, subaddress_minor, amount, unlock_height,
+                unlock_time, status, output_key, reason, batch_id FROM outputs
          WHERE block_height >= $1 ORDER BY block_height, tx_hash, index_in_tx LIMIT $2",
     )
     .bind(to_i64(from))
     .bind(i64::from(limit))
     .fetch_all(pool)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| OutputView {
-            tx_hash: r.get(0),
-            index_in_tx: to_u64(r.get(1)),
-            block_height: to_u64(r.get(2)),
-            account: u32::try_from(r.get::<i64, _>(3)).unwrap_or(0),
-            amount: to_u64(r.get(4)),
-            unlock_height: r.get::<Option<i64>, _>(5).map_or(0, to_u64),
-            status: r.get(6),
-        })
-        .collect())
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        out.push(OutputView {
+            tx_hash: r.try_get("tx_hash")?,
+            index_in_tx: to_u64(r.try_get("index_in_tx")?),
+            block_height: to_u64(r.try_get("block_height")?),
+            account: u32::try_from(r.try_get::<i64, _>("account")?).unwrap_or(0),
+            subaddress_minor: u32::try_from(r.try_get::<i64, _>("subaddress_minor")?).unwrap_or(0),
+            amount: to_u64(r.try_get("amount")?),
+            unlock_height: r
+                .try_get::<Option<i64>, _>("unlock_height")?
+                .map_or(0, to_u64),
+            unlock_time: r
+                .try_get::<Option<i64>, _>("unlock_time")?
+                .map_or(0, to_u64),
+            status: r.try_get("status")?,
+            output_key: r
+                .try_get::<Option<Vec<u8>>, _>("output_key")?
+                .unwrap_or_default(),
+            reason: r.try_get("reason")?,
+            batch_id: r.try_get::<Option<i64>, _>("batch_id")?.map(to_u64),
+        });
+    }
+    Ok(out)
 }
 
 /// Number of finalized blocks stored.

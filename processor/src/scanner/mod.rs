@@ -28,28 +28,24 @@ use crate::monero::Daemon;
 /// The subaddress change returns to: account 0, minor 1.
 pub const CHANGE_SUBADDRESS: (u32, u32) = (0, 1);
 
-/// Where and how to scan.
+/// Where and how to scan. What a processor reports is fixed by the key
+/// (`KeyGenStart`), not here: `confirmations` may only repeat the key's value.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct MoneroConfig {
     /// monerod's RPC URL, e.g. "http://127.0.0.1:18081".
     pub daemon_url: String,
-    /// A block is final once this many blocks are on top of it.
-    #[serde(default = "default_confirmations")]
-    pub confirmations: u64,
+    /// Optional: the finality depth this operator expects. The key fixes the
+    /// depth every processor uses; if this is set and differs, scanning
+    /// refuses to start and says which value the key fixes.
+    #[serde(default)]
+    pub confirmations: Option<u64>,
     /// How often to look for new blocks.
     #[serde(with = "humantime_serde", default = "default_poll")]
     pub poll_interval: Duration,
     /// Most blocks fetched and committed at once.
     #[serde(default = "default_batch")]
     pub scan_batch: u64,
-    /// The first block number to scan once a key is active.
-    #[serde(default)]
-    pub start_height: u64,
-}
-
-fn default_confirmations() -> u64 {
-    10
 }
 
 fn default_poll() -> Duration {
@@ -69,7 +65,7 @@ impl MoneroConfig {
                 self.daemon_url
             ));
         }
-        if self.confirmations == 0 {
+        if self.confirmations == Some(0) {
             return Err("monero.confirmations must be at least 1".into());
         }
         if self.scan_batch == 0 {
@@ -84,11 +80,18 @@ impl MoneroConfig {
 
 /// Why one scanning step stopped.
 #[derive(Debug, thiserror::Error)]
-enum StepError {
+pub enum StepError {
+    /// monerod trouble: retried.
     #[error(transparent)]
     Daemon(#[from] crate::monero::DaemonError),
+    /// Postgres trouble: retried.
     #[error("database: {0}")]
     Storage(#[from] sqlx::Error),
+    /// This processor's config contradicts the key: retried (and reported
+    /// in health) until the operator fixes it.
+    #[error("{0}")]
+    Config(String),
+    /// Scanning stops for good (the reason is stored).
     #[error("{0}")]
     Halt(String),
 }
@@ -134,9 +137,22 @@ pub async fn run(
         let wait = match result {
             Ok(0) => {
                 delay = config.poll_interval;
+                context
+                    .health
+                    .set_service_status(HEALTH_NAME, tonic_health::ServingStatus::Serving)
+                    .await;
                 config.poll_interval
             }
             Ok(_) => Duration::ZERO,
+            Err(StepError::Config(reason)) => {
+                error!("scanning refuses to start: {reason}");
+                context
+                    .health
+                    .set_service_status(HEALTH_NAME, tonic_health::ServingStatus::NotServing)
+                    .await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+                delay
+            }
             Err(StepError::Halt(reason)) => {
                 error!("scanning halted: {reason}");
                 context
@@ -192,6 +208,8 @@ pub struct ScannedBlock {
     pub height: u64,
     /// Its hash.
     pub hash: [u8; 32],
+    /// Its header's timestamp (what a time lock is compared with).
+    pub timestamp: u64,
     /// Its transactions, when asked for (to match payouts against).
     pub transactions: Option<crate::scheduler::BlockTransactions>,
     /// The outputs found, timelocks not yet applied.
@@ -209,6 +227,7 @@ pub fn scan_all(
     let scan_one = |scanner: &mut Scanner, block: monero_wallet::interface::ScannableBlock| {
         let height = block.block.number() as u64;
         let hash = block.block.hash();
+        let timestamp = block.block.header.timestamp;
         let transactions = keep_transactions.then(|| crate::scheduler::BlockTransactions {
             hashes: block.block.transactions.clone(),
             transactions: block.transactions.clone(),
@@ -220,6 +239,7 @@ pub fn scan_all(
         Ok::<_, String>(ScannedBlock {
             height,
             hash,
+            timestamp,
             transactions,
             outputs,
         })
@@ -270,6 +290,83 @@ pub fn scan_all(
     })
 }
 
+/// The key a block is scanned for, with what the scheduler needs of it.
+#[derive(Debug, Clone)]
+pub struct ScanKey {
+    /// The key as confirmed, with the parameters fixed with it.
+    pub key: keygen::db::ConfirmedKey,
+    /// What the scheduler needs (our index, n, t).
+    pub active: crate::scheduler::db::ActiveKey,
+    /// The first block of the next key (this key is scanned below it).
+    pub until: Option<u64>,
+}
+
+/// The key block `height` is scanned for: the newest key activated at or
+/// below it. `None` before the first key's activation.
+pub async fn key_for(pool: &PgPool, height: u64) -> Result<Option<ScanKey>, sqlx::Error> {
+    let keys = keygen::db::confirmed_keys(pool).await?;
+    let Some(position) = keys.iter().rposition(|k| k.activation_height <= height) else {
+        return Ok(None);
+    };
+    let key = keys[position].clone();
+    let until = keys
+        .get(position + 1..)
+        .and_then(|rest| rest.iter().map(|k| k.activation_height).min());
+    let Some(active) = keygen::db::participation(pool, key.session).await? else {
+        return Ok(None);
+    };
+    Ok(Some(ScanKey { key, active, until }))
+}
+
+/// Where scanning resumes: the cursor, or the first key's activation height.
+/// `None` while no key is confirmed.
+pub async fn resume_at(pool: &PgPool) -> Result<Option<(u64, Option<String>)>, sqlx::Error> {
+    if let Some(cursor) = db::cursor(pool).await? {
+        return Ok(Some(cursor));
+    }
+    let first = keygen::db::confirmed_keys(pool)
+        .await?
+        .first()
+        .map(|k| k.activation_height);
+    Ok(first.map(|h| (h, None)))
+}
+
+/// Refuses to scan when this processor's config contradicts the key: local
+/// settings may repeat the key's parameters, never change them.
+fn check_local_config(
+    config: &MoneroConfig,
+    scheduler: &crate::scheduler::SchedulerConfig,
+    key: &keygen::db::ConfirmedKey,
+) -> Result<(), StepError> {
+    let fixed = key.chain;
+    let mut differ = Vec::new();
+    if let Some(local) = config.confirmations
+        && local != fixed.confirmations
+    {
+        differ.push(format!(
+            "monero.confirmations is {local} here, the key fixes {}",
+            fixed.confirmations
+        ));
+    }
+    if let Some(local) = scheduler.window_blocks
+        && local != fixed.window_blocks
+    {
+        differ.push(format!(
+            "scheduler.window_blocks is {local} here, the key fixes {}",
+            fixed.window_blocks
+        ));
+    }
+    if differ.is_empty() {
+        return Ok(());
+    }
+    Err(StepError::Config(format!(
+        "this processor's config disagrees with key session {}: {}; remove these settings (the key \
+         decides them for every processor alike) or set them to the key's values, then restart",
+        key.session,
+        differ.join("; ")
+    )))
+}
+
 /// Scans the next batch of finalized blocks. Returns how many it stored.
 async fn step(
     pool: &PgPool,
@@ -278,44 +375,46 @@ async fn step(
     context: &ScanContext,
 ) -> Result<u64, StepError> {
     let started = std::time::Instant::now();
-    let Some((session, group_key)) = keygen::db::active(pool).await? else {
+    let Some((next, halted)) = resume_at(pool).await? else {
         return Ok(0);
     };
-    let Some(key) = crate::scheduler::db::active_key(pool)
-        .await?
-        .filter(|k| k.session == session)
-    else {
-        return Ok(0);
-    };
-    // Blocks' transactions are kept for matching only while a plan is open.
-    let watch_plans: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM plans WHERE session = $1 AND status NOT IN ('completed', 'superseded'))",
-    )
-    .bind(crate::link::db::to_i64(session))
-    .fetch_one(pool)
-    .await?;
-    let (next, halted) = db::cursor(pool)
-        .await?
-        .unwrap_or((config.start_height, None));
     if let Some(reason) = halted {
         return Err(StepError::Halt(reason));
     }
+    let Some(key) = key_for(pool, next).await? else {
+        return Ok(0);
+    };
+    check_local_config(config, &context.scheduler, &key.key)?;
+    // The settlement chain's horizon: nothing it has yet to deliver can
+    // change how a block at or below it is read.
+    let Some(horizon) = crate::settlement::db::horizon(pool).await? else {
+        return Ok(0);
+    };
     let tip = daemon.tip().await?;
     #[allow(clippy::cast_precision_loss)]
     {
         metrics::gauge!(crate::metrics::SCAN_TIP).set(tip as f64);
         metrics::gauge!(crate::metrics::SCAN_LAG).set(tip.saturating_sub(next) as f64);
     }
-    let Some(finalized_tip) = tip.checked_sub(config.confirmations) else {
+    let Some(finalized_tip) = tip.checked_sub(key.key.chain.confirmations) else {
         return Ok(0);
     };
-    if finalized_tip < next {
+    let mut end = finalized_tip.min(next + config.scan_batch - 1).min(horizon);
+    if let Some(until) = key.until {
+        end = end.min(until.saturating_sub(1));
+    }
+    if end < next {
+        debug!(
+            next,
+            finalized_tip,
+            horizon,
+            "waiting for a block that is both final and within the settlement horizon"
+        );
         return Ok(0);
     }
     // Fetch the last finalized block again to notice a reorg below the depth.
     let from = next.saturating_sub(1);
-    let end = finalized_tip.min(next + config.scan_batch - 1);
-    let blocks = fetch(daemon, from..=end).await?;
+    let mut blocks = fetch(daemon, from..=end).await?;
     if next > 0 {
         let stored = db::block_hash(pool, next - 1).await?;
         let seen = blocks.first().map(|b| b.block.hash());
@@ -324,122 +423,25 @@ async fn step(
         {
             let reason = format!(
                 "the hash of finalized block {} changed from {} to {}: a reorganisation deeper \
-                 than monero.confirmations ({}); an operator must investigate before scanning resumes",
+                 than the key's confirmations ({}); an operator must investigate before scanning resumes",
                 next - 1,
                 hex::encode(&stored),
                 hex::encode(seen),
-                config.confirmations
+                key.key.chain.confirmations
             );
             db::halt(pool, &reason, next).await?;
             return Err(StepError::Halt(reason));
         }
+        blocks.remove(0);
     }
-    let pair = view_pair(&group_key).ok_or_else(|| {
-        StepError::Halt(format!("the key of session {session} is not a valid point"))
-    })?;
-    let mut scanner = Scanner::new(pair);
-    for account in db::accounts(pool).await? {
-        if let Some(index) = SubaddressIndex::new(account, 0) {
-            scanner.register_subaddress(index);
-        }
-    }
-    if let Some(index) = SubaddressIndex::new(CHANGE_SUBADDRESS.0, CHANGE_SUBADDRESS.1) {
-        scanner.register_subaddress(index);
-    }
-    // Scanning is CPU work: off the async workers, on every core.
-    let to_scan: Vec<_> = blocks.into_iter().skip(usize::from(next > 0)).collect();
-    let scanned = tokio::task::spawn_blocking(move || scan_all(&scanner, to_scan, watch_plans))
-        .await
-        .map_err(|e| StepError::Halt(format!("the scanning task failed: {e}")))?
-        .map_err(StepError::Halt)?;
-    let mut tx = pool.begin().await?;
-    let mut stored = 0;
-    for block in scanned {
-        let span = info_span!("block", height = block.height, session);
-        async {
-            let (height, hash, transactions, found) =
-                (block.height, block.hash, block.transactions, block.outputs);
-            let outputs: Vec<db::NewOutput> = found
-                .iter()
-                .map(|o| {
-                    let (account, minor) = o
-                        .subaddress()
-                        .map_or((0, 0), |s| (s.account(), s.address()));
-                    let (unlock_height, unlock_time) = match o.additional_timelock() {
-                        Timelock::None => (None, None),
-                        Timelock::Block(b) => (Some(b as u64), None),
-                        Timelock::Time(t) => (None, Some(t)),
-                    };
-                    db::NewOutput {
-                        tx_hash: o.transaction(),
-                        index_in_tx: o.index_in_transaction(),
-                        session,
-                        block_height: height,
-                        account,
-                        subaddress_minor: minor,
-                        amount: o.commitment().amount,
-                        unlock_height,
-                        unlock_time,
-                        wallet_output: o.serialize(),
-                    }
-                })
-                .collect();
-            let found_count = outputs.len() as u64;
-            for o in &outputs {
-                info!(height, account = o.account, amount = o.amount, tx = %hex::encode(o.tx_hash), "output found");
-            }
-            db::insert_block(&mut tx, height, &hash, &outputs).await?;
-            let deposits: Vec<db::NewOutput> = outputs.into_iter().filter(|o| o.account >= 1).collect();
-            if !deposits.is_empty() {
-                let id = crate::batch::create(
-                    &mut tx,
-                    &context.keystore,
-                    &context.link_id,
-                    session,
-                    height,
-                    &hash,
-                    &deposits,
-                )
-                .await
-                .map_err(|e| match e {
-                    HandleError::Storage(e) => StepError::Storage(e),
-                    HandleError::Rejected(why) => {
-                        StepError::Halt(format!("batch for block {height}: {why}"))
-                    }
-                })?;
-                info!(
-                    batch = id,
-                    height,
-                    deposits = deposits.len(),
-                    "batch proposed"
-                );
-                metrics::counter!(crate::metrics::BATCHES_CREATED).increment(1);
-            }
-            crate::scheduler::on_block(
-                &mut tx,
-                &context.link_id,
-                &context.scheduler,
-                &key,
-                height,
-                &hash,
-                transactions.as_ref(),
-            )
-            .await
-            .map_err(|e| match e {
-                HandleError::Storage(e) => StepError::Storage(e),
-                HandleError::Rejected(why) => StepError::Halt(format!("block {height}: {why}")),
-            })?;
-            db::set_cursor(&mut tx, height + 1).await?;
-            metrics::counter!(crate::metrics::SCAN_OUTPUTS).increment(found_count);
-            Ok::<(), StepError>(())
-        }
-        .instrument(span)
-        .await?;
-        stored += 1;
-    }
-    tx.commit().await?;
-    context.outbox.wake();
-    debug!(from = next, to = end, tip, "finalized blocks stored");
+    let stored = ingest(pool, context, &key, next, blocks).await?;
+    debug!(
+        from = next,
+        to = end,
+        tip,
+        horizon,
+        "finalized blocks stored"
+    );
     #[allow(clippy::cast_precision_loss)]
     {
         metrics::counter!(crate::metrics::SCAN_BLOCKS).increment(stored);
@@ -450,4 +452,243 @@ async fn step(
             .record(started.elapsed().as_secs_f64());
     }
     Ok(stored)
+}
+
+/// Scans `blocks` (consecutive, the first numbered `next`, all for `key`)
+/// and stores what they hold with the cursor past them, in one transaction.
+/// Everything stored is a function of the blocks, the key and the accounts
+/// registered by the settlement chain: never of when this runs.
+pub async fn ingest(
+    pool: &PgPool,
+    context: &ScanContext,
+    key: &ScanKey,
+    next: u64,
+    blocks: Vec<monero_wallet::interface::ScannableBlock>,
+) -> Result<u64, StepError> {
+    let Some(last) = blocks.last() else {
+        return Ok(0);
+    };
+    let end = last.block.number() as u64;
+    for (i, block) in blocks.iter().enumerate() {
+        let expected = next + i as u64;
+        if block.block.number() as u64 != expected {
+            return Err(StepError::Halt(format!(
+                "monerod answered block {} where block {expected} was asked for",
+                block.block.number()
+            )));
+        }
+    }
+    let session = key.key.session;
+    // Blocks' transactions are kept for matching only while a plan is open.
+    let watch_plans = db::open_plans_exist(pool, session).await?;
+    let pair = view_pair(&key.key.group_key).ok_or_else(|| {
+        StepError::Halt(format!("the key of session {session} is not a valid point"))
+    })?;
+    let mut scanner = Scanner::new(pair);
+    // An account counts from the block its registration names; an output
+    // to it before then is not credited (as if it had not been scanned).
+    let accounts: std::collections::BTreeMap<u32, u64> = crate::accounts::db::active_by(pool, end)
+        .await?
+        .into_iter()
+        .collect();
+    for &account in accounts.keys() {
+        if let Some(index) = SubaddressIndex::new(account, 0) {
+            scanner.register_subaddress(index);
+        }
+    }
+    if let Some(index) = SubaddressIndex::new(CHANGE_SUBADDRESS.0, CHANGE_SUBADDRESS.1) {
+        scanner.register_subaddress(index);
+    }
+    // Scanning is CPU work: off the async workers, on every core.
+    let scanned = tokio::task::spawn_blocking(move || scan_all(&scanner, blocks, watch_plans))
+        .await
+        .map_err(|e| StepError::Halt(format!("the scanning task failed: {e}")))?
+        .map_err(StepError::Halt)?;
+    let mut sched = context.scheduler.clone();
+    sched.window_blocks = Some(key.key.chain.window_blocks);
+    let mut tx = pool.begin().await?;
+    let mut stored = 0;
+    for block in scanned {
+        let span = info_span!("block", height = block.height, session);
+        store_block(&mut tx, context, &sched, key, &accounts, block)
+            .instrument(span)
+            .await?;
+        stored += 1;
+    }
+    tx.commit().await?;
+    context.outbox.wake();
+    Ok(stored)
+}
+
+/// How an output found in a block is taken in.
+fn classify(
+    o: &monero_wallet::WalletOutput,
+    height: u64,
+    timestamp: u64,
+    session: u64,
+) -> db::NewOutput {
+    let (account, minor) = o
+        .subaddress()
+        .map_or((0, 0), |s| (s.account(), s.address()));
+    let (unlock_height, unlock_time) = match o.additional_timelock() {
+        Timelock::None => (None, None),
+        Timelock::Block(b) => (Some(b as u64), None),
+        Timelock::Time(t) => (None, Some(t)),
+    };
+    // A lock already passed at the block that carries the output is no lock.
+    let locked =
+        unlock_height.is_some_and(|h| h > height) || unlock_time.is_some_and(|t| t > timestamp);
+    let change = (account, minor) == CHANGE_SUBADDRESS;
+    let status = match (locked, change) {
+        (true, _) => db::OutputStatus::Locked,
+        // Change is the group's own: spendable without a batch.
+        (false, true) => db::OutputStatus::Included,
+        (false, false) => db::OutputStatus::Received,
+    };
+    let reason = locked.then(|| match (unlock_height, unlock_time) {
+        (Some(h), _) => format!("timelocked until block {h}: reported in the batch of block {h}"),
+        (_, Some(t)) => format!(
+            "timelocked until Unix time {t}: reported in the batch of the first finalized block \
+             whose timestamp reaches it"
+        ),
+        _ => String::new(),
+    });
+    db::NewOutput {
+        tx_hash: o.transaction(),
+        index_in_tx: o.index_in_transaction(),
+        output_key: o.key().compress().to_bytes(),
+        session,
+        block_height: height,
+        account,
+        subaddress_minor: minor,
+        amount: o.commitment().amount,
+        unlock_height,
+        unlock_time,
+        wallet_output: o.serialize(),
+        status,
+        reason,
+    }
+}
+
+/// Stores one scanned block: its outputs (a one-time key seen before is a
+/// duplicate, never credited; a timelocked output waits), the batch of
+/// what the block reports (its unlocked deposits, and earlier deposits
+/// whose lock this block passes), the scheduler's per-block work and the
+/// cursor.
+async fn store_block(
+    tx: &mut sqlx::PgConnection,
+    context: &ScanContext,
+    sched: &crate::scheduler::SchedulerConfig,
+    key: &ScanKey,
+    accounts: &std::collections::BTreeMap<u32, u64>,
+    block: ScannedBlock,
+) -> Result<(), StepError> {
+    let session = key.key.session;
+    let (height, hash, timestamp) = (block.height, block.hash, block.timestamp);
+    let mut outputs = Vec::with_capacity(block.outputs.len());
+    let mut keys_in_block = std::collections::HashMap::new();
+    for o in &block.outputs {
+        let mut new = classify(o, height, timestamp, session);
+        if new.account >= 1 && accounts.get(&new.account).is_none_or(|&from| height < from) {
+            debug!(
+                height,
+                account = new.account,
+                "output to an account not yet active at this block: not credited"
+            );
+            continue;
+        }
+        // Monero's burning bug: two outputs can carry one one-time key, and
+        // only one of them can ever be spent. The first in chain order is
+        // credited; any other is recorded, never reported or spent.
+        let first = match keys_in_block.get(&new.output_key) {
+            Some(first) => Some(first),
+            None => db::output_key_owner(&mut *tx, &new.output_key)
+                .await?
+                .map(|f| {
+                    keys_in_block.insert(new.output_key, f);
+                    &keys_in_block[&new.output_key]
+                }),
+        };
+        if let Some((first_tx, first_index, first_height)) = first {
+            warn!(
+                height,
+                tx = %hex::encode(new.tx_hash),
+                "output key received before: recorded as a duplicate, not credited"
+            );
+            metrics::counter!(crate::metrics::SCAN_DUPLICATE_OUTPUTS).increment(1);
+            new.reason = Some(format!(
+                "its one-time key {} was received before in transaction {} output {first_index} \
+                 (block {first_height}): only one of the two can ever be spent (the burning bug), so \
+                 this one is not credited",
+                hex::encode(new.output_key),
+                hex::encode(first_tx),
+            ));
+            new.status = db::OutputStatus::Duplicate;
+        } else {
+            keys_in_block.insert(new.output_key, (new.tx_hash, new.index_in_tx, height));
+        }
+        info!(height, account = new.account, amount = new.amount, status = new.status.as_str(), tx = %hex::encode(new.tx_hash), "output found");
+        outputs.push(new);
+    }
+    let found_count = outputs.len() as u64;
+    db::insert_block(&mut *tx, height, &hash, &outputs).await?;
+    // Change that unlocks here is the group's own at once; deposits that
+    // unlock here are reported in this block's batch, before the block's
+    // own.
+    let mut deposits = db::unlock(&mut *tx, session, height, timestamp).await?;
+    deposits.extend(
+        outputs
+            .iter()
+            .filter(|o| o.status == db::OutputStatus::Received)
+            .map(|o| crate::batch::Deposit {
+                tx_hash: o.tx_hash,
+                index_in_tx: o.index_in_tx,
+                account: o.account,
+                amount: o.amount,
+            }),
+    );
+    if !deposits.is_empty() {
+        let id = crate::batch::batch_id(session, height);
+        db::assign_batch(&mut *tx, id, &deposits).await?;
+        crate::batch::create(
+            &mut *tx,
+            &context.keystore,
+            &context.link_id,
+            session,
+            height,
+            &hash,
+            &deposits,
+        )
+        .await
+        .map_err(|e| match e {
+            HandleError::Storage(e) => StepError::Storage(e),
+            HandleError::Rejected(why) => {
+                StepError::Halt(format!("batch for block {height}: {why}"))
+            }
+        })?;
+        info!(
+            batch = id,
+            height,
+            deposits = deposits.len(),
+            "batch proposed"
+        );
+        metrics::counter!(crate::metrics::BATCHES_CREATED).increment(1);
+    }
+    crate::scheduler::on_block(
+        &mut *tx,
+        &context.link_id,
+        sched,
+        &key.active,
+        height,
+        &hash,
+        block.transactions.as_ref(),
+    )
+    .await
+    .map_err(|e| match e {
+        HandleError::Storage(e) => StepError::Storage(e),
+        HandleError::Rejected(why) => StepError::Halt(format!("block {height}: {why}")),
+    })?;
+    db::set_cursor(&mut *tx, height + 1).await?;
+    metrics::counter!(crate::metrics::SCAN_OUTPUTS).increment(found_count);
+    Ok(())
 }

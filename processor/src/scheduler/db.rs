@@ -223,8 +223,8 @@ pub async fn spendable_outputs(
     let rows = sqlx::query(
         "SELECT tx_hash, index_in_tx, amount, wallet_output FROM outputs
          WHERE session = $1 AND status = 'included'
-           AND (unlock_height IS NULL OR unlock_height <= (SELECT next_height FROM scan_cursor))
-           AND unlock_time IS NULL
+           -- A timelocked output becomes included only once a finalized
+           -- block passed its lock (scanner::db::unlock).
            AND block_height + $2 <= (SELECT next_height FROM scan_cursor)
          ORDER BY block_height, tx_hash, index_in_tx",
     )

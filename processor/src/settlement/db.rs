@@ -25,18 +25,31 @@ pub async fn any_burn_exists(conn: &mut PgConnection, burns: &[Burn]) -> Result<
         .await
 }
 
-/// Stores a block and its burns.
-pub async fn insert(conn: &mut PgConnection, block: &SettlementBlock) -> Result<(), sqlx::Error> {
-    let included: Vec<i64> = block
-        .included_batch_ids
-        .iter()
-        .map(|&b| to_i64(b))
-        .collect();
-    sqlx::query("INSERT INTO settlement_blocks (number, included_batch_ids) VALUES ($1, $2)")
-        .bind(to_i64(block.number))
-        .bind(&included)
-        .execute(&mut *conn)
+/// The highest Monero horizon of the settlement blocks taken in (`None`:
+/// none yet): the scanner goes no further.
+pub async fn horizon(conn: impl sqlx::PgExecutor<'_>) -> Result<Option<u64>, sqlx::Error> {
+    let h: Option<i64> = sqlx::query_scalar("SELECT max(monero_horizon) FROM settlement_blocks")
+        .fetch_one(conn)
         .await?;
+    Ok(h.map(to_u64))
+}
+
+/// Stores a block and its burns. `included` are the batch ids the block
+/// includes that this processor accepted.
+pub async fn insert(
+    conn: &mut PgConnection,
+    block: &SettlementBlock,
+    included: &[u64],
+) -> Result<(), sqlx::Error> {
+    let included: Vec<i64> = included.iter().map(|&b| to_i64(b)).collect();
+    sqlx::query(
+        "INSERT INTO settlement_blocks (number, included_batch_ids, monero_horizon) VALUES ($1, $2, $3)",
+    )
+    .bind(to_i64(block.number))
+    .bind(&included)
+    .bind(to_i64(block.monero_horizon))
+    .execute(&mut *conn)
+    .await?;
     if !block.burns.is_empty() {
         let ids: Vec<&str> = block.burns.iter().map(|b| b.burn_id.as_str()).collect();
         let addresses: Vec<&str> = block

@@ -51,8 +51,36 @@ pub async fn take_in(
             block.number
         )));
     }
-    db::insert(conn, &block).await?;
-    crate::batch::mark_included(conn, &block.included_batch_ids).await?;
+    // The horizon and the accounts' activation heights are what make every
+    // processor's reports a function of the chain: refuse a block that
+    // would let one processor have scanned what another interprets anew.
+    let previous = db::horizon(&mut *conn).await?;
+    if let Some(previous) = previous
+        && block.monero_horizon < previous
+    {
+        return Err(HandleError::Rejected(format!(
+            "settlement block {} lowers the Monero horizon from {previous} to {}: the horizon never decreases",
+            block.number, block.monero_horizon
+        )));
+    }
+    for account in &block.accounts {
+        if previous.is_some_and(|p| account.active_from <= p) {
+            return Err(HandleError::Rejected(format!(
+                "settlement block {} registers account {} from Monero block {}, at or below the horizon {} \
+                 already given: processors may have scanned that block",
+                block.number,
+                account.account,
+                account.active_from,
+                previous.unwrap_or_default()
+            )));
+        }
+    }
+    for account in &block.accounts {
+        crate::accounts::register(conn, account.account, account.active_from, block.number).await?;
+    }
+    let included =
+        crate::batch::include(conn, link_id, block.number, &block.included_batch_ids).await?;
+    db::insert(conn, &block, &included).await?;
     crate::scheduler::take_in_burns(conn, link_id, block.number).await?;
     let ack = ProcessorMessage {
         kind: Some(processor_message::Kind::SettlementBlockAck(

@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 
 use prost::Message as _;
 use proto::processor_v1::{
-    BatchSigned, ProcessorMessage, SignBlame, SignId, SignKind, SignPreprocess, SignPreprocesses,
-    SignReattempt, SignShare, SignShares, processor_message::Kind,
+    BatchSigned, Fault, ProcessorMessage, SignBlame, SignId, SignKind, SignPreprocess,
+    SignPreprocesses, SignReattempt, SignShare, SignShares, processor_message::Kind,
 };
 use sqlx::{PgConnection, Row};
 use tracing::{info, warn};
@@ -98,6 +98,51 @@ fn batch_id(id: &SignId) -> Result<u64, HandleError> {
         .try_into()
         .map_err(|_| HandleError::Rejected("a batch id is 8 bytes".into()))?;
     Ok(u64::from_be_bytes(bytes))
+}
+
+/// Loads (and locks) the batch a batch `SignId` names, checking that the
+/// sign id's session is the batch's own key. `Ok(None)`: no such batch here,
+/// or a sign id for another key, which is refused with a `Fault` back (the
+/// coordinator named the wrong key; signing under it would put another
+/// key's signature on this batch).
+async fn batch_for(
+    conn: &mut PgConnection,
+    link_id: &str,
+    id: &SignId,
+) -> Result<Option<batch::StoredBatch>, HandleError> {
+    let batch_id = batch_id(id)?;
+    let Some(batch) = batch::lock(conn, batch_id).await? else {
+        return Err(HandleError::Rejected(format!("no batch {batch_id} here")));
+    };
+    if batch.session == id.session {
+        return Ok(Some(batch));
+    }
+    let reason = format!(
+        "sign id {} names key session {} for batch {batch_id}, which belongs to key session {}: refused, \
+         a batch is signed only by its own key",
+        uid("sign", id),
+        id.session,
+        batch.session
+    );
+    warn!(batch = batch_id, "{reason}");
+    link::enqueue(
+        conn,
+        link_id,
+        &[out(
+            uid("sign-refused", id),
+            "fault",
+            Kind::Fault(Fault {
+                session: id.session,
+                // 0: no participant; the coordinator's request is at fault.
+                accused: 0,
+                kind: "sign-id-refused".into(),
+                detail: reason,
+                subject: id.id.clone(),
+            }),
+        )],
+    )
+    .await?;
+    Ok(None)
 }
 
 fn keystore_failure(e: SignError) -> HandleError {
@@ -199,14 +244,14 @@ pub async fn preprocesses(
         return plan::preprocesses(conn, keystore, link_id, id, m).await;
     }
     let batch_id = batch_id(&id)?;
+    let Some(batch) = batch_for(conn, link_id, &id).await? else {
+        return Ok(());
+    };
     let (own, sealed, _) = key(conn, id.session).await?;
     let commitments = indexed(&m.preprocesses);
     if !commitments.contains_key(&own) {
         return Ok(());
     }
-    let Some(batch) = batch::lock(conn, batch_id).await? else {
-        return Err(HandleError::Rejected(format!("no batch {batch_id} here")));
-    };
     if batch.status != "proposed" {
         return Ok(());
     }
@@ -299,10 +344,10 @@ pub async fn shares(
         return plan::shares(conn, keystore, link_id, id, m).await;
     }
     let batch_id = batch_id(&id)?;
-    let (_, _, public) = key(conn, id.session).await?;
-    let Some(batch) = batch::lock(conn, batch_id).await? else {
-        return Err(HandleError::Rejected(format!("no batch {batch_id} here")));
+    let Some(batch) = batch_for(conn, link_id, &id).await? else {
+        return Ok(());
     };
+    let (_, _, public) = key(conn, id.session).await?;
     if batch.status != "proposed" {
         return Ok(());
     }
@@ -386,8 +431,8 @@ pub async fn reattempt(
         return begin(conn, keystore, link_id, &next).await;
     }
     let batch_id = batch_id(&id)?;
-    let Some(batch) = batch::lock(conn, batch_id).await? else {
-        return Err(HandleError::Rejected(format!("no batch {batch_id} here")));
+    let Some(batch) = batch_for(conn, link_id, &id).await? else {
+        return Ok(());
     };
     if batch.status != "proposed" {
         return Ok(());
