@@ -229,6 +229,8 @@ async fn bad_data_frames_get_clear_errors_and_lose_nothing() {
             threshold: 2,
             own_index: 1,
             participants: vec![],
+            confirmations: 3,
+            window_blocks: 4,
         })),
     }
     .encode_to_vec();

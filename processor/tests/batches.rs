@@ -188,13 +188,14 @@ async fn a_participant_blamed_for_an_invalid_share_is_not_chosen_again() {
     let setup = Setup::start("bban", 2, |_| None).await;
     setup.deposit(800_000_000_000, 200_000_000_000).await;
     setup.monerod.mine(&elsewhere(), 3).await;
-    setup.wait_included(1).await;
-    // validator-1 (index 1) was blamed for an invalid share of batch 0.
+    let first = setup.wait_included(1).await;
+    // validator-1 (index 1) was blamed for an invalid share of the first batch.
     let pool = setup.cluster.coordinator.pool.clone();
     sqlx::query(
         "INSERT INTO sign_blames (kind, id, attempt, accuser, accused, reason)
-         VALUES ('batch', 0, 0, 'validator-2', 1, 'its signature share is invalid')",
+         VALUES ('batch', $1, 0, 'validator-2', 1, 'its signature share is invalid')",
     )
+    .bind(first[0].0)
     .execute(&pool)
     .await
     .unwrap();
@@ -206,8 +207,9 @@ async fn a_participant_blamed_for_an_invalid_share_is_not_chosen_again() {
         vec![(1, 600_000_000_000), (2, 100_000_000_000)]
     );
     let signers: Vec<i32> = sqlx::query_scalar(
-        "SELECT unnest(signers) FROM sign_attempts WHERE kind = 'batch' AND id = 1 AND status = 'done'",
+        "SELECT unnest(signers) FROM sign_attempts WHERE kind = 'batch' AND id = $1 AND status = 'done'",
     )
+    .bind(batches[1].0)
     .fetch_all(&pool)
     .await
     .unwrap();

@@ -120,9 +120,9 @@ async fn check_dkg(t: u32, n: usize, wallet: &WalletRpc) {
     // A deposit account, registered once through the coordinator, has the
     // same subaddress on every processor; the wallet accepts it.
     if n == 3 {
-        assert!(cluster.coordinator.register_account(7).await.unwrap());
+        assert!(cluster.coordinator.register_account(7).await.unwrap().0);
         assert!(
-            !cluster.coordinator.register_account(7).await.unwrap(),
+            !cluster.coordinator.register_account(7).await.unwrap().0,
             "idempotent"
         );
         let mut addresses = Vec::new();

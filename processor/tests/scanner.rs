@@ -39,11 +39,11 @@ async fn finalized_blocks_and_outputs_match_on_every_processor() {
     let env = move |_| {
         vec![
             ("PROCESSOR_MONERO__DAEMON_URL", url),
-            ("PROCESSOR_MONERO__CONFIRMATIONS", "3"),
             ("PROCESSOR_MONERO__POLL_INTERVAL", "200ms"),
         ]
     };
-    let mut cluster = Cluster::start("scan", 3, env).await;
+    let mut cluster =
+        Cluster::start_with("scan", 3, env, &common::deposits::chain_config(url)).await;
     let session = cluster.coordinator.start_keygen(2, &[]).await.unwrap();
     let status = cluster.wait_status(session, "confirmed").await;
 
@@ -59,6 +59,15 @@ async fn finalized_blocks_and_outputs_match_on_every_processor() {
             || async { (next_height(pool).await == 7).then_some(()) },
         )
         .await;
+    }
+    // The key was confirmed on a chain of one block (the genesis block, 0)
+    // with 3 confirmations: no block was final, the horizon was 0, and the
+    // key is scanned from block 1 on every processor alike.
+    for pool in &pools {
+        assert_eq!(
+            scalar_i64(pool, "SELECT activation_height FROM keys WHERE session = 0").await,
+            1
+        );
     }
     // Give a wrong implementation the chance to run ahead, then look.
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -90,7 +99,8 @@ async fn finalized_blocks_and_outputs_match_on_every_processor() {
         );
         assert_eq!(
             scalar_i64(pool, "SELECT count(*) FROM finalized_blocks").await,
-            7
+            6,
+            "blocks 1..=6: from the key's activation"
         );
         assert_eq!(
             outputs(pool).await,
@@ -125,7 +135,7 @@ async fn finalized_blocks_and_outputs_match_on_every_processor() {
     for pool in &pools {
         assert_eq!(
             scalar_i64(pool, "SELECT count(*) FROM finalized_blocks").await,
-            12,
+            11,
             "no block skipped or repeated"
         );
         assert_eq!(outputs(pool).await, after);
@@ -147,7 +157,7 @@ async fn finalized_blocks_and_outputs_match_on_every_processor() {
         assert_eq!(outputs(pool).await.len(), 8);
         assert_eq!(
             scalar_i64(pool, "SELECT count(*) FROM finalized_blocks").await,
-            16
+            15
         );
     }
 
@@ -166,7 +176,7 @@ async fn finalized_blocks_and_outputs_match_on_every_processor() {
         assert!(halted.contains("finalized block 15 changed"), "{halted}");
         assert_eq!(
             scalar_i64(pool, "SELECT count(*) FROM finalized_blocks").await,
-            16,
+            15,
             "nothing stored past the reorg"
         );
     }

@@ -53,7 +53,6 @@ impl Setup {
         let url: &'static str = Box::leak(monerod.url.clone().into_boxed_str());
         let mut base = vec![
             ("PROCESSOR_MONERO__DAEMON_URL", url),
-            ("PROCESSOR_MONERO__CONFIRMATIONS", "3"),
             ("PROCESSOR_MONERO__POLL_INTERVAL", "200ms"),
         ];
         base.extend_from_slice(extra);
@@ -65,11 +64,17 @@ impl Setup {
             }
             env
         };
-        let cluster = Cluster::start_with(tag, 3, env, "[signing]\nround_timeout = \"4s\"\n").await;
+        let cluster = Cluster::start_with(
+            tag,
+            3,
+            env,
+            &format!("[signing]\nround_timeout = \"4s\"\n{}", chain_config(url)),
+        )
+        .await;
         let session = cluster.coordinator.start_keygen(t, &[]).await.unwrap();
         cluster.wait_status(session, "confirmed").await;
-        assert!(cluster.coordinator.register_account(1).await.unwrap());
-        assert!(cluster.coordinator.register_account(2).await.unwrap());
+        assert!(cluster.coordinator.register_account(1).await.unwrap().0);
+        assert!(cluster.coordinator.register_account(2).await.unwrap().0);
         let key = group_key(&cluster).await;
         let one = processor::accounts::deposit_address(&key, 1).unwrap();
         let two = processor::accounts::deposit_address(&key, 2).unwrap();
@@ -140,6 +145,16 @@ impl Setup {
             &self.env,
         ));
     }
+}
+
+/// The coordinator's settings for a cluster that scans `monerod_url`: keys
+/// fix 3 confirmations and 4-block windows; settlement blocks (carrying the
+/// Monero horizon) every 300 ms.
+pub fn chain_config(monerod_url: &str) -> String {
+    format!(
+        "[keygen]\nconfirmations = 3\nwindow_blocks = 4\n\
+         [settlement]\nblock_interval = \"300ms\"\nmonero_daemon_url = \"{monerod_url}\"\n"
+    )
 }
 
 pub fn instructions(encoded: &[u8]) -> Vec<(u32, u64)> {

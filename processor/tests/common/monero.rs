@@ -114,6 +114,14 @@ impl Monerod {
             .unwrap();
     }
 
+    /// The number of the top block.
+    pub async fn height(&self) -> u64 {
+        processor::monero::Daemon::new(self.url.clone())
+            .tip()
+            .await
+            .unwrap()
+    }
+
     pub async fn mine(&self, address: &str, blocks: usize) {
         let daemon = monero_simple_request_rpc::SimpleRequestTransport::new(self.url.clone())
             .await
