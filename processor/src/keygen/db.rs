@@ -150,7 +150,7 @@ pub async fn set_round2(
     sqlx::query(
         "UPDATE keys SET status = 'round2', sealed_round1_secret = NULL, sealed_round2_secret = $2,
                 round1_packages = $3, updated_at = now()
-         WHERE session = $1",
+         WHERE session = $1 AND status = 'round1'",
     )
     .bind(to_i64(session))
     .bind(sealed_round2_secret)
@@ -172,7 +172,7 @@ pub async fn set_generated(
     sqlx::query(
         "UPDATE keys SET status = 'generated', sealed_round2_secret = NULL, sealed_key_package = $2,
                 public_key_package = $3, group_key = $4, monero_address = $5, updated_at = now()
-         WHERE session = $1",
+         WHERE session = $1 AND status = 'round2'",
     )
     .bind(to_i64(session))
     .bind(sealed_key_package)
@@ -255,7 +255,7 @@ pub async fn set_failed(
     sqlx::query(
         "UPDATE keys SET status = 'failed', failure = $2, blamed = $3,
                 sealed_round1_secret = NULL, sealed_round2_secret = NULL, updated_at = now()
-         WHERE session = $1",
+         WHERE session = $1 AND status IN ('round1', 'round2')",
     )
     .bind(to_i64(session))
     .bind(failure)

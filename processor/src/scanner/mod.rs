@@ -692,3 +692,58 @@ async fn store_block(
     metrics::counter!(crate::metrics::SCAN_OUTPUTS).increment(found_count);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(confirmations: u64, window_blocks: u64) -> keygen::db::ConfirmedKey {
+        keygen::db::ConfirmedKey {
+            session: 3,
+            group_key: [0; 32],
+            chain: keygen::db::ChainParams {
+                confirmations,
+                window_blocks,
+            },
+            activation_height: 100,
+        }
+    }
+
+    fn monero(confirmations: Option<u64>) -> MoneroConfig {
+        MoneroConfig {
+            daemon_url: "http://127.0.0.1:1".into(),
+            confirmations,
+            poll_interval: Duration::from_secs(1),
+            scan_batch: 10,
+        }
+    }
+
+    #[test]
+    fn local_config_may_repeat_the_keys_parameters_never_change_them() {
+        let scheduler = crate::scheduler::SchedulerConfig::default();
+        assert!(check_local_config(&monero(None), &scheduler, &key(10, 5)).is_ok());
+        assert!(check_local_config(&monero(Some(10)), &scheduler, &key(10, 5)).is_ok());
+        let Err(StepError::Config(why)) =
+            check_local_config(&monero(Some(4)), &scheduler, &key(10, 5))
+        else {
+            panic!("a differing depth must refuse scanning");
+        };
+        assert!(
+            why.contains("monero.confirmations is 4 here, the key fixes 10")
+                && why.contains("session 3"),
+            "{why}"
+        );
+        let windows = crate::scheduler::SchedulerConfig {
+            window_blocks: Some(4),
+            ..crate::scheduler::SchedulerConfig::default()
+        };
+        let Err(StepError::Config(why)) = check_local_config(&monero(None), &windows, &key(10, 5))
+        else {
+            panic!("a differing window must refuse scanning");
+        };
+        assert!(
+            why.contains("scheduler.window_blocks is 4 here, the key fixes 5"),
+            "{why}"
+        );
+    }
+}

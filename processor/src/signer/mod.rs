@@ -374,7 +374,9 @@ pub async fn shares(
         &batch::message(&batch.encoded),
     ) {
         Ok(signature) => {
-            sqlx::query("UPDATE batches SET status = 'signed', signature = $2 WHERE id = $1")
+            sqlx::query(
+                "UPDATE batches SET status = 'signed', signature = $2 WHERE id = $1 AND status = 'proposed'",
+            )
                 .bind(to_i64(batch_id))
                 .bind(signature.as_slice())
                 .execute(&mut *conn)
