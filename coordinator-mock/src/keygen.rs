@@ -64,6 +64,13 @@ fn hex_of(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The threshold a key gets when none is asked for: floor(2n/3)+1, so any
+/// two signer sets share an honest majority's worth of members and fewer
+/// than a third of the processors cannot stop signing.
+pub fn default_threshold(n: usize) -> u32 {
+    u32::try_from(n * 2 / 3 + 1).unwrap_or(u32::MAX)
+}
+
 /// Starts session `next` among `processors` (names, in index order).
 /// Its span is the root of the key generation's trace: every message of the
 /// session, on every service, descends from it.
@@ -80,9 +87,26 @@ pub async fn start(
             "a key needs at least 2 processors, got {n}"
         )));
     }
+    let threshold = if threshold == 0 {
+        default_threshold(n)
+    } else {
+        threshold
+    };
     if threshold < 2 || threshold as usize > n {
         return Err(CoordinatorError::InvalidArgument(format!(
             "threshold {threshold} is not within 2..={n}"
+        )));
+    }
+    // With t <= n/2 two disjoint signer sets could each sign a conflicting
+    // payout of the same burn; more than half means any two sets overlap in
+    // an honest processor, which accepts one plan per burn.
+    if threshold as usize * 2 <= n {
+        return Err(CoordinatorError::InvalidArgument(format!(
+            "threshold {threshold} of {n} is not more than half the participants: two disjoint \
+             groups could each sign a conflicting payout; ask for at least {} (or 0 for the \
+             default floor(2n/3)+1 = {})",
+            n / 2 + 1,
+            default_threshold(n)
         )));
     }
     let mut seen = std::collections::HashSet::new();
@@ -690,4 +714,34 @@ pub async fn status(
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_threshold_of_half_or_less_is_refused_and_zero_means_the_default() {
+        // Refused before the database is touched: a pool that never connects.
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .acquire_timeout(std::time::Duration::from_millis(500))
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .expect("a lazy pool parses its URL");
+        let names: Vec<String> = (1..=4).map(|i| format!("p{i}")).collect();
+        let chain = crate::config::KeygenConfig::default().chain();
+        let err = start(&pool, 2, &names, &chain).await.expect_err("2 of 4");
+        assert!(
+            matches!(&err, CoordinatorError::InvalidArgument(m) if m.contains("not more than half")),
+            "{err}"
+        );
+        assert_eq!(default_threshold(3), 3);
+        assert_eq!(default_threshold(4), 3);
+        assert_eq!(default_threshold(100), 67);
+        // 0 asks for the default, which passes the rule and goes on to the
+        // database (unreachable here).
+        let err = start(&pool, 0, &names, &chain)
+            .await
+            .expect_err("no database");
+        assert!(matches!(err, CoordinatorError::Storage(_)), "{err}");
+    }
 }

@@ -53,6 +53,18 @@ impl DkgParams {
                 self.threshold
             ));
         }
+        // With t <= n/2, two disjoint sets of t signers could each sign a
+        // payout of the same burn from different inputs: both valid on chain.
+        if u32::from(self.threshold) * 2 <= u32::from(n) {
+            return Err(format!(
+                "threshold {} of {n} is not more than half the participants: two disjoint groups \
+                 could each sign a conflicting payout; ask for at least {} (the coordinator's \
+                 default is floor(2n/3)+1 = {})",
+                self.threshold,
+                n / 2 + 1,
+                n * 2 / 3 + 1
+            ));
+        }
         let expected: Vec<u16> = (1..=n).collect();
         let got: Vec<u16> = self.participants.keys().copied().collect();
         if got != expected {
@@ -486,6 +498,20 @@ mod tests {
                 .map(|(i, s)| (u16::try_from(i + 1).expect("small"), s.identity_public()))
                 .collect(),
         }
+    }
+
+    #[test]
+    fn a_threshold_of_half_or_less_is_refused() {
+        let stores = keystores(4);
+        let own = stores[0].identity_public();
+        let why = params(&stores, 2, 1)
+            .validate(&own)
+            .expect_err("2 of 4 is half");
+        assert!(why.contains("not more than half"), "{why}");
+        assert!(
+            params(&stores, 3, 1).validate(&own).is_ok(),
+            "3 of 4 is a majority"
+        );
     }
 
     #[test]
