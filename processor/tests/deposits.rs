@@ -550,3 +550,45 @@ async fn a_sign_id_naming_another_session_is_refused() {
         "the refusal goes back once (one uid per sign id)"
     );
 }
+
+/// Money paid to the key's main address belongs to no account: it is
+/// reported as an unattributed deposit (account 0), included, and spendable
+/// like any deposit; never stranded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_to_the_main_address_is_reported_unattributed() {
+    let setup = Setup::start("mainaddr", 2, |_| None).await;
+    let key = group_key(&setup.cluster).await;
+    let main = processor::keystore::dkg::monero_address(&key).unwrap();
+    let amount = 1_234_000_000_000_u64;
+    let sent = setup
+        .wallet
+        .call(
+            "transfer",
+            serde_json::json!({"destinations": [{"amount": amount, "address": main}]}),
+        )
+        .await;
+    assert!(sent.get("error").is_none(), "{sent}");
+    setup.monerod.mine(&elsewhere(), 4).await;
+    let included = setup.wait_included(1).await;
+    assert_eq!(
+        instructions(&included[0].2),
+        vec![(0, amount)],
+        "reported as unattributed (account 0)"
+    );
+    for pool in &pools(&setup).await {
+        eventually(
+            "the main-address output is spendable",
+            Duration::from_secs(30),
+            || async {
+                (scalar_i64(
+                    pool,
+                    "SELECT count(*) FROM outputs WHERE account = 0 AND subaddress_minor = 0 AND status = 'included'",
+                )
+                .await
+                    == 1)
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+}
