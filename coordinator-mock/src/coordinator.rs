@@ -211,8 +211,10 @@ impl Coordinator {
     }
 
     /// The Monero horizon this coordinator sees now: its daemon's tip less
-    /// the confirmation depth (0 without a daemon; the last block's horizon
-    /// when the daemon cannot be reached, so the chain never waits on it).
+    /// the confirmation depth. 0 without a daemon, or when the daemon cannot
+    /// be reached: a settlement block never lowers the horizon (see
+    /// `settlement::emit_block`), so the chain keeps the last one and never
+    /// waits on the daemon.
     pub async fn monero_horizon(&self) -> u64 {
         let Some(daemon) = &self.daemon else { return 0 };
         match daemon.tip().await {

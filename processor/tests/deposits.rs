@@ -14,7 +14,6 @@ mod common;
 
 use std::time::Duration;
 
-use common::cluster::name;
 use common::deposits::*;
 use common::monero::*;
 use common::*;
@@ -379,7 +378,6 @@ async fn an_output_key_received_twice_is_credited_once() {
             .count(),
         2
     );
-    let _ = name(0);
 }
 
 /// A settlement block including a batch already included changes nothing
