@@ -649,17 +649,23 @@ pub async fn expire(pool: &PgPool, timeout: std::time::Duration) -> Result<usize
     Ok(marked)
 }
 
-/// A session's progress for the admin API.
+/// A session's progress for the admin API, read from one snapshot: a
+/// session, its participants and its blames are always seen as one commit
+/// left them (a blame is never shown beside the status it changed).
 pub async fn status(
     pool: &PgPool,
     session: Option<u64>,
 ) -> Result<Vec<proto::coordinator_v1::KeyGenStatus>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
     let sessions = sqlx::query(
         "SELECT session, threshold, status, group_key, monero_address, failure, silent
          FROM keygen_sessions WHERE $1::bigint IS NULL OR session = $1 ORDER BY session",
     )
     .bind(session.map(|s| i64::try_from(s).unwrap_or(i64::MAX)))
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .await?;
     let mut out = Vec::with_capacity(sessions.len());
     for s in sessions {
@@ -668,13 +674,13 @@ pub async fn status(
             "SELECT idx, processor, round1 IS NOT NULL, round2_done, group_key FROM keygen_participants WHERE session = $1 ORDER BY idx",
         )
         .bind(id)
-        .fetch_all(pool)
+        .fetch_all(&mut *tx)
         .await?;
         let names: HashMap<i32, String> =
             participants.iter().map(|p| (p.get(0), p.get(1))).collect();
         let blames = sqlx::query("SELECT accuser, accused, reason FROM keygen_blames WHERE session = $1 ORDER BY accuser")
             .bind(id)
-            .fetch_all(pool)
+            .fetch_all(&mut *tx)
             .await?;
         out.push(proto::coordinator_v1::KeyGenStatus {
             session: u64::try_from(id).unwrap_or(0),
