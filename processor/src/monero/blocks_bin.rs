@@ -100,7 +100,7 @@ fn epee<T>(r: Result<T, monero_epee::EpeeError>) -> Result<T, String> {
 
 /// Blocks with their transactions (checked against the block's hashes) and
 /// the index of each block's first RingCT output.
-fn parse(answer: &[u8]) -> Result<Vec<ScannableBlock>, String> {
+pub fn parse(answer: &[u8]) -> Result<Vec<ScannableBlock>, String> {
     let mut root = epee(Epee::new(answer))?;
     let mut fields = epee(epee(root.entry())?.fields())?;
     let mut entries: Vec<(Block, Vec<Transaction<Pruned>>, Vec<usize>)> = Vec::new();
