@@ -321,3 +321,123 @@ async fn a_leader_proposing_a_tampered_decoy_is_refused_and_payouts_continue() {
         vec![(hex::encode(tx_hash), amount)]
     );
 }
+
+/// The lifetime rule on its own, on a real database: at the block that ends
+/// a window's lifetime every plan of it that is not final ends, in the same
+/// way whatever this processor's timing; one that was being signed here
+/// gives back its burns; a proposal records the settlement horizon it was
+/// relayed under.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plans_end_at_their_lifetime_and_give_back_what_they_reserved() {
+    use processor::scheduler::db;
+    let test_db = TestDb::new("lifetime").await;
+    let pool = processor::db::connect(&test_db.url, 2).await.unwrap();
+    processor::db::migrate(&pool, &test_db.url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO settlement_blocks (number, included_batch_ids, monero_horizon) VALUES (1, '{}', 120)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO burns (burn_id, block_number, monero_address, amount, status)
+         VALUES ('b-signing', 1, 'x', 5, 'queued'), ('b-waiting', 1, 'x', 5, 'queued')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    let statuses = [
+        ("proposed", 10),
+        ("received", 10),
+        ("waiting", 10),
+        ("signing", 10),
+        ("signed", 10),
+        ("published", 10),
+        ("completed", 10),
+        ("refused", 10),
+        ("signing", 11),
+    ];
+    let mut ids = Vec::new();
+    for (i, (status, window)) in statuses.iter().enumerate() {
+        let id = [u8::try_from(i).unwrap() + 1; 32];
+        let burns = if i == 3 {
+            vec!["b-signing".to_owned()]
+        } else {
+            vec![]
+        };
+        db::insert_plan(&mut conn, &id, 0, *window, 1, b"plan", &burns, "received")
+            .await
+            .unwrap();
+        db::set_plan_status(&mut conn, &id, status, None)
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    sqlx::query("UPDATE burns SET status = 'planned', plan_id = $1 WHERE burn_id = 'b-signing'")
+        .bind(ids[3].as_slice())
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let relayed = db::lock_plan(&mut conn, &ids[1]).await.unwrap().unwrap();
+    assert_eq!(
+        relayed.relay_horizon,
+        Some(120),
+        "the horizon it was relayed under"
+    );
+
+    // Windows of 4 blocks: window 10 starts at block 40, so its plans end at
+    // finalized block 40 + PLAN_LIFETIME_BLOCKS; window 11's later.
+    let end = 40 + processor::scheduler::PLAN_LIFETIME_BLOCKS;
+    let ended = db::expire_plans(
+        &mut conn,
+        0,
+        (end - 1 - processor::scheduler::PLAN_LIFETIME_BLOCKS) / 4,
+        end - 1,
+    )
+    .await
+    .unwrap();
+    assert_eq!(ended.len(), 0, "not one block early");
+    let ended = db::expire_plans(
+        &mut conn,
+        0,
+        (end - processor::scheduler::PLAN_LIFETIME_BLOCKS) / 4,
+        end,
+    )
+    .await
+    .unwrap();
+    assert_eq!(ended.len(), 6, "{ended:?}");
+    let mut now = Vec::new();
+    for id in &ids {
+        now.push(db::lock_plan(&mut conn, id).await.unwrap().unwrap().status);
+    }
+    assert_eq!(
+        now,
+        [
+            "expired",
+            "expired",
+            "expired",
+            "abandoned",
+            "abandoned",
+            "abandoned",
+            "completed",
+            "refused",
+            "signing"
+        ]
+    );
+    let burn: (String, Option<Vec<u8>>) =
+        sqlx::query_as("SELECT status, plan_id FROM burns WHERE burn_id = 'b-signing'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        burn,
+        ("queued".to_owned(), None),
+        "the burn is queued again"
+    );
+    let naming = db::abandoned_plans_naming(&mut conn, 0, &["b-signing".to_owned()])
+        .await
+        .unwrap();
+    assert_eq!(naming.len(), 1, "a successor must conflict with it");
+    assert_eq!(naming[0].0, ids[3].to_vec());
+}
