@@ -7,9 +7,10 @@ use std::ops::RangeInclusive;
 
 use monero_daemon_rpc::MoneroDaemon;
 use monero_simple_request_rpc::SimpleRequestTransport;
+use monero_wallet::ed25519::Point;
 use monero_wallet::interface::{
-    FeePriority, FeeRate, ProvidesBlockchainMeta, ProvidesFeeRates, ProvidesScannableBlocks,
-    PublishTransaction, ScannableBlock,
+    EvaluateUnlocked, FeePriority, FeeRate, ProvidesBlockchainMeta, ProvidesDecoys,
+    ProvidesFeeRates, ProvidesOutputs, ProvidesScannableBlocks, PublishTransaction, ScannableBlock,
 };
 use monero_wallet::transaction::Transaction;
 
@@ -27,6 +28,17 @@ pub struct DaemonError {
     pub what: String,
     /// Why.
     pub detail: String,
+}
+
+/// Where a key image stands on a daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyImage {
+    /// Neither in a block nor in the pool.
+    Unspent,
+    /// In a block (final or not).
+    SpentInBlock,
+    /// In a transaction in the daemon's pool.
+    SpentInPool,
 }
 
 /// A connection to one `monerod`, made on first use and remade after errors.
@@ -158,6 +170,109 @@ impl Daemon {
                 Err(self.error("get_fee_estimate", format!("{e:?}")))
             }
         }
+    }
+
+    /// How many RingCT outputs the blocks up to `block_number` hold: a ring
+    /// member's global index must be below it.
+    pub async fn ringct_outputs_up_to(&self, block_number: u64) -> Result<u64, DaemonError> {
+        let what = "get_output_distribution.bin";
+        let daemon = self.connection().await?;
+        let block = usize::try_from(block_number).map_err(|e| self.error(what, e))?;
+        match ProvidesDecoys::ringct_output_distribution(&daemon, ..=block).await {
+            Ok(cumulative) => Ok(cumulative.last().copied().unwrap_or(0)),
+            Err(e) => {
+                self.forget().await;
+                Err(self.error(what, format!("{e:?}")))
+            }
+        }
+    }
+
+    /// The RingCT outputs at these global indexes as (key, commitment), each
+    /// `None` unless it is a valid point unlocked as of block `block_number`
+    /// (judged from the chain up to that block alone, as the leader's decoy
+    /// selection judged it). Every index must be below
+    /// [`Self::ringct_outputs_up_to`].
+    pub async fn unlocked_outputs(
+        &self,
+        indexes: &[u64],
+        block_number: u64,
+    ) -> Result<Vec<Option<[Point; 2]>>, DaemonError> {
+        let what = "get_outs.bin";
+        let daemon = self.connection().await?;
+        let block_number = usize::try_from(block_number).map_err(|e| self.error(what, e))?;
+        match ProvidesDecoys::unlocked_ringct_outputs(
+            &daemon,
+            indexes,
+            EvaluateUnlocked::FingerprintableDeterministic { block_number },
+        )
+        .await
+        {
+            Ok(outputs) => Ok(outputs),
+            Err(e) => {
+                self.forget().await;
+                Err(self.error(what, format!("{e:?}")))
+            }
+        }
+    }
+
+    /// The RingCT outputs at these global indexes as (key bytes, commitment),
+    /// locked or not.
+    pub async fn outputs(&self, indexes: &[u64]) -> Result<Vec<([u8; 32], Point)>, DaemonError> {
+        let daemon = self.connection().await?;
+        match ProvidesOutputs::ringct_outputs(&daemon, indexes).await {
+            Ok(outputs) => Ok(outputs
+                .into_iter()
+                .map(|o| (o.key.to_bytes(), o.commitment))
+                .collect()),
+            Err(e) => {
+                self.forget().await;
+                Err(self.error("get_outs.bin", format!("{e:?}")))
+            }
+        }
+    }
+
+    /// Where each key image stands (`is_key_image_spent`): unspent, spent in
+    /// a block, or spent by a transaction in the daemon's pool.
+    pub async fn key_images(&self, images: &[[u8; 32]]) -> Result<Vec<KeyImage>, DaemonError> {
+        let what = "is_key_image_spent";
+        if images.is_empty() {
+            return Ok(Vec::new());
+        }
+        let daemon = self.connection().await?;
+        let request = serde_json::json!({
+            "key_images": images.iter().map(hex::encode).collect::<Vec<_>>(),
+        })
+        .to_string();
+        // monero-daemon-rpc has no typed call for this route; its generic
+        // call does the transport and the size bound.
+        let answer = match daemon
+            .rpc_call(what, Some(request), 256 + 16 * images.len())
+            .await
+        {
+            Ok(answer) => answer,
+            Err(e) => {
+                self.forget().await;
+                return Err(self.error(what, format!("{e:?}")));
+            }
+        };
+        let parsed: serde_json::Value =
+            serde_json::from_str(&answer).map_err(|e| self.error(what, e))?;
+        if parsed["status"] != "OK" {
+            return Err(self.error(what, format!("status {}", parsed["status"])));
+        }
+        let statuses = parsed["spent_status"]
+            .as_array()
+            .filter(|s| s.len() == images.len())
+            .ok_or_else(|| self.error(what, "no spent_status for every key image"))?;
+        statuses
+            .iter()
+            .map(|s| match s.as_u64() {
+                Some(0) => Ok(KeyImage::Unspent),
+                Some(1) => Ok(KeyImage::SpentInBlock),
+                Some(2) => Ok(KeyImage::SpentInPool),
+                _ => Err(self.error(what, format!("unknown spent status {s}"))),
+            })
+            .collect()
     }
 
     /// Publishes a transaction (a transaction the daemon already has counts

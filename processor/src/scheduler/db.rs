@@ -215,21 +215,25 @@ pub struct Spendable {
 pub const SPENDABLE_AGE: i64 = 10;
 
 /// Included, unlocked, unreserved outputs of a key, at least
-/// [`SPENDABLE_AGE`] blocks below the finalized tip.
+/// [`SPENDABLE_AGE`] blocks below `as_of` (a window's first block): the
+/// leader and every follower judge a window's inputs by the same finalized
+/// height, whenever they plan or check.
 pub async fn spendable_outputs(
     conn: impl PgExecutor<'_>,
     session: u64,
+    as_of: u64,
 ) -> Result<Vec<Spendable>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT tx_hash, index_in_tx, amount, wallet_output FROM outputs
          WHERE session = $1 AND status = 'included'
            -- A timelocked output becomes included only once a finalized
            -- block passed its lock (scanner::db::unlock).
-           AND block_height + $2 <= (SELECT next_height FROM scan_cursor)
+           AND block_height + $2 <= $3 + 1
          ORDER BY block_height, tx_hash, index_in_tx",
     )
     .bind(to_i64(session))
     .bind(SPENDABLE_AGE)
+    .bind(to_i64(as_of))
     .fetch_all(conn)
     .await?;
     Ok(rows
@@ -325,9 +329,11 @@ pub async fn insert_plan(
     status: &str,
 ) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
-        "INSERT INTO plans (plan_id, session, \"window\", leader, signable, burn_ids, status, traceparent, relay_order)
+        "INSERT INTO plans (plan_id, session, \"window\", leader, signable, burn_ids, status, traceparent,
+                            relay_order, relay_horizon)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8,
-                 CASE WHEN $7 = 'received' THEN nextval('plan_relay_order') END)
+                 CASE WHEN $7 = 'received' THEN nextval('plan_relay_order') END,
+                 CASE WHEN $7 = 'received' THEN (SELECT max(monero_horizon) FROM settlement_blocks) END)
          ON CONFLICT DO NOTHING",
     )
     .bind(plan_id)
@@ -358,7 +364,8 @@ pub async fn traceparent(pool: &PgPool, plan_id: &[u8]) -> Result<String, sqlx::
 /// `received`, to be checked in relay order. False if it is not ours.
 pub async fn mark_relayed(conn: &mut PgConnection, plan_id: &[u8]) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
-        "UPDATE plans SET status = 'received', relay_order = nextval('plan_relay_order'), updated_at = now()
+        "UPDATE plans SET status = 'received', relay_order = nextval('plan_relay_order'),
+                relay_horizon = (SELECT max(monero_horizon) FROM settlement_blocks), updated_at = now()
          WHERE plan_id = $1 AND status = 'proposed'",
     )
     .bind(plan_id)
@@ -386,6 +393,9 @@ pub struct StoredPlan {
     pub status: String,
     /// Why it waits or was refused.
     pub reason: Option<String>,
+    /// The highest settlement horizon taken in when it was relayed here
+    /// (`None`: stored before this was recorded, or none yet).
+    pub relay_horizon: Option<u64>,
 }
 
 /// Loads and locks a plan.
@@ -394,8 +404,8 @@ pub async fn lock_plan(
     plan_id: &[u8],
 ) -> Result<Option<StoredPlan>, sqlx::Error> {
     let row = sqlx::query(
-        "SELECT plan_id, session, \"window\", leader, signable, burn_ids, status, reason FROM plans
-         WHERE plan_id = $1 FOR NO KEY UPDATE",
+        "SELECT plan_id, session, \"window\", leader, signable, burn_ids, status, reason, relay_horizon
+         FROM plans WHERE plan_id = $1 FOR NO KEY UPDATE",
     )
     .bind(plan_id)
     .fetch_optional(conn)
@@ -409,6 +419,7 @@ pub async fn lock_plan(
         burn_ids: r.get(5),
         status: r.get(6),
         reason: r.get(7),
+        relay_horizon: r.get::<Option<i64>, _>(8).map(to_u64),
     }))
 }
 
@@ -550,6 +561,15 @@ pub async fn release(conn: &mut PgConnection, plan_id: &[u8]) -> Result<(), sqlx
     .bind(plan_id)
     .execute(&mut *conn)
     .await?;
+    release_reservations(conn, plan_id).await
+}
+
+/// Returns a plan's reserved (unspent) outputs to the spendable pool and its
+/// planned (unpaid) burns to the queue.
+pub async fn release_reservations(
+    conn: &mut PgConnection,
+    plan_id: &[u8],
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE outputs SET status = 'included', plan_id = NULL WHERE plan_id = $1 AND status = 'reserved'",
     )
@@ -745,4 +765,154 @@ pub enum ScheduleError {
     /// A balance does not fit 64 bits.
     #[error(transparent)]
     Amount(#[from] AmountError),
+}
+
+/// The window length the key of `session` fixes (`None`: a key without
+/// chain parameters, which scans nothing and so has no windows).
+pub async fn key_window_blocks(
+    conn: &mut PgConnection,
+    session: u64,
+) -> Result<Option<u64>, sqlx::Error> {
+    let blocks: Option<Option<i64>> =
+        sqlx::query_scalar("SELECT window_blocks FROM keys WHERE session = $1")
+            .bind(to_i64(session))
+            .fetch_optional(conn)
+            .await?;
+    Ok(blocks.flatten().map(to_u64))
+}
+
+/// What a plan turned into when its lifetime ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// Never accepted here (it waited, or was the leader's own, unrelayed):
+    /// it reserved nothing.
+    Expired,
+    /// Accepted here (signing, signed or published) and not final: its
+    /// reservations are released, and its burns may be paid again only by
+    /// a plan spending one of its inputs.
+    Abandoned,
+}
+
+/// Ends the plans of `session` for windows up to `last_window` that are
+/// neither final nor closed: in the scanner's transaction for the finalized
+/// block whose height ends their lifetime, so every processor ends them at
+/// the same block. Returns each plan ended and how.
+pub async fn expire_plans(
+    conn: &mut PgConnection,
+    session: u64,
+    last_window: u64,
+    height: u64,
+) -> Result<Vec<(Vec<u8>, Expiry)>, sqlx::Error> {
+    let rows = sqlx::query(
+        "UPDATE plans SET
+           status = CASE WHEN status IN ('signing', 'signed', 'published') THEN 'abandoned' ELSE 'expired' END,
+           reason = 'no finalized block up to ' || $3::text || ' holds its transaction',
+           updated_at = now()
+         WHERE session = $1 AND \"window\" <= $2
+           AND status IN ('proposed', 'received', 'waiting', 'signing', 'signed', 'published')
+         RETURNING plan_id, status",
+    )
+    .bind(to_i64(session))
+    .bind(to_i64(last_window))
+    .bind(to_i64(height))
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut ended = Vec::with_capacity(rows.len());
+    for r in rows {
+        let plan_id: Vec<u8> = r.get(0);
+        let status: String = r.get(1);
+        let how = if status == "abandoned" {
+            release_reservations(conn, &plan_id).await?;
+            Expiry::Abandoned
+        } else {
+            Expiry::Expired
+        };
+        ended.push((plan_id, how));
+    }
+    Ok(ended)
+}
+
+/// Whether a proposal is waiting here for something other than its window
+/// (which this processor has finalized): a leader plans nothing meanwhile.
+pub async fn checkable_proposal_waits(pool: &PgPool, session: u64) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM plans p JOIN windows w ON w.\"window\" = p.\"window\"
+                        WHERE p.session = $1 AND p.status IN ('received', 'waiting'))",
+    )
+    .bind(to_i64(session))
+    .fetch_one(pool)
+    .await
+}
+
+/// One of our outputs, found by its one-time key.
+#[derive(Debug, Clone)]
+pub struct OwnOutput {
+    /// Its transaction.
+    pub tx_hash: Vec<u8>,
+    /// Its index there.
+    pub index_in_tx: i64,
+    /// `outputs.status`.
+    pub status: String,
+    /// The block holding it.
+    pub block_height: u64,
+    /// monero-wallet's `WalletOutput`.
+    pub wallet_output: Vec<u8>,
+}
+
+/// The credited output of `session` with this one-time key, if any.
+pub async fn own_output(
+    conn: &mut PgConnection,
+    session: u64,
+    output_key: &[u8; 32],
+) -> Result<Option<OwnOutput>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT tx_hash, index_in_tx, status, block_height, wallet_output FROM outputs
+         WHERE session = $1 AND output_key = $2 AND status <> 'duplicate'",
+    )
+    .bind(to_i64(session))
+    .bind(output_key.as_slice())
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|r| OwnOutput {
+        tx_hash: r.get(0),
+        index_in_tx: r.get(1),
+        status: r.get(2),
+        block_height: to_u64(r.get(3)),
+        wallet_output: r.get(4),
+    }))
+}
+
+/// Abandoned plans of `session` naming any of `burn_ids`: (plan id,
+/// signable, the signed transaction if this processor completed it).
+pub async fn abandoned_plans_naming(
+    conn: &mut PgConnection,
+    session: u64,
+    burn_ids: &[String],
+) -> Result<Vec<(Vec<u8>, Vec<u8>, Option<Vec<u8>>)>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT plan_id, signable, tx FROM plans
+         WHERE session = $1 AND status = 'abandoned' AND burn_ids && $2::text[]
+         ORDER BY created_at, plan_id",
+    )
+    .bind(to_i64(session))
+    .bind(burn_ids)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+}
+
+/// The first plan this processor signed (for the `scheduler-withhold-first-payout` failpoint).
+pub async fn first_signed_plan(
+    pool: &PgPool,
+    session: u64,
+) -> Result<Option<Vec<u8>>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT plan_id FROM plans WHERE session = $1 AND tx IS NOT NULL ORDER BY created_at, plan_id LIMIT 1",
+    )
+    .bind(to_i64(session))
+    .fetch_optional(pool)
+    .await
 }

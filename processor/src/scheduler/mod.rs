@@ -9,9 +9,19 @@
 //! [`plan`]) and either signs (FROST-CLSAG) or refuses with a fault naming
 //! the leader. Signers publish the completed transaction until it is seen;
 //! a plan completes when a finalized block holds it, whoever published it.
+//!
+//! Liveness (README "Payout liveness"): no participant's message can hold
+//! the scheduler. A proposal for a window beyond the settlement horizon it
+//! was relayed under plus [`PROPOSAL_PATIENCE_BLOCKS`] is refused; any plan
+//! not final [`PLAN_LIFETIME_BLOCKS`] finalized blocks after its window's
+//! start ends (expired, or abandoned if it was being signed here), at the
+//! same block on every processor; an abandoned plan's burns are paid again
+//! only by a plan spending one of its inputs. Both bounds are constants:
+//! every processor applies the same ones, whatever its configuration.
 
 pub mod db;
 pub mod plan;
+pub mod rings;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,7 +44,24 @@ use crate::accounts::view_pair;
 use crate::amount::Amount;
 use crate::keystore::Keystore;
 use crate::link::{self, HandleError, OutMessage, Outbox};
-use crate::monero::Daemon;
+use crate::monero::{Daemon, KeyImage};
+
+/// How far past the settlement horizon a proposal was relayed under (the
+/// highest Monero height the coordinator had announced before it, the same
+/// on every processor's ordered link) its window may start. An honest
+/// leader scans no block above the horizon it has taken in, and the
+/// coordinator relays its proposal after that horizon, so an honest
+/// proposal is never beyond it; anything further is refused and its leader
+/// named. The slack only absorbs a coordinator that relays horizons late.
+pub const PROPOSAL_PATIENCE_BLOCKS: u64 = 10;
+
+/// A plan not final once a finalized block this many blocks past its
+/// window's start exists ends there, on every processor at that same block:
+/// a waiting proposal expires; one this processor accepted (signing, signed
+/// or published) is abandoned, its reservations released. Two hours of
+/// mainnet blocks: signing, the pool and a few blocks' delay fit well
+/// inside; a later payout is stopped for at most this long.
+pub const PLAN_LIFETIME_BLOCKS: u64 = 60;
 
 /// How payouts are scheduled.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -53,10 +80,6 @@ pub struct SchedulerConfig {
     /// processor's own estimate before its plan is refused.
     #[serde(default = "default_fee_tolerance")]
     pub fee_tolerance_percent: u64,
-    /// How many blocks past a window's start a follower waits for inputs it
-    /// has not scanned yet before refusing the plan.
-    #[serde(default = "default_input_patience")]
-    pub input_patience_blocks: u64,
 }
 
 fn default_republish() -> Duration {
@@ -65,9 +88,6 @@ fn default_republish() -> Duration {
 fn default_fee_tolerance() -> u64 {
     100
 }
-fn default_input_patience() -> u64 {
-    20
-}
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
@@ -75,7 +95,6 @@ impl Default for SchedulerConfig {
             window_blocks: None,
             republish_interval: default_republish(),
             fee_tolerance_percent: default_fee_tolerance(),
-            input_patience_blocks: default_input_patience(),
         }
     }
 }
@@ -191,7 +210,43 @@ pub async fn on_block(
             );
         }
     }
-    let Some(block) = block else { return Ok(()) };
+    if let Some(block) = block {
+        match_plans(conn, link_id, key, height, block).await?;
+    }
+    // After matching: a plan final in this very block completes rather
+    // than ends.
+    if let Some(last_window) = height
+        .checked_sub(PLAN_LIFETIME_BLOCKS)
+        .map(|h| h / window_blocks)
+    {
+        for (plan_id, how) in db::expire_plans(conn, key.session, last_window, height).await? {
+            match how {
+                db::Expiry::Expired => info!(
+                    plan = %hex::encode(&plan_id),
+                    height,
+                    "proposal expired: its window started {PLAN_LIFETIME_BLOCKS} blocks ago"
+                ),
+                db::Expiry::Abandoned => warn!(
+                    plan = %hex::encode(&plan_id),
+                    height,
+                    "payout abandoned: no finalized block holds its transaction \
+                     {PLAN_LIFETIME_BLOCKS} blocks after its window; its burns are queued again, \
+                     to be paid only by a plan spending one of its inputs"
+                ),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Completes the open plans whose transaction this finalized block holds.
+async fn match_plans(
+    conn: &mut PgConnection,
+    link_id: &str,
+    key: &db::ActiveKey,
+    height: u64,
+    block: &BlockTransactions,
+) -> Result<(), HandleError> {
     let mut open = Vec::new();
     for (signable, plan_id) in db::open_plans(conn, key.session).await? {
         let (Ok(parsed), Ok(inputs)) = (
@@ -372,14 +427,19 @@ async fn pass(
     if !open_windows.is_empty() || !to_check.is_empty() {
         let fee_rate = daemon.fee_rate(FeePriority::Normal).await?;
         // Check others' proposals first: planning while one is unchecked
-        // would make a conflicting plan.
+        // would make a conflicting plan. In relay order, and none past one
+        // whose window this processor has yet to finalize: every processor
+        // then checks each proposal with the same ones taken before it.
         for plan_id in to_check {
             let span =
                 info_span!("plan.check", plan = %hex::encode(&plan_id), session = key.session);
             crate::telemetry::set_remote_parent(&span, &db::traceparent(pool, &plan_id).await?);
-            check(pool, context, &key, &plan_id, fee_rate)
+            let blocked = check(pool, daemon, context, &key, &plan_id, fee_rate)
                 .instrument(span)
                 .await?;
+            if blocked {
+                break;
+            }
         }
         for window in open_windows {
             lead(pool, daemon, context, &key, window, fee_rate).await?;
@@ -395,6 +455,15 @@ async fn pass(
         let Ok(parsed) = Transaction::<NotPruned>::read(&mut tx.as_slice()) else {
             continue;
         };
+        if fail::eval("scheduler-withhold-first-payout", |_| ()).is_some()
+            && db::first_signed_plan(pool, key.session).await?.as_deref()
+                == Some(plan_id.as_slice())
+        {
+            // Fault injection for the liveness test: the first payout this
+            // processor signs never reaches a daemon, as if every signer
+            // withheld it.
+            continue;
+        }
         let span = info_span!("plan.publish", plan = %hex::encode(&plan_id), tx = %hex::encode(parsed.hash()));
         crate::telemetry::set_remote_parent(&span, &db::traceparent(pool, &plan_id).await?);
         match daemon.publish(&parsed).instrument(span).await {
@@ -427,9 +496,13 @@ async fn lead(
     let pair = view_pair(&key.group_key)
         .ok_or_else(|| PassError::Handle("the group key is not a point".into()))?;
     if db::active_plan_exists(pool, key.session).await?
-        || !db::plans_to_check(pool, key.session).await?.is_empty()
+        || db::checkable_proposal_waits(pool, key.session).await?
     {
-        // One signing procedure per key at a time.
+        // One signing procedure per key at a time. A proposal still waiting
+        // for its own window does not count: it is checked before this
+        // window's plan anyway (relay order), and it cannot wait for long
+        // (PROPOSAL_PATIENCE_BLOCKS), so no participant can keep every
+        // leader busy by proposing ahead.
         db::close_window(pool, window, "busy", None).await?;
         info!(
             window,
@@ -437,10 +510,17 @@ async fn lead(
         );
         return Ok(());
     }
+    let mut conn = pool.acquire().await?;
+    let Some((_, start_height)) = db::window(&mut conn, window).await? else {
+        return Ok(());
+    };
     let burns = db::queued_burns(pool).await?;
-    let mut spendable = db::spendable_outputs(pool, key.session).await?;
+    // Inputs as of the window's first block, as every follower judges them.
+    let mut spendable = db::spendable_outputs(pool, key.session, start_height).await?;
     // Largest first: fewest inputs.
     spendable.sort_by_key(|o| std::cmp::Reverse(o.amount));
+    let queued_ids: Vec<String> = burns.iter().map(|b| b.burn_id.clone()).collect();
+    let successors = successor_inputs(&mut conn, daemon, key, &queued_ids, &spendable).await?;
     let mut payments = Vec::new();
     let mut chosen_burns = Vec::new();
     let balance = Amount::sum("the spendable balance", spendable.iter().map(|o| o.amount))
@@ -450,6 +530,9 @@ async fn lead(
     for burn in burns {
         if chosen_burns.len() + 1 >= plan::MAX_OUTPUTS {
             break;
+        }
+        if successors.blocked.contains(&burn.burn_id) {
+            continue;
         }
         let Ok(address) = plan::parse_address(&burn.address) else {
             continue;
@@ -484,8 +567,26 @@ async fn lead(
         db::close_window(pool, window, "idle", None).await?;
         return Ok(());
     }
-    // Decoys come from the chain as the daemon has it now (its latest block).
-    let height = usize::try_from(daemon.tip().await?).unwrap_or(usize::MAX);
+    // An abandoned plan's burns are paid again only by a plan spending one
+    // of its inputs: those inputs come first.
+    let required: Vec<Vec<u8>> = successors
+        .required
+        .iter()
+        .filter(|(burns, _)| burns.iter().any(|b| chosen_burns.contains(b)))
+        .map(|(_, tx_hash_index)| tx_hash_index.clone())
+        .collect();
+    let mut ordered: Vec<db::Spendable> = Vec::with_capacity(spendable.len());
+    for id in &required {
+        if let Some(at) = spendable.iter().position(|o| &output_ref(o) == id) {
+            ordered.push(spendable.remove(at));
+        }
+    }
+    let must_use = ordered.len();
+    ordered.append(&mut spendable);
+    let spendable = ordered;
+    // Decoys as of the window's first block: finalized, so every follower's
+    // daemon holds it and judges the rings by the same chain.
+    let as_of = usize::try_from(start_height).unwrap_or(usize::MAX);
     let rpc = daemon.rpc().await?;
     let mut inputs = Vec::new();
     let mut used = 0;
@@ -496,6 +597,7 @@ async fn lead(
         )
         .map_err(|e| PassError::Handle(e.to_string()))?;
         let short = inputs.is_empty()
+            || used < must_use
             || committed
                 .checked_add(fee_margin(fee_rate, used))
                 .is_none_or(|need| have < need);
@@ -531,7 +633,7 @@ async fn lead(
             &mut rand_core::OsRng,
             &rpc,
             plan::RING_LEN,
-            height,
+            as_of,
             output,
         )
         .await
@@ -539,8 +641,18 @@ async fn lead(
         inputs.push(with_decoys);
         used += 1;
     };
+    let signable = if fail::eval("scheduler-bad-decoy", |_| ()).is_some() {
+        // Fault injection for the ring test: a dishonest leader proposes a
+        // ring monerod would refuse (two decoys swapped).
+        warn!(window, "fault injection: tampering with a decoy");
+        tamper_decoy(&key.group_key, &pair, inputs, payments, signable.fee_rate())
+            .unwrap_or(signable)
+    } else {
+        signable
+    };
     let bytes = signable.serialize();
     let plan_id = plan::plan_id(&bytes);
+    drop(conn);
     let mut tx = pool.begin().await?;
     if !db::lock_open_window(&mut tx, window).await? {
         return Ok(());
@@ -589,6 +701,159 @@ async fn lead(
     Ok(())
 }
 
+/// An output's identity in `outputs`: its transaction hash and index.
+fn output_ref(o: &db::Spendable) -> Vec<u8> {
+    let mut id = o.tx_hash.clone();
+    id.extend_from_slice(&o.index_in_tx.to_le_bytes());
+    id
+}
+
+/// The failpoint `scheduler-bad-decoy`: the same plan with two decoys of
+/// the first input swapped, so they no longer sit at their global indexes.
+fn tamper_decoy(
+    group_key: &[u8; 32],
+    pair: &monero_wallet::ViewPair,
+    mut inputs: Vec<monero_wallet::OutputWithDecoys>,
+    payments: Vec<(monero_wallet::address::MoneroAddress, u64)>,
+    fee_rate: FeeRate,
+) -> Option<SignableTransaction> {
+    let first = inputs.first()?;
+    let decoys = first.decoys();
+    let signer = usize::from(decoys.signer_index());
+    let (a, b) = if signer < 2 { (2, 3) } else { (0, 1) };
+    let mut ring = decoys.ring().to_vec();
+    ring.swap(a, b);
+    let tampered = monero_wallet::ringct::clsag::Decoys::new(
+        decoys.offsets().to_vec(),
+        decoys.signer_index(),
+        ring,
+    )?;
+    let whole = first.serialize();
+    let output_len = whole.len().checked_sub(decoys.serialize().len())?;
+    let mut bytes = whole.get(..output_len)?.to_vec();
+    bytes.extend(tampered.serialize());
+    inputs[0] = monero_wallet::OutputWithDecoys::read(&mut bytes.as_slice()).ok()?;
+    plan::build(group_key, pair, inputs, payments, fee_rate).ok()
+}
+
+/// What an abandoned plan asks of a plan paying its burns again.
+#[derive(Debug, Default)]
+struct Successors {
+    /// (the abandoned plan's burns, the input to spend: [`output_ref`]).
+    required: Vec<(Vec<String>, Vec<u8>)>,
+    /// Burns no plan may pay now: the abandoned plan that named them may
+    /// still be mined (a key image of it is in the pool or a block), or
+    /// none of its inputs is spendable now.
+    blocked: std::collections::HashSet<String>,
+}
+
+/// For each abandoned plan naming a queued burn: one of its inputs a
+/// successor must spend, or its burns blocked for now.
+async fn successor_inputs(
+    conn: &mut PgConnection,
+    daemon: &Daemon,
+    key: &db::ActiveKey,
+    queued: &[String],
+    spendable: &[db::Spendable],
+) -> Result<Successors, PassError> {
+    let mut successors = Successors::default();
+    for (plan_id, signable, signed) in db::abandoned_plans_naming(conn, key.session, queued).await?
+    {
+        let burns = db::plan_burns(conn, &plan_id).await?;
+        let their = plan::inputs_of(&signable).unwrap_or_default();
+        match abandoned_status(conn, daemon, key, &their, signed.as_deref()).await? {
+            Abandoned::Void => continue,
+            Abandoned::MayBeMined(why) => {
+                info!(plan = %hex::encode(&plan_id), "its burns wait: {why}");
+                successors.blocked.extend(burns);
+                continue;
+            }
+            Abandoned::Binding => {}
+        }
+        let mut found = None;
+        for input in &their {
+            let Some(own) =
+                db::own_output(conn, key.session, &input.key().compress().to_bytes()).await?
+            else {
+                continue;
+            };
+            let mut id = own.tx_hash.clone();
+            id.extend_from_slice(&own.index_in_tx.to_le_bytes());
+            if spendable.iter().any(|o| output_ref(o) == id) {
+                found = Some(id);
+                break;
+            }
+        }
+        match found {
+            Some(id) => successors.required.push((burns, id)),
+            None => successors.blocked.extend(burns),
+        }
+    }
+    Ok(successors)
+}
+
+/// Where an abandoned plan stands for a successor.
+enum Abandoned {
+    /// One of its inputs is spent by a final payout: it can never be mined.
+    Void,
+    /// Its transaction may still be mined: a key image of it is in the
+    /// daemon's pool or in a block not yet final.
+    MayBeMined(String),
+    /// A successor must spend one of its inputs.
+    Binding,
+}
+
+async fn abandoned_status(
+    conn: &mut PgConnection,
+    daemon: &Daemon,
+    key: &db::ActiveKey,
+    inputs: &[monero_wallet::OutputWithDecoys],
+    signed: Option<&[u8]>,
+) -> Result<Abandoned, PassError> {
+    for input in inputs {
+        if let Some(own) =
+            db::own_output(conn, key.session, &input.key().compress().to_bytes()).await?
+            && own.status == "spent"
+        {
+            return Ok(Abandoned::Void);
+        }
+    }
+    // Its key images are known only to a signer that completed it; without
+    // them, the successor's shared input alone keeps the two exclusive.
+    let Some(tx) = signed.and_then(|t| Transaction::<NotPruned>::read(&mut &*t).ok()) else {
+        return Ok(Abandoned::Binding);
+    };
+    let images: Vec<[u8; 32]> = tx
+        .prefix()
+        .inputs
+        .iter()
+        .filter_map(|i| match i {
+            monero_wallet::transaction::Input::ToKey { key_image, .. } => {
+                Some(key_image.to_bytes())
+            }
+            monero_wallet::transaction::Input::Gen(_) => None,
+        })
+        .collect();
+    for (image, status) in images.iter().zip(daemon.key_images(&images).await?) {
+        match status {
+            KeyImage::Unspent => {}
+            KeyImage::SpentInPool => {
+                return Ok(Abandoned::MayBeMined(format!(
+                    "key image {} is in the daemon's pool",
+                    hex::encode(image)
+                )));
+            }
+            KeyImage::SpentInBlock => {
+                return Ok(Abandoned::MayBeMined(format!(
+                    "key image {} is in a block not yet final",
+                    hex::encode(image)
+                )));
+            }
+        }
+    }
+    Ok(Abandoned::Binding)
+}
+
 /// A conservative fee for a transaction with `inputs` inputs and the
 /// maximum outputs, to decide which burns fit.
 /// (Saturating: a margin too large for 64 bits is one no balance covers.)
@@ -600,27 +865,30 @@ fn fee_margin(fee_rate: FeeRate, inputs: usize) -> Amount {
     Amount::from_piconero(fee_rate.per_weight().saturating_mul(weight))
 }
 
-/// Checks a proposal from another leader, then signs or refuses it.
+/// Checks a proposal from another leader, then signs or refuses it. True if
+/// it waits for its window: no later proposal is checked before it.
 async fn check(
     pool: &PgPool,
+    daemon: &Daemon,
     context: &SchedulerContext,
     key: &db::ActiveKey,
     plan_id: &[u8],
     own_fee_rate: FeeRate,
-) -> Result<(), PassError> {
+) -> Result<bool, PassError> {
     let mut tx = pool.begin().await?;
     let Some(proposal) = db::lock_plan(&mut tx, plan_id).await? else {
-        return Ok(());
+        return Ok(false);
     };
     if !matches!(proposal.status.as_str(), "received" | "waiting") {
-        return Ok(());
+        return Ok(false);
     }
-    let verdict = verify(&mut tx, context, key, &proposal, own_fee_rate).await?;
+    let verdict = verify(&mut tx, daemon, context, key, &proposal, own_fee_rate).await?;
+    let waits_for_window = matches!(verdict, Verdict::WaitWindow(_));
     match verdict {
         Verdict::Accept { reserved } => {
             if !db::reserve(&mut tx, plan_id, &reserved, &proposal.burn_ids).await? {
                 tx.rollback().await?;
-                return Ok(());
+                return Ok(false);
             }
             db::set_plan_status(&mut tx, plan_id, "signing", None).await?;
             crate::signer::begin(
@@ -632,7 +900,7 @@ async fn check(
             .await?;
             info!(plan = %hex::encode(plan_id), window = proposal.window, "plan checked: signing");
         }
-        Verdict::Wait(reason) => {
+        Verdict::WaitWindow(reason) | Verdict::Wait(reason) => {
             if proposal.status != "waiting" || proposal.reason.as_deref() != Some(reason.as_str()) {
                 info!(plan = %hex::encode(plan_id), "plan waits: {reason}");
             }
@@ -641,6 +909,14 @@ async fn check(
         Verdict::Stale(reason) => {
             info!(plan = %hex::encode(plan_id), leader = proposal.leader, "plan overtaken by an earlier one: {reason}");
             db::set_plan_status(&mut tx, plan_id, "superseded", Some(&reason)).await?;
+        }
+        Verdict::Expire(reason) => {
+            info!(plan = %hex::encode(plan_id), leader = proposal.leader, "proposal expired: {reason}");
+            db::set_plan_status(&mut tx, plan_id, "expired", Some(&reason)).await?;
+        }
+        Verdict::Decline(reason) => {
+            warn!(plan = %hex::encode(plan_id), leader = proposal.leader, "plan declined: {reason}");
+            db::set_plan_status(&mut tx, plan_id, "refused", Some(&reason)).await?;
         }
         Verdict::Refuse(reason) => {
             warn!(plan = %hex::encode(plan_id), leader = proposal.leader, "plan refused: {reason}");
@@ -673,22 +949,31 @@ async fn check(
     }
     tx.commit().await?;
     context.outbox.wake();
-    Ok(())
+    Ok(waits_for_window)
 }
 
 enum Verdict {
     Accept {
         reserved: Vec<(Vec<u8>, i64)>,
     },
+    /// Its window is not finalized here yet: later proposals wait too.
+    WaitWindow(String),
     Wait(String),
+    /// Invalid: refused, and its leader named in a fault.
     Refuse(String),
+    /// Not signed, and no fault: an honest leader may propose it (it did
+    /// not know of a plan this processor abandoned).
+    Decline(String),
     /// Overtaken by a plan taken before it (its burns or inputs are taken):
     /// not a fault of its leader, who planned before seeing the other.
     Stale(String),
+    /// Its lifetime ended before it could be signed here.
+    Expire(String),
 }
 
 async fn verify(
     conn: &mut PgConnection,
+    daemon: &Daemon,
     context: &SchedulerContext,
     key: &db::ActiveKey,
     proposal: &db::StoredPlan,
@@ -700,9 +985,40 @@ async fn verify(
             proposal.session, key.session
         )));
     }
+    // A window beyond the horizon it was relayed under plus the patience:
+    // no honest leader has finalized it (the same verdict everywhere: the
+    // horizon is the one the ordered link delivered before the proposal).
+    let Some(window_blocks) = db::key_window_blocks(conn, key.session).await? else {
+        return Ok(Verdict::Wait("the key fixes no window length".into()));
+    };
+    let horizon = match proposal.relay_horizon {
+        Some(h) => h,
+        None => crate::settlement::db::horizon(&mut *conn)
+            .await?
+            .unwrap_or(0),
+    };
+    let limit = horizon.saturating_add(PROPOSAL_PATIENCE_BLOCKS);
+    let Some(start) = proposal
+        .window
+        .checked_mul(window_blocks)
+        .filter(|&s| s <= limit)
+    else {
+        return Ok(Verdict::Refuse(format!(
+            "window {} starts beyond block {limit} (the settlement horizon {horizon} it was \
+             relayed under plus {PROPOSAL_PATIENCE_BLOCKS}): no leader has finalized it",
+            proposal.window
+        )));
+    };
+    let next = db::next_height(conn).await?;
+    if next > start.saturating_add(PLAN_LIFETIME_BLOCKS) {
+        return Ok(Verdict::Expire(format!(
+            "its window started at block {start}, more than {PLAN_LIFETIME_BLOCKS} finalized \
+             blocks ago"
+        )));
+    }
     let Some((expected_leader, start_height)) = db::window(conn, proposal.window).await? else {
-        return Ok(Verdict::Wait(format!(
-            "window {} is not finalized here yet",
+        return Ok(Verdict::WaitWindow(format!(
+            "window {} (from block {start}) is not finalized here yet",
             proposal.window
         )));
     };
@@ -745,28 +1061,56 @@ async fn verify(
             )));
         }
     }
-    // Inputs: each must be one of our spendable outputs.
-    let spendable = db::spendable_outputs(&mut *conn, key.session).await?;
+    // Inputs: each must be one of our outputs, spendable as of the window's
+    // first block (as the leader judged it). Every output an honest leader
+    // can use is known here once the window is: it is older than the
+    // window, and its inclusion came on the link before the proposal.
     let mut reserved = Vec::new();
     for (i, input) in inputs.iter().enumerate() {
-        let found = spendable.iter().find(|o| {
-            WalletOutput::read(&mut o.wallet_output.as_slice())
-                .is_ok_and(|ours| plan::same_output(input, &ours))
-        });
-        match found {
-            Some(o) => reserved.push((o.tx_hash.clone(), o.index_in_tx)),
-            None => {
-                let next = db::next_height(conn).await?;
-                if next > start_height + context.config.input_patience_blocks {
-                    return Ok(Verdict::Refuse(format!(
-                        "input {i} is not a spendable output of the group"
-                    )));
-                }
-                return Ok(Verdict::Wait(format!(
-                    "input {i} is not among this processor's spendable outputs yet"
+        let output_key = input.key().compress().to_bytes();
+        if inputs[..i].iter().any(|e| e.key() == input.key()) {
+            return Ok(Verdict::Refuse(format!("input {i} is spent twice")));
+        }
+        let Some(own) = db::own_output(conn, key.session, &output_key).await? else {
+            return Ok(Verdict::Refuse(format!(
+                "input {i} is not a spendable output of the group"
+            )));
+        };
+        let ours = WalletOutput::read(&mut own.wallet_output.as_slice())
+            .map_err(|e| PassError::Handle(format!("stored output: {e}")))?;
+        if !plan::same_output(input, &ours) {
+            return Ok(Verdict::Refuse(format!(
+                "input {i} names the group's output {} but not its key offset or commitment",
+                hex::encode(output_key)
+            )));
+        }
+        match own.status.as_str() {
+            "included" => {}
+            "reserved" | "spent" => {
+                return Ok(Verdict::Stale(format!(
+                    "input {i} is already {}",
+                    own.status
+                )));
+            }
+            other => {
+                return Ok(Verdict::Refuse(format!(
+                    "input {i} is {other}, not spendable"
                 )));
             }
         }
+        if i64::try_from(own.block_height)
+            .ok()
+            .and_then(|h| h.checked_add(db::SPENDABLE_AGE))
+            .and_then(|h| u64::try_from(h).ok())
+            .is_none_or(|h| h > start_height + 1)
+        {
+            return Ok(Verdict::Refuse(format!(
+                "input {i} (block {}) is not {} blocks deep at the window's first block {start_height}",
+                own.block_height,
+                db::SPENDABLE_AGE
+            )));
+        }
+        reserved.push((own.tx_hash, own.index_in_tx));
     }
     // Payments: exactly the named burns, each queued and unpaid.
     let mut payments = Vec::new();
@@ -794,6 +1138,35 @@ async fn verify(
     ) {
         return Ok(Verdict::Refuse(e.to_string()));
     }
+    // Burns of a plan abandoned here: paid again only by a plan that spends
+    // one of its inputs, so at most one of the two can ever be mined.
+    for (abandoned, signable, signed) in
+        db::abandoned_plans_naming(conn, key.session, &proposal.burn_ids).await?
+    {
+        let their = plan::inputs_of(&signable).unwrap_or_default();
+        match abandoned_status(conn, daemon, key, &their, signed.as_deref()).await? {
+            Abandoned::Void => continue,
+            Abandoned::MayBeMined(why) => {
+                return Ok(Verdict::Wait(format!(
+                    "abandoned plan {} may still be mined: {why}",
+                    hex::encode(&abandoned)
+                )));
+            }
+            Abandoned::Binding => {}
+        }
+        let conflicts = inputs.iter().any(|i| {
+            their
+                .iter()
+                .any(|t| t.key() == i.key() && t.key_offset() == i.key_offset())
+        });
+        if !conflicts {
+            return Ok(Verdict::Decline(format!(
+                "it pays burns of abandoned plan {} again without spending any of its inputs: \
+                 both could be mined",
+                hex::encode(&abandoned)
+            )));
+        }
+    }
     // Fee: within the tolerance of our own estimate.
     let theirs = u128::from(leader_tx.fee_rate().per_weight());
     let ours = u128::from(own_fee_rate.per_weight());
@@ -810,7 +1183,7 @@ async fn verify(
     let expected = match plan::build(
         &key.group_key,
         &pair,
-        inputs,
+        inputs.clone(),
         payments,
         leader_tx.fee_rate(),
     ) {
@@ -827,6 +1200,13 @@ async fn verify(
              (an extra or altered payment, or a foreign change address)"
                 .into(),
         ));
+    }
+    // Rings, against this processor's own daemon, as of the window's first
+    // block (the leader chose its decoys as of it).
+    if let Err(reason) = rings::check(daemon, &inputs, start_height).await? {
+        return Ok(Verdict::Refuse(format!(
+            "a ring monerod would refuse: {reason}"
+        )));
     }
     Ok(Verdict::Accept { reserved })
 }

@@ -1,0 +1,443 @@
+//! Payout liveness against one faulty participant (issue 13, items 2 and
+//! 3): a proposal for a window far beyond the chain, a payout its signers
+//! never publish, and a ring with a tampered decoy each get a clear outcome,
+//! and a later burn is still paid, exactly once.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::future::Future;
+use std::time::Duration;
+
+use common::deposits::*;
+use common::monero::*;
+use common::*;
+use sqlx::PgPool;
+
+const SCHEDULER: &[(&str, &str)] = &[
+    ("PROCESSOR_SCHEDULER__WINDOW_BLOCKS", "4"),
+    ("PROCESSOR_SCHEDULER__REPUBLISH_INTERVAL", "2s"),
+];
+
+/// A processor's plan: (id, signable, window, status, reason).
+type PlanRow = (Vec<u8>, Vec<u8>, i64, String, String);
+
+/// Mines a block every 300 ms until `check` yields.
+async fn mine_until<T, F, Fut>(setup: &Setup, what: &str, timeout: Duration, check: F) -> T
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        setup.monerod.mine(&elsewhere(), 1).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// A fresh subaddress of the user's wallet: (address, minor index).
+async fn user_subaddress(setup: &Setup) -> (String, u64) {
+    let made = setup
+        .wallet
+        .call("create_address", serde_json::json!({"account_index": 0}))
+        .await;
+    (
+        made["result"]["address"].as_str().unwrap().to_owned(),
+        made["result"]["address_index"].as_u64().unwrap(),
+    )
+}
+
+/// What the user's wallet received at subaddress (0, minor): (txid, amount).
+async fn received(setup: &Setup, minor: u64) -> Vec<(String, u64)> {
+    setup.wallet.call("refresh", serde_json::json!({})).await;
+    let got = setup
+        .wallet
+        .call(
+            "get_transfers",
+            serde_json::json!({"in": true, "account_index": 0, "subaddr_indices": [minor]}),
+        )
+        .await;
+    got["result"]["in"]
+        .as_array()
+        .map(|entries| {
+            entries
+                .iter()
+                .map(|e| {
+                    (
+                        e["txid"].as_str().unwrap().to_owned(),
+                        e["amount"].as_u64().unwrap(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Deposits, waits for the batch to be included, then queues `burns` in the
+/// next settlement block.
+async fn fund(setup: &Setup, burns: &[(&str, &str, u64)]) {
+    setup.deposit(1_000_000_000_000, 600_000_000_000).await;
+    setup.monerod.mine(&elsewhere(), 3).await;
+    setup.wait_included(1).await;
+    for (id, address, amount) in burns {
+        coordinator_mock::payouts::submit_burn(
+            &setup.cluster.coordinator.pool,
+            id,
+            address,
+            *amount,
+        )
+        .await
+        .unwrap();
+    }
+    setup
+        .cluster
+        .coordinator
+        .emit_settlement_block()
+        .await
+        .unwrap();
+}
+
+/// The completed plan paying `burn` at the coordinator: (plan id, tx hash).
+async fn completed_paying(pool: &PgPool, burn: &str) -> Option<(Vec<u8>, Vec<u8>)> {
+    sqlx::query_as(
+        "SELECT plan_id, tx_hash FROM plans WHERE status = 'completed' AND $1 = ANY(burn_ids)",
+    )
+    .bind(burn)
+    .fetch_optional(pool)
+    .await
+    .unwrap()
+}
+
+/// Faults at the coordinator: (reporter, accused processor, detail).
+async fn faults(pool: &PgPool, kind: &str) -> Vec<(String, String, String)> {
+    sqlx::query_as(
+        "SELECT f.reporter, k.processor, f.detail FROM faults f
+         JOIN keygen_participants k ON k.session = f.session AND k.idx = f.accused
+         WHERE f.kind = $1 ORDER BY f.id",
+    )
+    .bind(kind)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// One participant (validator-2) sends a proposal for a window a million
+/// windows ahead, and the first payout is never published by any signer.
+/// Before: the proposal waited forever, every leader marked its window
+/// busy, and the unpublished payout blocked every later one. Now the
+/// proposal is refused at once with a fault naming validator-2, the
+/// unpublished payout is abandoned after PLAN_LIFETIME_BLOCKS, and its burn
+/// is paid by a successor that spends one of its inputs, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_far_future_proposal_and_a_payout_never_mined_do_not_stop_payouts() {
+    let setup = Setup::start_with("byzlive", 2, SCHEDULER, |_| {
+        Some("scheduler-withhold-first-payout=return")
+    })
+    .await;
+    let pool = setup.cluster.coordinator.pool.clone();
+
+    // validator-2's bogus proposal, relayed by the coordinator as any other.
+    let (session, index): (i64, i32) = sqlx::query_as(
+        "SELECT session, idx FROM keygen_participants WHERE processor = 'validator-2'
+         ORDER BY session DESC LIMIT 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(session, 0);
+    let bogus = [0xb0_u8; 32];
+    let mut tx = pool.begin().await.unwrap();
+    coordinator_mock::payouts::proposal(
+        &mut tx,
+        "validator-2",
+        proto::processor_v1::PlanProposal {
+            window: 1_000_000,
+            leader_index: u32::try_from(index).unwrap(),
+            plan_id: bogus.to_vec(),
+            signable_transaction: vec![1, 2, 3],
+            burn_ids: vec![],
+        },
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    let (to, minor) = user_subaddress(&setup).await;
+    let amount = 300_000_000_000;
+    fund(&setup, &[("burn-live", &to, amount)]).await;
+
+    let (plan_id, tx_hash) = mine_until(
+        &setup,
+        "the burn paid despite the bogus proposal and the withheld payout",
+        Duration::from_secs(480),
+        || completed_paying(&pool, "burn-live"),
+    )
+    .await;
+
+    // The far-future proposal: refused by every processor, naming validator-2.
+    let refused = faults(&pool, "plan-refused").await;
+    let about_bogus: Vec<_> = refused
+        .iter()
+        .filter(|f| f.2.contains(&hex::encode(bogus)))
+        .collect();
+    assert!(about_bogus.len() >= 2, "{refused:?}");
+    for (_, accused, detail) in &about_bogus {
+        assert_eq!(accused, "validator-2", "{detail}");
+        assert!(detail.contains("no leader has finalized it"), "{detail}");
+    }
+
+    // Every processor abandoned the withheld payout, and the one that paid
+    // the burn spends one of its inputs: at most one of them can be mined.
+    for db in &setup.cluster.dbs {
+        let p = db.pool().await;
+        let (successor, successor_window): (Vec<u8>, i64) = eventually(
+            "the successor is completed here too",
+            Duration::from_secs(30),
+            || async {
+                sqlx::query_as(
+                    "SELECT signable, \"window\" FROM plans WHERE plan_id = $1 AND status = 'completed'",
+                )
+                .bind(&plan_id)
+                .fetch_optional(&p)
+                .await
+                .unwrap()
+            },
+        )
+        .await;
+        // The withheld payout: abandoned once its lifetime ended (the
+        // successor was planned no earlier), then closed for good when the
+        // successor, sharing an input, became final.
+        let abandoned: Vec<PlanRow> = sqlx::query_as(
+            "SELECT plan_id, signable, \"window\", status, reason FROM plans
+             WHERE 'burn-live' = ANY(burn_ids) AND plan_id <> $1",
+        )
+        .bind(&plan_id)
+        .fetch_all(&p)
+        .await
+        .unwrap();
+        assert_eq!(abandoned.len(), 1, "one withheld payout: {abandoned:?}");
+        assert_eq!(abandoned[0].3, "superseded", "{abandoned:?}");
+        assert_eq!(abandoned[0].4, "a conflicting payout is final");
+        let lifetime = i64::try_from(processor::scheduler::PLAN_LIFETIME_BLOCKS).unwrap();
+        assert!(
+            successor_window * 4 >= abandoned[0].2 * 4 + lifetime,
+            "the successor (window {successor_window}) was planned only after the withheld \
+             payout's lifetime (window {}) ended",
+            abandoned[0].2
+        );
+        let old = processor::scheduler::plan::inputs_of(&abandoned[0].1).unwrap();
+        let new = processor::scheduler::plan::inputs_of(&successor).unwrap();
+        assert!(
+            new.iter().any(|n| old.iter().any(|o| o.key() == n.key())),
+            "the successor spends an input of the abandoned payout"
+        );
+        let bogus_status: String =
+            sqlx::query_scalar("SELECT status FROM plans WHERE plan_id = $1")
+                .bind(bogus.as_slice())
+                .fetch_one(&p)
+                .await
+                .unwrap();
+        assert_eq!(bogus_status, "refused");
+    }
+
+    // Paid exactly once.
+    setup.monerod.mine(&elsewhere(), 2).await;
+    assert_eq!(
+        received(&setup, minor).await,
+        vec![(hex::encode(tx_hash), amount)]
+    );
+}
+
+/// Every processor, the first time it leads, swaps two decoys of its plan's
+/// first ring: the transaction rebuilds identically, but monerod would
+/// refuse it. Before: followers signed it and it was republished forever,
+/// blocking every later payout. Now every follower checks each ring member
+/// against its own daemon, refuses with a fault naming the leader, signs
+/// nothing for it, and a later honest plan pays the burn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_proposing_a_tampered_decoy_is_refused_and_payouts_continue() {
+    let setup = Setup::start_with("byzdecoy", 2, SCHEDULER, |_| {
+        Some("scheduler-bad-decoy=1*return")
+    })
+    .await;
+    let pool = setup.cluster.coordinator.pool.clone();
+    let (to, minor) = user_subaddress(&setup).await;
+    let amount = 200_000_000_000;
+    fund(&setup, &[("burn-ring", &to, amount)]).await;
+
+    let (plan_id, tx_hash) = mine_until(
+        &setup,
+        "the burn paid by an honest plan",
+        Duration::from_secs(360),
+        || completed_paying(&pool, "burn-ring"),
+    )
+    .await;
+
+    // The first plan was tampered with: refused by its followers, naming
+    // its leader, with the ring member that is wrong.
+    let first: (Vec<u8>, String) =
+        sqlx::query_as("SELECT plan_id, leader FROM plans ORDER BY seq LIMIT 1")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_ne!(first.0, plan_id, "the first plan was not the one paid");
+    let refused = faults(&pool, "plan-refused").await;
+    let about_first: Vec<_> = refused
+        .iter()
+        .filter(|f| f.2.contains(&hex::encode(&first.0)))
+        .collect();
+    assert!(
+        about_first.iter().filter(|f| f.0 != first.1).count() >= 2,
+        "both followers refuse: {refused:?}"
+    );
+    for (_, accused, detail) in &about_first {
+        assert_eq!(accused, &first.1, "the fault names the leader");
+        assert!(
+            detail.contains("a ring monerod would refuse") && detail.contains("ring member"),
+            "{detail}"
+        );
+    }
+    // Nothing was signed for a tampered plan.
+    let shared_for_refused: i64 = scalar_i64(
+        &pool,
+        "SELECT count(*) FROM sign_shares s JOIN plans p ON s.kind = 'plan' AND s.id = p.seq
+         WHERE p.status <> 'completed'",
+    )
+    .await;
+    assert_eq!(shared_for_refused, 0);
+
+    // Paid exactly once.
+    setup.monerod.mine(&elsewhere(), 2).await;
+    assert_eq!(
+        received(&setup, minor).await,
+        vec![(hex::encode(tx_hash), amount)]
+    );
+}
+
+/// The lifetime rule on its own, on a real database: at the block that ends
+/// a window's lifetime every plan of it that is not final ends, in the same
+/// way whatever this processor's timing; one that was being signed here
+/// gives back its burns; a proposal records the settlement horizon it was
+/// relayed under.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plans_end_at_their_lifetime_and_give_back_what_they_reserved() {
+    use processor::scheduler::db;
+    let test_db = TestDb::new("lifetime").await;
+    let pool = processor::db::connect(&test_db.url, 2).await.unwrap();
+    processor::db::migrate(&pool, &test_db.url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO settlement_blocks (number, included_batch_ids, monero_horizon) VALUES (1, '{}', 120)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO burns (burn_id, block_number, monero_address, amount, status)
+         VALUES ('b-signing', 1, 'x', 5, 'queued'), ('b-waiting', 1, 'x', 5, 'queued')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    let statuses = [
+        ("proposed", 10),
+        ("received", 10),
+        ("waiting", 10),
+        ("signing", 10),
+        ("signed", 10),
+        ("published", 10),
+        ("completed", 10),
+        ("refused", 10),
+        ("signing", 11),
+    ];
+    let mut ids = Vec::new();
+    for (i, (status, window)) in statuses.iter().enumerate() {
+        let id = [u8::try_from(i).unwrap() + 1; 32];
+        let burns = if i == 3 {
+            vec!["b-signing".to_owned()]
+        } else {
+            vec![]
+        };
+        db::insert_plan(&mut conn, &id, 0, *window, 1, b"plan", &burns, "received")
+            .await
+            .unwrap();
+        db::set_plan_status(&mut conn, &id, status, None)
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    sqlx::query("UPDATE burns SET status = 'planned', plan_id = $1 WHERE burn_id = 'b-signing'")
+        .bind(ids[3].as_slice())
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let relayed = db::lock_plan(&mut conn, &ids[1]).await.unwrap().unwrap();
+    assert_eq!(
+        relayed.relay_horizon,
+        Some(120),
+        "the horizon it was relayed under"
+    );
+
+    // Windows of 4 blocks: window 10 starts at block 40, so its plans end at
+    // finalized block 40 + PLAN_LIFETIME_BLOCKS; window 11's later.
+    let end = 40 + processor::scheduler::PLAN_LIFETIME_BLOCKS;
+    let ended = db::expire_plans(
+        &mut conn,
+        0,
+        (end - 1 - processor::scheduler::PLAN_LIFETIME_BLOCKS) / 4,
+        end - 1,
+    )
+    .await
+    .unwrap();
+    assert_eq!(ended.len(), 0, "not one block early");
+    let ended = db::expire_plans(
+        &mut conn,
+        0,
+        (end - processor::scheduler::PLAN_LIFETIME_BLOCKS) / 4,
+        end,
+    )
+    .await
+    .unwrap();
+    assert_eq!(ended.len(), 6, "{ended:?}");
+    let mut now = Vec::new();
+    for id in &ids {
+        now.push(db::lock_plan(&mut conn, id).await.unwrap().unwrap().status);
+    }
+    assert_eq!(
+        now,
+        [
+            "expired",
+            "expired",
+            "expired",
+            "abandoned",
+            "abandoned",
+            "abandoned",
+            "completed",
+            "refused",
+            "signing"
+        ]
+    );
+    let burn: (String, Option<Vec<u8>>) =
+        sqlx::query_as("SELECT status, plan_id FROM burns WHERE burn_id = 'b-signing'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        burn,
+        ("queued".to_owned(), None),
+        "the burn is queued again"
+    );
+    let naming = db::abandoned_plans_naming(&mut conn, 0, &["b-signing".to_owned()])
+        .await
+        .unwrap();
+    assert_eq!(naming.len(), 1, "a successor must conflict with it");
+    assert_eq!(naming[0].0, ids[3].to_vec());
+}
