@@ -817,3 +817,48 @@ async fn a_panicking_handler_is_quarantined_after_bounded_tries() {
         "the processor is still running"
     );
 }
+
+/// A message the process dies on (no unwinding: an abort, an OOM kill) is
+/// bounded too: each start finds its predecessor's handling mark on it and
+/// counts a try in Postgres; after `link.max_handler_tries` it is
+/// quarantined without running the handler, and the link moves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_process_dies_on_is_quarantined_after_bounded_restarts() {
+    let env = [("FAILPOINTS", "link-handler-abort=return(link_probe)")];
+    let (db, dir, mut processor, port) = start_processor("abort", &env).await;
+    // Three deaths: the first start marks the message, each of the next two
+    // counts one try, and the third try is counted by the fourth start.
+    for start in 0..3 {
+        let mut link = RawLink::open(port).await;
+        assert_eq!(link.hello(0).await.last_handled_id, 0);
+        link.data(1, probe(b"deadly".to_vec())).await;
+        assert!(
+            link.next().await.is_none(),
+            "start {start}: the stream ends with the process"
+        );
+        let status = processor
+            .wait_exit(Duration::from_secs(10))
+            .expect("the process dies on the message");
+        assert!(!status.success());
+        processor = spawn_processor("validator-1", dir.path(), port, &db.url, &env);
+        wait_port(port).await;
+    }
+    let mut link = RawLink::open(port).await;
+    link.hello(0).await;
+    link.data(1, probe(b"deadly".to_vec())).await;
+    let e = link.expect_error(LinkErrorCode::HandlerPanic).await;
+    assert_eq!(e.id, 1);
+    assert!(
+        e.detail.contains("after 3 failed tries") && e.detail.contains("process stopped"),
+        "{}",
+        e.detail
+    );
+    link.expect_ack(1).await;
+    link.data(2, settlement_block(0)).await;
+    link.expect_ack(2).await;
+    assert_eq!(link_health(port).await, ServingStatus::NotServing);
+    assert!(
+        processor.child.try_wait().unwrap().is_none(),
+        "the processor is still running"
+    );
+}

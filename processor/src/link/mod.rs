@@ -1705,10 +1705,18 @@ impl<S: Side, H: Handler> Link<S, H> {
 }
 
 /// Runs a handler's future, turning a panic into its text. Fault injection
-/// (`link-handler-panic`, for tests) makes it panic instead of running, on
-/// every message or, with `return(KIND)`, on messages of that kind.
+/// (for tests) makes it panic (`link-handler-panic`) or kill the process
+/// (`link-handler-abort`) instead of running, on every message or, with
+/// `return(KIND)`, on messages of that kind.
 async fn guarded<T>(kind: &str, handle: impl Future<Output = T>) -> Result<T, String> {
     use futures::FutureExt as _;
+    if let Some(only) = fail::eval("link-handler-abort", |arg| arg)
+        && only.as_deref().is_none_or(|k| k == kind)
+    {
+        // As an out-of-memory kill or a native crash would: no unwinding.
+        error!("fault injection: link-handler-abort on {kind}: aborting the process");
+        std::process::abort();
+    }
     std::panic::AssertUnwindSafe(async move {
         if let Some(only) = fail::eval("link-handler-panic", |arg| arg)
             && only.as_deref().is_none_or(|k| k == kind)
