@@ -243,6 +243,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     tokio::spawn(report_link_faults(
         link.faults(),
         health.clone(),
+        LINK_HEALTH.to_owned(),
         shutdown.clone(),
     ));
 
@@ -324,10 +325,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
 /// `custody_link_handler_faults_total`).
 pub const LINK_HEALTH: &str = "link";
 
-/// Mirrors the link's faults into the health service.
-async fn report_link_faults(
+/// Mirrors a link's faults into the health service as `service` (also used
+/// by the coordinator-mock, one service per processor link).
+pub async fn report_link_faults(
     mut faults: tokio::sync::watch::Receiver<crate::link::LinkFault>,
     health: tonic_health::server::HealthReporter,
+    service: String,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -336,7 +339,7 @@ async fn report_link_faults(
         } else {
             tonic_health::ServingStatus::NotServing
         };
-        health.set_service_status(LINK_HEALTH, status).await;
+        health.set_service_status(&service, status).await;
         tokio::select! {
             r = faults.changed() => if r.is_err() { return },
             () = shutdown.cancelled() => return,

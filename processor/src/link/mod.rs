@@ -1145,6 +1145,15 @@ impl<S: Side, H: Handler> Link<S, H> {
                     );
                     data.withheld_bytes = data.payload.len().max(1) as u64;
                     data.payload = Vec::new();
+                    if data.encoded_len() + 16 > limit {
+                        // Only a uid of absurd length gets here; the
+                        // receiver needs the id, the uid is for logs.
+                        let mut cut = 256.min(data.uid.len());
+                        while !data.uid.is_char_boundary(cut) {
+                            cut -= 1;
+                        }
+                        data.uid.truncate(cut);
+                    }
                 }
                 let frame = LinkFrame::Data(data);
                 if out.send(S::wrap(frame)).await.is_err() {
@@ -1240,17 +1249,24 @@ impl<S: Side, H: Handler> Link<S, H> {
         loop {
             let mut batch = std::mem::take(&mut carry);
             let mut duplicate = false;
+            let single = last_handled < singles_until;
+            let mut bytes: usize = batch.iter().map(|d| d.data.payload.len()).sum();
+            let full = |len: usize, bytes: usize| {
+                len >= self.config.max_batch
+                    || bytes >= self.config.max_batch_bytes
+                    || (single && len > 0)
+            };
             let mut next = if batch.is_empty() {
                 tokio::select! {
                     biased;
                     () = token.cancelled() => return,
                     first = data_rx.recv() => match first { Some(d) => Some(d), None => return },
                 }
+            } else if full(batch.len(), bytes) {
+                None
             } else {
                 data_rx.try_recv().ok()
             };
-            let single = last_handled < singles_until;
-            let mut bytes: usize = batch.iter().map(|d| d.data.payload.len()).sum();
             while let Some(item) = next.take() {
                 let expected = last_handled + batch.len() as u64 + 1;
                 if item.data.id < expected {
@@ -1278,10 +1294,7 @@ impl<S: Side, H: Handler> Link<S, H> {
                     )
                     .await;
                 }
-                if batch.len() >= self.config.max_batch
-                    || bytes >= self.config.max_batch_bytes
-                    || (single && !batch.is_empty())
-                {
+                if full(batch.len(), bytes) {
                     break;
                 }
                 next = data_rx.try_recv().ok();
