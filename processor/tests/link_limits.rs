@@ -248,6 +248,13 @@ fn settlement_block(number: u64) -> Vec<u8> {
     ))
 }
 
+/// Lets a raw link (a test task on a loaded machine) be slow to answer
+/// pings, and keeps panic backtraces (slow to print) out of the way.
+const PATIENT: [(&str, &str); 2] = [
+    ("PROCESSOR_LINK__PEER_TIMEOUT", "10s"),
+    ("RUST_BACKTRACE", "0"),
+];
+
 async fn start_processor(
     tag: &str,
     env: &[(&str, &str)],
@@ -255,7 +262,8 @@ async fn start_processor(
     let db = TestDb::new(tag).await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let processor = spawn_processor("validator-1", dir.path(), port, &db.url, env);
+    let env: Vec<(&str, &str)> = PATIENT.iter().chain(env).copied().collect();
+    let processor = spawn_processor("validator-1", dir.path(), port, &db.url, &env);
     wait_port(port).await;
     (db, dir, processor, port)
 }
@@ -840,6 +848,7 @@ async fn a_message_the_process_dies_on_is_quarantined_after_bounded_restarts() {
             .wait_exit(Duration::from_secs(10))
             .expect("the process dies on the message");
         assert!(!status.success());
+        let env: Vec<(&str, &str)> = PATIENT.iter().chain(&env).copied().collect();
         processor = spawn_processor("validator-1", dir.path(), port, &db.url, &env);
         wait_port(port).await;
     }
