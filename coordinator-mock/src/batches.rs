@@ -96,7 +96,8 @@ pub async fn signed(
         .try_into()
         .map_err(|_| HandleError::Rejected("a signature is 64 bytes".into()))?;
     let verifying = ed25519_dalek::VerifyingKey::from_bytes(&key)
-        .map_err(|e| HandleError::Rejected(format!("group key: {e}")))?;
+        // The confirmed group key is our own stored row: a local fault.
+        .map_err(|e| HandleError::Local(format!("stored group key: {e}")))?;
     verifying
         .verify_strict(
             &processor::batch::message(&encoded),

@@ -118,7 +118,7 @@ impl Default for ReconnectConfig {
 }
 
 /// The simulated settlement chain.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SettlementConfig {
     /// Produce a settlement block this often (absent: only on request through
@@ -130,7 +130,30 @@ pub struct SettlementConfig {
     /// no further than it. Absent: the horizon stays at 0 and processors
     /// scan nothing (for tests that need no Monero).
     pub monero_daemon_url: Option<String>,
+    /// Most burns one settlement block carries; more wait for the next
+    /// block, oldest first. Bounded so a block always fits the link's
+    /// `max_payload_bytes` (checked at start).
+    pub max_burns_per_block: usize,
 }
+
+impl Default for SettlementConfig {
+    fn default() -> Self {
+        Self {
+            block_interval: None,
+            monero_daemon_url: None,
+            max_burns_per_block: 256,
+        }
+    }
+}
+
+/// The most bytes one burn takes in a settlement block: a burn id of at most
+/// `payouts::MAX_BURN_ID_BYTES`, an address of at most 106 characters, an
+/// amount, and their protobuf tags and lengths.
+pub const MAX_BURN_BYTES: usize = crate::payouts::MAX_BURN_ID_BYTES + 106 + 32;
+
+/// Room in a settlement block for everything but its burns (number,
+/// horizon, included batch ids, account registrations).
+const SETTLEMENT_BLOCK_ROOM: usize = 16 * 1024;
 
 /// Parameters every key this coordinator generates fixes for its
 /// processors (sent in `KeyGenStart`): what they report is derived from
@@ -299,6 +322,22 @@ impl Config {
         }
         self.tls.validate("tls").map_err(ConfigError::Invalid)?;
         self.link.validate("link").map_err(ConfigError::Invalid)?;
+        let burns = self.settlement.max_burns_per_block;
+        let fits = burns
+            .checked_mul(MAX_BURN_BYTES)
+            .and_then(|b| b.checked_add(SETTLEMENT_BLOCK_ROOM))
+            .is_some_and(|b| b <= self.link.max_payload_bytes);
+        if burns == 0 || !fits {
+            return invalid(format!(
+                "settlement.max_burns_per_block ({burns}) must be at least 1 and small enough that a \
+                 block fits link.max_payload_bytes ({}): at most {}",
+                self.link.max_payload_bytes,
+                self.link
+                    .max_payload_bytes
+                    .saturating_sub(SETTLEMENT_BLOCK_ROOM)
+                    / MAX_BURN_BYTES
+            ));
+        }
         if self.reconnect.initial.is_zero() {
             return invalid("reconnect.initial must be more than 0".into());
         }
@@ -364,6 +403,30 @@ mod tests {
             config.settlement.block_interval,
             Some(Duration::from_secs(2))
         );
+        assert_eq!(
+            config.settlement.max_burns_per_block,
+            SettlementConfig::default().max_burns_per_block
+        );
+        assert_eq!(config.link, processor::link::LinkConfig::default());
+    }
+
+    #[test]
+    fn burns_per_block_must_fit_the_payload_limit() {
+        let base = "listen = \"127.0.0.1:1\"\ndatabase_url = \"postgres://p@db/c\"\nprocessors = []\n[tls]\ninsecure = true\n";
+        for bad in [
+            "[settlement]\nmax_burns_per_block = 0\n",
+            "[link]\nmax_payload_bytes = 65536\n[settlement]\nmax_burns_per_block = 1000\n",
+        ] {
+            let err = Config::from_toml(&format!("{base}{bad}")).expect_err(bad);
+            assert!(
+                err.to_string().contains("settlement.max_burns_per_block"),
+                "{err}"
+            );
+        }
+        Config::from_toml(&format!(
+            "{base}[link]\nmax_payload_bytes = 65536\n[settlement]\nmax_burns_per_block = 100\n"
+        ))
+        .expect("100 burns fit 64 KiB");
     }
 
     #[test]

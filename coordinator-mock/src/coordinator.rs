@@ -71,6 +71,15 @@ pub enum CoordinatorError {
     Storage(#[from] sqlx::Error),
 }
 
+impl From<link::EnqueueError> for CoordinatorError {
+    fn from(e: link::EnqueueError) -> Self {
+        match e {
+            link::EnqueueError::TooLarge(t) => Self::InvalidArgument(t.to_string()),
+            link::EnqueueError::Storage(e) => Self::Storage(e),
+        }
+    }
+}
+
 impl From<CoordinatorError> for tonic::Status {
     fn from(e: CoordinatorError) -> Self {
         match &e {
@@ -80,6 +89,9 @@ impl From<CoordinatorError> for tonic::Status {
                 tonic::Status::failed_precondition(e.to_string())
             }
             CoordinatorError::UnknownSession(_) => tonic::Status::not_found(e.to_string()),
+            CoordinatorError::Storage(inner) if let Some(t) = link::too_large(inner) => {
+                tonic::Status::invalid_argument(t.to_string())
+            }
             CoordinatorError::Storage(_) => tonic::Status::unavailable(format!(
                 "the coordinator's database is unavailable ({e}); check Postgres and retry"
             )),
@@ -123,6 +135,8 @@ pub struct Coordinator {
     pub chain: crate::config::ChainParams,
     /// Where the Monero horizon of settlement blocks comes from.
     pub daemon: Option<Arc<processor::monero::Daemon>>,
+    /// Most burns one settlement block carries (`settlement.max_burns_per_block`).
+    pub max_burns_per_block: usize,
     _lock: InstanceLock,
 }
 
@@ -177,6 +191,7 @@ impl Coordinator {
                 .monero_daemon_url
                 .clone()
                 .map(|url| Arc::new(processor::monero::Daemon::new(url))),
+            max_burns_per_block: config.settlement.max_burns_per_block,
             _lock: lock,
         });
         tokio::spawn(keygen_timer(
@@ -234,7 +249,8 @@ impl Coordinator {
     async fn emit(&self) -> Result<settlement::Emitted, CoordinatorError> {
         let links: Vec<String> = self.peers.iter().map(|p| p.endpoint.name.clone()).collect();
         let horizon = self.monero_horizon().await;
-        let emitted = settlement::emit_block(&self.pool, &links, horizon).await?;
+        let emitted =
+            settlement::emit_block(&self.pool, &links, horizon, self.max_burns_per_block).await?;
         self.wake_all();
         Ok(emitted)
     }
@@ -311,12 +327,6 @@ impl Coordinator {
         processor: &str,
         payload: Vec<u8>,
     ) -> Result<u64, CoordinatorError> {
-        if payload.len() > 64 * 1024 {
-            return Err(CoordinatorError::InvalidArgument(format!(
-                "probe payload is {} bytes; at most 65536",
-                payload.len()
-            )));
-        }
         let peer = self.peer(processor)?;
         let nanos = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -469,7 +479,12 @@ async fn dial_once(peer: &Peer, reconnect: &ReconnectConfig) -> Result<(), Sessi
         .connect()
         .await
         .map_err(|e| SessionError::Closed(format!("cannot connect: {e}")))?;
-    let mut client = ProcessorClient::new(channel);
+    // The link's frame limit both ways: a frame at it passes, one beyond is
+    // refused by the codec and reported to the processor.
+    let frame_limit = peer.link.max_frame_bytes();
+    let mut client = ProcessorClient::new(channel)
+        .max_decoding_message_size(frame_limit)
+        .max_encoding_message_size(frame_limit);
     peer.link
         .clone()
         .dial(move |stream| async move {

@@ -215,6 +215,10 @@ pub fn check_burn(address: &str, amount: u64) -> Result<Amount, BurnError> {
     Amount::for_burn(amount).map_err(|e| BurnError::Invalid(e.to_string()))
 }
 
+/// The longest burn id accepted, so that a settlement block's size is
+/// bounded by its number of burns.
+pub const MAX_BURN_ID_BYTES: usize = 128;
+
 /// Queues a burn for the next settlement block, after [`check_burn`].
 /// Processors check it again as they take the block in.
 pub async fn submit_burn(
@@ -223,6 +227,12 @@ pub async fn submit_burn(
     address: &str,
     amount: u64,
 ) -> Result<String, BurnError> {
+    if burn_id.len() > MAX_BURN_ID_BYTES {
+        return Err(BurnError::Invalid(format!(
+            "the burn id is {} bytes; at most {MAX_BURN_ID_BYTES}",
+            burn_id.len()
+        )));
+    }
     let amount = check_burn(address, amount)?;
     let amount = i64::try_from(amount.piconero()).map_err(|_| {
         // check_burn bounds the amount by i64::MAX.
@@ -273,12 +283,19 @@ pub async fn store_burn_unchecked(
 pub async fn take_for_block(
     conn: &mut PgConnection,
     number: i64,
+    max: usize,
 ) -> Result<Vec<Burn>, sqlx::Error> {
+    // The oldest `max` waiting burns, in submission order; the rest wait.
     let rows = sqlx::query(
-        "UPDATE burns SET settlement_block = $1 WHERE settlement_block IS NULL
+        "UPDATE burns SET settlement_block = $1
+         WHERE burn_id IN (
+             SELECT burn_id FROM burns WHERE settlement_block IS NULL
+             ORDER BY seq LIMIT $2 FOR UPDATE
+         )
          RETURNING seq, burn_id, monero_address, amount",
     )
     .bind(number)
+    .bind(i64::try_from(max).unwrap_or(i64::MAX))
     .fetch_all(conn)
     .await?;
     let mut burns: Vec<(i64, Burn)> = rows

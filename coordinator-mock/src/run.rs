@@ -83,6 +83,16 @@ pub async fn serve(
         })?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<CoordinatorAdminServer<Admin>>().await;
+    // `link/<processor>`: NOT_SERVING while a local fault holds one of that
+    // processor's messages back, or after one was quarantined for panics.
+    for peer in &coordinator.peers {
+        tokio::spawn(processor::run::report_link_faults(
+            peer.link.faults(),
+            health.clone(),
+            format!("link/{}", peer.endpoint.name),
+            shutdown.clone(),
+        ));
+    }
     // Reflection lists only what this port answers: the admin API and health.
     let (reflection_v1, reflection_v1alpha) = reflection_of(&[
         proto::coordinator_v1::coordinator_admin_server::SERVICE_NAME,

@@ -26,7 +26,9 @@ pub struct Emitted {
 
 /// Produces the next settlement block and enqueues it to every link in
 /// `links` in one transaction: the batches included since the last block,
-/// the burns submitted, the accounts waiting for registration (credited from
+/// the burns submitted (the oldest `max_burns` of them; the rest wait for
+/// the next block, so a block stays far below the link's payload limit),
+/// the accounts waiting for registration (credited from
 /// `monero_horizon + 1`), and the Monero horizon itself (`seen_horizon`,
 /// never lower than the last block's). Keys confirmed since the last block
 /// get their activation height here, and their `KeyConfirmed` follows the
@@ -35,6 +37,7 @@ pub async fn emit_block(
     pool: &PgPool,
     links: &[String],
     seen_horizon: u64,
+    max_burns: usize,
 ) -> Result<Emitted, sqlx::Error> {
     let mut tx = pool.begin().await?;
     // Serializes producers so numbers are consecutive. An advisory lock, not
@@ -74,7 +77,7 @@ pub async fn emit_block(
     accounts.sort_unstable();
     // Batches verified since the last block are included in this one.
     let included_batch_ids = crate::batches::take_for_block(&mut tx, number).await?;
-    let burns = crate::payouts::take_for_block(&mut tx, number).await?;
+    let burns = crate::payouts::take_for_block(&mut tx, number, max_burns).await?;
     let number = u64::try_from(number).unwrap_or(0);
     let message = CoordinatorMessage {
         kind: Some(coordinator_message::Kind::SettlementBlock(

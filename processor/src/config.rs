@@ -276,6 +276,7 @@ mod tests {
         let config = Config::from_toml(text).expect("the shipped example config must parse");
         assert_eq!(config.node_id, "validator-1");
         assert_eq!(config.link.peer_timeout, Duration::from_secs(5));
+        assert_eq!(config.link, crate::link::LinkConfig::default());
         assert_eq!(config.monero.as_ref().map(|m| m.confirmations), Some(None));
         assert_eq!(
             config.scheduler,
@@ -301,6 +302,25 @@ mod tests {
         let text = "node_id = \"a\"\nlisten = \"127.0.0.1:1\"\ndatabase_url = \"postgres://x/y\"\n[keystore]\nkek_file = \"k\"\n[tls]\ninsecure = true\n[scheduler]\nwindow_blocks = 0\n";
         let err = Config::from_toml(text).expect_err("a zero window must be refused");
         assert!(err.to_string().contains("scheduler.window_blocks"), "{err}");
+    }
+
+    #[test]
+    fn link_limits_are_validated_by_name() {
+        let base = "node_id = \"a\"\nlisten = \"127.0.0.1:1\"\ndatabase_url = \"postgres://x/y\"\n[keystore]\nkek_file = \"k\"\n[tls]\ninsecure = true\n[link]\n";
+        for (bad, field) in [
+            ("max_payload_bytes = 10\n", "link.max_payload_bytes"),
+            ("max_payload_bytes = 1073741824\n", "link.max_payload_bytes"),
+            ("max_batch_bytes = 0\n", "link.max_batch_bytes"),
+            ("max_handler_tries = 0\n", "link.max_handler_tries"),
+        ] {
+            let err = Config::from_toml(&format!("{base}{bad}")).expect_err(bad);
+            assert!(err.to_string().contains(field), "{err}");
+        }
+        let ok = Config::from_toml(&format!("{base}max_payload_bytes = 65536\n")).expect("64 KiB");
+        assert_eq!(
+            ok.link.max_frame_bytes(),
+            65536 + crate::link::FRAME_OVERHEAD
+        );
     }
 
     #[test]

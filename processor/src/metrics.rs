@@ -34,6 +34,10 @@ pub const LINK_BACKLOG: &str = "custody_link_send_backlog";
 pub const LINK_CONNECTED: &str = "custody_link_connected";
 /// Streams that came up.
 pub const LINK_SESSIONS: &str = "custody_link_sessions_total";
+/// Inbound messages not handled because of a fault on this side, by `link`
+/// and `kind` (`local`: a local fault, retried; `panic`: the handler
+/// panicked; `crash`: an earlier process died while handling messages).
+pub const LINK_FAULTS: &str = "custody_link_handler_faults_total";
 
 /// The highest finalized (stored) block.
 pub const SCAN_FINALIZED: &str = "custody_scan_finalized_height";
@@ -129,6 +133,10 @@ fn describe() {
         ),
         (LINK_QUARANTINED, "inbound messages quarantined"),
         (LINK_SESSIONS, "link streams that came up"),
+        (
+            LINK_FAULTS,
+            "inbound messages not handled because of a fault on this side (local, panic, crash)",
+        ),
         (SCAN_BLOCKS, "finalized blocks stored"),
         (SCAN_OUTPUTS, "outputs to the group key found"),
         (

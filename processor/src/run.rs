@@ -231,10 +231,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         )
         .with_scanning(config.monero.is_some()),
     ));
+    // The frame limit both ways is the link's: a frame at it passes, one
+    // beyond is refused by the codec and reported to the peer.
+    let frame_limit = config.link.max_frame_bytes();
     let link_service = ProcessorServer::new(LinkService {
         link: link.clone(),
         shutdown: shutdown.clone(),
-    });
+    })
+    .max_decoding_message_size(frame_limit)
+    .max_encoding_message_size(frame_limit);
+    tokio::spawn(report_link_faults(
+        link.faults(),
+        health.clone(),
+        LINK_HEALTH.to_owned(),
+        shutdown.clone(),
+    ));
 
     info!(addr = %local, "serving the coordinator link, admin API, health and reflection");
     let lock_lost = CancellationToken::new();
@@ -306,6 +317,34 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     pool.close().await;
     info!("stopped");
     result
+}
+
+/// The health service's name for the coordinator link's handling: NOT_SERVING
+/// while a local fault is retried or after a message was quarantined because
+/// its handler kept panicking (the reason is in `GetStatus`, the log and
+/// `custody_link_handler_faults_total`).
+pub const LINK_HEALTH: &str = "link";
+
+/// Mirrors a link's faults into the health service as `service` (also used
+/// by the coordinator-mock, one service per processor link).
+pub async fn report_link_faults(
+    mut faults: tokio::sync::watch::Receiver<crate::link::LinkFault>,
+    health: tonic_health::server::HealthReporter,
+    service: String,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let status = if faults.borrow_and_update().is_clear() {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        };
+        health.set_service_status(&service, status).await;
+        tokio::select! {
+            r = faults.changed() => if r.is_err() { return },
+            () = shutdown.cancelled() => return,
+        }
+    }
 }
 
 /// Cancels `shutdown` on SIGTERM or Ctrl-C.

@@ -105,6 +105,7 @@ impl RawLink {
             node_id: "test-coordinator".into(),
             contract_version: proto::CONTRACT_VERSION,
             last_handled_id,
+            max_frame_bytes: 0,
         }))
         .await;
     }
@@ -115,6 +116,7 @@ impl RawLink {
             payload,
             uid: format!("test/{id}"),
             traceparent: String::new(),
+            withheld_bytes: 0,
         }))
         .await;
     }
@@ -316,6 +318,7 @@ async fn garbage_frames_close_only_that_stream() {
         node_id: "future".into(),
         contract_version: 2,
         last_handled_id: 0,
+        max_frame_bytes: 0,
     }))
     .await;
     link.expect_error(LinkErrorCode::UnsupportedVersion).await;

@@ -41,7 +41,7 @@ fn params_of(row: &db::KeyRow) -> Result<DkgParams, HandleError> {
         let key: [u8; 32] = key
             .as_slice()
             .try_into()
-            .map_err(|_| HandleError::Rejected("stored identity key is not 32 bytes".into()))?;
+            .map_err(|_| HandleError::Local("stored identity key is not 32 bytes".into()))?;
         participants.insert(u16::try_from(i + 1).unwrap_or(u16::MAX), key);
     }
     Ok(DkgParams {
@@ -56,7 +56,8 @@ fn params_of(row: &db::KeyRow) -> Result<DkgParams, HandleError> {
 fn keystore_error(e: KeystoreError) -> HandleError {
     match e {
         KeystoreError::Storage(e) => HandleError::Storage(e),
-        other => HandleError::Rejected(other.to_string()),
+        // Our own sealed secrets or stored key material: this side's fault.
+        other => HandleError::Local(other.to_string()),
     }
 }
 
@@ -265,7 +266,7 @@ pub async fn round1_packages(
     let sealed = row
         .sealed_round1_secret
         .as_deref()
-        .ok_or_else(|| HandleError::Rejected("round-1 secret is gone".into()))?;
+        .ok_or_else(|| HandleError::Local("round-1 secret is gone".into()))?;
     match keystore.dkg_round2(&params, sealed, &all) {
         Ok(round2) => {
             let ordered: Vec<Vec<u8>> = params
@@ -321,7 +322,7 @@ pub async fn round2_packages(
     let sealed = row
         .sealed_round2_secret
         .as_deref()
-        .ok_or_else(|| HandleError::Rejected("round-2 secret is gone".into()))?;
+        .ok_or_else(|| HandleError::Local("round-2 secret is gone".into()))?;
     match keystore.dkg_round3(&params, sealed, &round1, &packages(&message.packages)?) {
         Ok(key) => {
             db::set_generated(

@@ -77,12 +77,22 @@ pub(crate) fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-/// Creates the link's row if it does not exist yet.
-pub async fn ensure_link(pool: &PgPool, link_id: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO link_state (link_id) VALUES ($1) ON CONFLICT (link_id) DO NOTHING")
-        .bind(link_id)
-        .execute(pool)
-        .await?;
+/// Creates the link's row if it does not exist yet, and records the payload
+/// limit enqueuers check.
+pub async fn ensure_link(
+    pool: &PgPool,
+    link_id: &str,
+    max_payload_bytes: usize,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO link_state (link_id, max_payload_bytes) VALUES ($1, $2)
+         ON CONFLICT (link_id) DO UPDATE SET max_payload_bytes = EXCLUDED.max_payload_bytes
+         WHERE link_state.max_payload_bytes <> EXCLUDED.max_payload_bytes",
+    )
+    .bind(link_id)
+    .bind(i64::try_from(max_payload_bytes).unwrap_or(i64::MAX))
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
@@ -112,17 +122,31 @@ pub async fn enqueue(
     conn: &mut PgConnection,
     link_id: &str,
     messages: &[OutMessage],
-) -> Result<Vec<u64>, sqlx::Error> {
+) -> Result<Vec<u64>, super::EnqueueError> {
     if messages.is_empty() {
         return Ok(Vec::new());
     }
-    let last: i64 = sqlx::query_scalar(
-        "SELECT last_enqueued_out FROM link_state WHERE link_id = $1 FOR NO KEY UPDATE",
+    let (last, limit): (i64, i64) = sqlx::query_as(
+        "SELECT last_enqueued_out, max_payload_bytes FROM link_state WHERE link_id = $1 FOR NO KEY UPDATE",
     )
     .bind(link_id)
     .fetch_optional(&mut *conn)
     .await?
     .ok_or_else(|| sqlx::Error::RowNotFound)?;
+    // The limit is the link's (set from its config at start), so every
+    // enqueuer, in any process, checks the same one; nothing is written
+    // before it is checked.
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    if let Some(m) = messages.iter().find(|m| m.payload.len() > limit) {
+        return Err(super::PayloadTooLarge {
+            link_id: link_id.to_owned(),
+            uid: m.uid.clone(),
+            kind: m.kind.to_owned(),
+            size: m.payload.len(),
+            limit,
+        }
+        .into());
+    }
     let uids: Vec<&str> = messages.iter().map(|m| m.uid.as_str()).collect();
     let kinds: Vec<&str> = messages.iter().map(|m| m.kind).collect();
     let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_slice()).collect();
@@ -158,7 +182,8 @@ pub async fn enqueue(
         // would stall the peer, so refuse the whole transaction instead.
         return Err(sqlx::Error::Protocol(format!(
             "send_log for link {link_id} would get a gap (last {last}, {count} new, max {max})"
-        )));
+        ))
+        .into());
     }
     sqlx::query("UPDATE link_state SET last_enqueued_out = $2 WHERE link_id = $1")
         .bind(link_id)
@@ -170,19 +195,26 @@ pub async fn enqueue(
     Ok(ids)
 }
 
-/// Reads up to `limit` outbound rows starting at id `from`, in id order.
+/// Reads up to `limit` outbound rows starting at id `from`, in id order,
+/// stopping once `max_bytes` of payload are read (always at least one row).
 pub async fn fetch_outbound(
     pool: &PgPool,
     link_id: &str,
     from: u64,
     limit: u64,
+    max_bytes: usize,
 ) -> Result<Vec<OutRow>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT id, uid, payload, traceparent FROM send_log WHERE link_id = $1 AND id >= $2 ORDER BY id LIMIT $3",
+        "SELECT id, uid, payload, traceparent FROM (
+             SELECT id, uid, payload, traceparent,
+                    sum(length(payload)) OVER (ORDER BY id) - length(payload) AS before
+             FROM send_log WHERE link_id = $1 AND id >= $2 ORDER BY id LIMIT $3
+         ) s WHERE before < $4 ORDER BY id",
     )
     .bind(link_id)
     .bind(to_i64(from))
     .bind(to_i64(limit))
+    .bind(i64::try_from(max_bytes).unwrap_or(i64::MAX))
     .fetch_all(pool)
     .await?;
     Ok(rows
@@ -214,6 +246,7 @@ pub async fn record_ack(pool: &PgPool, link_id: &str, id: u64) -> Result<bool, s
 /// inbound watermark from `from` to `to`. Fails (and so rolls the caller's
 /// transaction back) if the watermark was not at `from`: another writer
 /// handled these ids, and handling them again would break exactly-once.
+/// With `clear_tries`, the failed-try counts of these ids go too.
 pub async fn record_inbound(
     conn: &mut PgConnection,
     link_id: &str,
@@ -221,6 +254,7 @@ pub async fn record_inbound(
     quarantined: &[QuarantineRow<'_>],
     from: u64,
     to: u64,
+    clear_tries: bool,
 ) -> Result<(), sqlx::Error> {
     if !handled.is_empty() {
         let ids: Vec<i64> = handled.iter().map(|r| to_i64(r.id)).collect();
@@ -253,6 +287,13 @@ pub async fn record_inbound(
         .execute(&mut *conn)
         .await?;
     }
+    if clear_tries {
+        sqlx::query("DELETE FROM inbound_tries WHERE link_id = $1 AND id <= $2")
+            .bind(link_id)
+            .bind(to_i64(to))
+            .execute(&mut *conn)
+            .await?;
+    }
     let moved = sqlx::query(
         "UPDATE link_state SET last_handled_in = $3 WHERE link_id = $1 AND last_handled_in = $2",
     )
@@ -267,6 +308,101 @@ pub async fn record_inbound(
         )));
     }
     Ok(())
+}
+
+/// Which inbound ids a process was handling when it last began a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HandlingMark {
+    /// First id of the batch.
+    pub from: u64,
+    /// Last id of the batch.
+    pub to: u64,
+    /// The process that began it (random per start; empty: none).
+    pub boot: String,
+}
+
+/// Reads a link's handling mark.
+pub async fn handling_mark(pool: &PgPool, link_id: &str) -> Result<HandlingMark, sqlx::Error> {
+    let row: Option<(i64, i64, String)> = sqlx::query_as(
+        "SELECT handling_from, handling_to, handling_boot FROM link_state WHERE link_id = $1",
+    )
+    .bind(link_id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(
+        row.map_or_else(HandlingMark::default, |(from, to, boot)| HandlingMark {
+            from: to_u64(from),
+            to: to_u64(to),
+            boot,
+        }),
+    )
+}
+
+/// Records, before a batch is handled, which ids this process is handling,
+/// so that its successor can tell a message the process died on. Committed
+/// without waiting for the disk (`synchronous_commit = off`): it must only
+/// outlive this process, not Postgres, and it must cost next to nothing.
+pub async fn mark_handling(
+    pool: &PgPool,
+    link_id: &str,
+    mark: &HandlingMark,
+) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "UPDATE link_state SET handling_from = $2, handling_to = $3, handling_boot = $4 WHERE link_id = $1",
+    )
+    .bind(link_id)
+    .bind(to_i64(mark.from))
+    .bind(to_i64(mark.to))
+    .bind(&mark.boot)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+/// Failed tries (handler panics, process deaths) of inbound messages not
+/// yet handled: id -> (tries, the last failure).
+pub async fn inbound_tries(
+    pool: &PgPool,
+    link_id: &str,
+    after: u64,
+) -> Result<std::collections::BTreeMap<u64, (u32, String)>, sqlx::Error> {
+    let rows: Vec<(i64, i32, String)> = sqlx::query_as(
+        "SELECT id, tries, last_failure FROM inbound_tries WHERE link_id = $1 AND id > $2",
+    )
+    .bind(link_id)
+    .bind(to_i64(after))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, tries, failure)| (to_u64(id), (u32::try_from(tries).unwrap_or(0), failure)))
+        .collect())
+}
+
+/// Counts one failed try of inbound message `id` (committed at once, so a
+/// crash loop is bounded too) and returns the count so far.
+pub async fn record_try(
+    pool: &PgPool,
+    link_id: &str,
+    id: u64,
+    failure: &str,
+) -> Result<u32, sqlx::Error> {
+    let tries: i32 = sqlx::query_scalar(
+        "INSERT INTO inbound_tries (link_id, id, tries, last_failure) VALUES ($1, $2, 1, $3)
+         ON CONFLICT (link_id, id) DO UPDATE
+         SET tries = inbound_tries.tries + 1, last_failure = EXCLUDED.last_failure
+         RETURNING tries",
+    )
+    .bind(link_id)
+    .bind(to_i64(id))
+    .bind(failure)
+    .fetch_one(pool)
+    .await?;
+    Ok(u32::try_from(tries).unwrap_or(0))
 }
 
 /// Number of quarantined inbound messages on a link.

@@ -30,7 +30,7 @@ use serde::Deserialize;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 pub use db::OutMessage;
 pub use frame::{CoordinatorSide, LinkFrame, ProcessorSide, Side};
@@ -54,7 +54,28 @@ pub struct LinkConfig {
     /// (rows enqueued by another process).
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// Largest message payload, in bytes, that may be enqueued for the peer;
+    /// a larger one is refused at [`enqueue`] with [`PayloadTooLarge`]. The
+    /// link's gRPC frame limit (decoding and encoding, announced to the peer
+    /// in `Hello`) is this plus [`FRAME_OVERHEAD`]. Set it alike on both ends.
+    pub max_payload_bytes: usize,
+    /// Most payload bytes of inbound messages handled in one transaction (a
+    /// batch always takes at least one message), and of outbound rows read
+    /// at once. The inbound buffer holds at most twice this.
+    pub max_batch_bytes: usize,
+    /// Tries of one inbound message whose handler panics, or during which
+    /// the process dies, before the message is quarantined as
+    /// `HANDLER_PANIC` (and acknowledged) so that later messages flow.
+    pub max_handler_tries: u32,
 }
+
+/// Room a data frame needs beyond its payload (id, uid, trace context,
+/// framing), added to `max_payload_bytes` to give the frame limit.
+pub const FRAME_OVERHEAD: usize = 64 * 1024;
+
+/// The longest `detail` of an error frame this side sends, so that an error
+/// frame always fits the peer's frame limit.
+const MAX_ERROR_DETAIL: usize = 8 * 1024;
 
 impl Default for LinkConfig {
     fn default() -> Self {
@@ -64,6 +85,9 @@ impl Default for LinkConfig {
             max_batch: 1000,
             max_in_flight: 20_000,
             poll_interval: Duration::from_millis(250),
+            max_payload_bytes: 1024 * 1024,
+            max_batch_bytes: 8 * 1024 * 1024,
+            max_handler_tries: 3,
         }
     }
 }
@@ -89,21 +113,134 @@ impl LinkConfig {
         if self.poll_interval.is_zero() {
             return Err(format!("{prefix}.poll_interval must be more than 0"));
         }
+        if !(1024..=MAX_PAYLOAD_LIMIT).contains(&self.max_payload_bytes) {
+            return Err(format!(
+                "{prefix}.max_payload_bytes ({}) must be between 1024 and {MAX_PAYLOAD_LIMIT} bytes",
+                self.max_payload_bytes
+            ));
+        }
+        if !(1..=MAX_PAYLOAD_LIMIT).contains(&self.max_batch_bytes) {
+            return Err(format!(
+                "{prefix}.max_batch_bytes ({}) must be between 1 and {MAX_PAYLOAD_LIMIT} bytes",
+                self.max_batch_bytes
+            ));
+        }
+        if self.max_handler_tries == 0 {
+            return Err(format!("{prefix}.max_handler_tries must be at least 1"));
+        }
         Ok(())
     }
+
+    /// The largest frame this end reads or writes: its gRPC decoding and
+    /// encoding limit, and what its `Hello` announces.
+    pub fn max_frame_bytes(&self) -> usize {
+        self.max_payload_bytes.saturating_add(FRAME_OVERHEAD)
+    }
+
+    /// Bytes of inbound payload buffered between the stream and the handler.
+    fn inbound_buffer_bytes(&self) -> usize {
+        self.max_batch_bytes
+            .saturating_mul(2)
+            .max(self.max_frame_bytes())
+    }
 }
+
+/// Upper bound of `max_payload_bytes` and `max_batch_bytes` (256 MiB): far
+/// beyond any message of this contract, and it keeps byte counts in `u32`.
+const MAX_PAYLOAD_LIMIT: usize = 256 * 1024 * 1024;
 
 /// Why a handler did not act on a message.
 #[derive(Debug, thiserror::Error)]
 pub enum HandleError {
-    /// The message is well-formed but refused for good (it contradicts state,
-    /// or this version does not act on its kind). It is quarantined and
-    /// acknowledged, and the sender gets a `REJECTED` error frame.
+    /// The peer's fault: the message is well-formed but refused for good (it
+    /// contradicts state, or this version does not act on its kind). It is
+    /// quarantined and acknowledged, and the sender gets a `REJECTED` error
+    /// frame.
     #[error("rejected: {0}")]
     Rejected(String),
+    /// This side's fault, not the peer's: a sealed secret that does not open,
+    /// a stored row that no longer decodes, an outbound message over the size
+    /// limit. The batch is rolled back and NOT acknowledged; the message is
+    /// retried with backoff until the fault clears (and its effect happens
+    /// then), while the link's health, metrics and log say why.
+    #[error("local fault: {0}")]
+    Local(String),
     /// Storage trouble: the batch is rolled back and retried.
     #[error("storage: {0}")]
+    Storage(sqlx::Error),
+}
+
+impl From<sqlx::Error> for HandleError {
+    fn from(e: sqlx::Error) -> Self {
+        // An oversized outbound message is not storage trouble that goes
+        // away by itself, and not the peer's fault either.
+        match too_large(&e) {
+            Some(t) => Self::Local(t.to_string()),
+            None => Self::Storage(e),
+        }
+    }
+}
+
+impl From<EnqueueError> for HandleError {
+    fn from(e: EnqueueError) -> Self {
+        match e {
+            EnqueueError::TooLarge(t) => Self::Local(t.to_string()),
+            EnqueueError::Storage(e) => Self::Storage(e),
+        }
+    }
+}
+
+/// A message refused by [`enqueue`] because its payload is over the link's
+/// `max_payload_bytes`. Nothing was written; the caller's transaction must
+/// roll back (so nothing it did is half-committed).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "message {uid} ({kind}) for link {link_id} is {size} bytes, more than the link's limit of {limit} \
+     bytes (link.max_payload_bytes): nothing was enqueued; send less per message, or raise the limit \
+     on both ends of the link"
+)]
+pub struct PayloadTooLarge {
+    /// The link.
+    pub link_id: String,
+    /// The message's uid.
+    pub uid: String,
+    /// The message's kind.
+    pub kind: String,
+    /// Its payload size in bytes.
+    pub size: usize,
+    /// The link's limit in bytes.
+    pub limit: usize,
+}
+
+/// Why [`enqueue`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EnqueueError {
+    /// A payload is over the link's limit; nothing was enqueued.
+    #[error(transparent)]
+    TooLarge(#[from] PayloadTooLarge),
+    /// Postgres trouble.
+    #[error("storage: {0}")]
     Storage(#[from] sqlx::Error),
+}
+
+impl From<EnqueueError> for sqlx::Error {
+    /// Keeps callers that speak `sqlx::Error` working; the size refusal
+    /// stays recoverable with [`too_large`].
+    fn from(e: EnqueueError) -> Self {
+        match e {
+            EnqueueError::TooLarge(t) => sqlx::Error::Encode(Box::new(t)),
+            EnqueueError::Storage(e) => e,
+        }
+    }
+}
+
+/// The size refusal inside a `sqlx::Error` converted from an
+/// [`EnqueueError`], if that is what it is.
+pub fn too_large(e: &sqlx::Error) -> Option<&PayloadTooLarge> {
+    match e {
+        sqlx::Error::Encode(inner) => inner.downcast_ref::<PayloadTooLarge>(),
+        _ => None,
+    }
 }
 
 /// What a handler learns about the frame that carried a message.
@@ -150,12 +287,14 @@ impl Outbox {
 }
 
 /// Enqueues messages for `link_id` in the caller's transaction; see
-/// [`db::enqueue`]. Call [`Outbox::wake`] after the commit.
+/// [`db::enqueue`]. Call [`Outbox::wake`] after the commit. A payload over
+/// the link's `max_payload_bytes` refuses the whole call with
+/// [`EnqueueError::TooLarge`] before anything is written.
 pub async fn enqueue(
     conn: &mut PgConnection,
     link_id: &str,
     messages: &[OutMessage],
-) -> Result<Vec<u64>, sqlx::Error> {
+) -> Result<Vec<u64>, EnqueueError> {
     db::enqueue(conn, link_id, messages).await
 }
 
@@ -174,6 +313,10 @@ pub enum SessionError {
     /// The transport failed or the peer closed the stream.
     #[error("stream closed: {0}")]
     Closed(String),
+    /// The peer sent a frame larger than this side's frame limit; it cannot
+    /// be read, so the stream closes (the peer withholds it next time).
+    #[error("frame too large: {0}")]
+    TooLarge(String),
     /// Storage trouble outside a retryable batch.
     #[error("storage: {0}")]
     Storage(#[from] sqlx::Error),
@@ -195,6 +338,34 @@ pub struct LiveStatus {
     pub last_heard: Option<SystemTime>,
 }
 
+/// What keeps a link from being healthy: shown in its status and health.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkFault {
+    /// A local fault (or a handler panic) being retried: the message is not
+    /// acknowledged until it clears. Cleared by the next commit.
+    pub retrying: Option<String>,
+    /// The last message quarantined because its handler kept panicking: its
+    /// effect is missing and an operator must look at it. Stays until the
+    /// process restarts (the quarantine row stays for good).
+    pub quarantined: Option<String>,
+}
+
+impl LinkFault {
+    /// Nothing is wrong.
+    pub fn is_clear(&self) -> bool {
+        self.retrying.is_none() && self.quarantined.is_none()
+    }
+
+    /// One line for the admin API and logs ("" when clear).
+    pub fn describe(&self) -> String {
+        [self.retrying.as_deref(), self.quarantined.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
 /// One end of an exactly-once link.
 pub struct Link<S: Side, H: Handler> {
     pool: PgPool,
@@ -213,6 +384,13 @@ pub struct Link<S: Side, H: Handler> {
     /// The highest outbound id this process has sent, to tell first sends
     /// from redeliveries in the metrics.
     max_sent: AtomicU64,
+    /// The frame limit the peer announced in its last `Hello` (0: none).
+    peer_max_frame: AtomicU64,
+    /// Random per process start: tells this process's handling marks from
+    /// a predecessor's.
+    boot: String,
+    /// Local faults and panic quarantines, for health and status.
+    faults: watch::Sender<LinkFault>,
     shutdown: CancellationToken,
     _side: std::marker::PhantomData<S>,
 }
@@ -248,13 +426,16 @@ impl<S: Side, H: Handler> Link<S, H> {
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, sqlx::Error> {
         let link_id = link_id.into();
-        db::ensure_link(&pool, &link_id).await?;
+        db::ensure_link(&pool, &link_id, config.max_payload_bytes).await?;
         let mut conn = pool.acquire().await?;
         let counters = db::counters(&mut conn, &link_id).await?;
         drop(conn);
         Ok(Arc::new(Self {
             acked: watch::Sender::new(counters.acked_out),
             max_sent: AtomicU64::new(counters.acked_out),
+            peer_max_frame: AtomicU64::new(0),
+            boot: format!("{:016x}", rand::random::<u64>()),
+            faults: watch::Sender::new(LinkFault::default()),
             pool,
             link_id,
             node_id: node_id.into(),
@@ -274,6 +455,13 @@ impl<S: Side, H: Handler> Link<S, H> {
         &self.link_id
     }
 
+    /// This end's frame limit (from `max_payload_bytes`): what the gRPC
+    /// client or server carrying the link must use as its decoding and
+    /// encoding limit.
+    pub fn max_frame_bytes(&self) -> usize {
+        self.config.max_frame_bytes()
+    }
+
     /// The handle that wakes this link's pump.
     pub fn outbox(&self) -> &Outbox {
         &self.outbox
@@ -288,6 +476,20 @@ impl<S: Side, H: Handler> Link<S, H> {
     /// The handler.
     pub fn handler(&self) -> &H {
         &self.handler
+    }
+
+    /// Local faults and panic quarantines of this link, as they change (for
+    /// the health service).
+    pub fn faults(&self) -> watch::Receiver<LinkFault> {
+        self.faults.subscribe()
+    }
+
+    fn set_fault(&self, f: impl FnOnce(&mut LinkFault)) {
+        self.faults.send_if_modified(|cur| {
+            let before = cur.clone();
+            f(cur);
+            *cur != before
+        });
     }
 
     /// The live (not persisted) part of the link's status.
@@ -312,6 +514,7 @@ impl<S: Side, H: Handler> Link<S, H> {
             quarantined,
             connected_since_unix_ms: unix_ms(live.connected_since),
             last_heard_unix_ms: unix_ms(live.last_heard),
+            fault: self.faults.borrow().describe(),
         })
     }
 
@@ -350,7 +553,18 @@ impl<S: Side, H: Handler> Link<S, H> {
             node_id: self.node_id.clone(),
             contract_version: proto::CONTRACT_VERSION,
             last_handled_id: last_handled,
+            max_frame_bytes: self.config.max_frame_bytes() as u64,
         })
+    }
+
+    /// The largest frame the pump may send: the peer's announced limit, and
+    /// never more than this side's own.
+    fn send_limit(&self) -> usize {
+        let own = self.config.max_frame_bytes();
+        match usize::try_from(self.peer_max_frame.load(Ordering::Relaxed)) {
+            Ok(0) | Err(_) => own,
+            Ok(peer) => peer.min(own),
+        }
     }
 
     /// Checks the peer's `Hello` against our state and returns the first
@@ -380,6 +594,8 @@ impl<S: Side, H: Handler> Link<S, H> {
             )
         })?;
         drop(conn);
+        self.peer_max_frame
+            .store(hello.max_frame_bytes, Ordering::Relaxed);
         let claimed = hello.last_handled_id;
         if claimed > counters.last_enqueued_out {
             return Err((
@@ -620,6 +836,11 @@ impl<S: Side, H: Handler> Link<S, H> {
                 send_error::<S>(out, LinkErrorCode::StateMismatch, detail.clone(), 0, 0).await;
                 result
             }
+            Err(SessionError::TooLarge(detail)) => {
+                warn!(link = %self.link_id, "closing stream: {detail}");
+                send_error::<S>(out, LinkErrorCode::PayloadTooLarge, detail.clone(), 0, 0).await;
+                result
+            }
             Err(e) => {
                 warn!(link = %self.link_id, "stream ended: {e}");
                 result
@@ -657,7 +878,12 @@ impl<S: Side, H: Handler> Link<S, H> {
         });
         let clock = Instant::now();
         let heard = Arc::new(AtomicU64::new(0));
-        let (data_tx, data_rx) = mpsc::channel::<Data>(self.config.max_batch.saturating_mul(4));
+        let (data_tx, data_rx) =
+            mpsc::channel::<InboundData>(self.config.max_batch.saturating_mul(4));
+        // Bounds the inbound buffer by bytes too (the channel counts frames).
+        let room = Arc::new(tokio::sync::Semaphore::new(
+            self.config.inbound_buffer_bytes(),
+        ));
         let (ack_tx, ack_rx) = watch::channel(start_from - 1);
         let (rewind_tx, rewind_rx) = watch::channel(0_u64);
 
@@ -670,7 +896,7 @@ impl<S: Side, H: Handler> Link<S, H> {
         );
 
         let result = tokio::select! {
-            r = self.read(inbound, data_tx, ack_tx, rewind_tx, out.clone(), heard.clone(), clock) => r,
+            r = self.read(inbound, (data_tx, room), ack_tx, rewind_tx, out.clone(), heard.clone(), clock) => r,
             r = self.pump(out.clone(), ack_rx.clone(), rewind_rx, start_from, &token) => r,
             r = self.record_acks(ack_rx) => r,
             r = self.heartbeat(out.clone(), heard, clock) => r,
@@ -688,7 +914,7 @@ impl<S: Side, H: Handler> Link<S, H> {
     async fn read<I>(
         &self,
         mut inbound: I,
-        data_tx: mpsc::Sender<Data>,
+        (data_tx, room): (mpsc::Sender<InboundData>, Arc<tokio::sync::Semaphore>),
         ack_tx: watch::Sender<u64>,
         rewind_tx: watch::Sender<u64>,
         out: mpsc::Sender<S::Outbound>,
@@ -702,6 +928,19 @@ impl<S: Side, H: Handler> Link<S, H> {
             let frame = match inbound.next().await {
                 None => return Err(SessionError::Closed("peer closed the stream".into())),
                 Some(Err(status)) => {
+                    // A frame over the gRPC decoding limit (this side's frame
+                    // limit) is refused by the codec before it is read: the
+                    // stream cannot carry on, and the peer is told to
+                    // withhold it (its Hello told it the limit already).
+                    if status.code() == tonic::Code::OutOfRange {
+                        return Err(SessionError::TooLarge(format!(
+                            "a frame beyond this {}'s limit of {} bytes (link.max_payload_bytes plus \
+                             framing): {}; send such a message as a withheld Data frame",
+                            S::NAME,
+                            self.config.max_frame_bytes(),
+                            status.message()
+                        )));
+                    }
                     // A frame that does not decode arrives here as a status
                     // from the codec; the stream cannot carry on after it.
                     // Anything else is the transport (a cut connection).
@@ -728,7 +967,21 @@ impl<S: Side, H: Handler> Link<S, H> {
                     ));
                 }
                 Some(LinkFrame::Data(data)) => {
-                    if data_tx.send(data).await.is_err() {
+                    // Waits while the handler is this many bytes behind.
+                    let cost = u32::try_from(
+                        data.payload
+                            .len()
+                            .clamp(1, self.config.inbound_buffer_bytes()),
+                    )
+                    .unwrap_or(u32::MAX);
+                    let Ok(permit) = room.clone().acquire_many_owned(cost).await else {
+                        return Err(SessionError::Stopped);
+                    };
+                    let item = InboundData {
+                        data,
+                        _room: permit,
+                    };
+                    if data_tx.send(item).await.is_err() {
                         return Err(SessionError::Stopped);
                     }
                 }
@@ -829,7 +1082,15 @@ impl<S: Side, H: Handler> Link<S, H> {
             let mut notified = pin!(self.outbox.notify.notified());
             notified.as_mut().enable();
             let limit = room.min(self.config.max_batch as u64);
-            let rows = match db::fetch_outbound(&self.pool, &self.link_id, next, limit).await {
+            let rows = match db::fetch_outbound(
+                &self.pool,
+                &self.link_id,
+                next,
+                limit,
+                self.config.max_batch_bytes,
+            )
+            .await
+            {
                 Ok(rows) => rows,
                 Err(e) => {
                     crate::metrics::db_error("send_log_read");
@@ -863,12 +1124,38 @@ impl<S: Side, H: Handler> Link<S, H> {
                     crate::metrics::LINK_REDELIVERED
                 };
                 metrics::counter!(counter, "link" => self.link_id.clone()).increment(1);
-                let frame = LinkFrame::Data(Data {
+                let mut data = Data {
                     id: row.id,
                     payload: row.payload,
                     uid: row.uid,
                     traceparent: row.traceparent,
-                });
+                    withheld_bytes: 0,
+                };
+                // A frame the peer could not read would close the stream
+                // and come back forever: send it withheld instead (the peer
+                // quarantines the id, the row stays here).
+                let limit = self.send_limit();
+                if data.encoded_len() + 16 > limit {
+                    warn!(
+                        id = data.id,
+                        uid = %data.uid,
+                        size = data.payload.len(),
+                        limit,
+                        "message too large for the peer's frame limit: sent withheld"
+                    );
+                    data.withheld_bytes = data.payload.len().max(1) as u64;
+                    data.payload = Vec::new();
+                    if data.encoded_len() + 16 > limit {
+                        // Only a uid of absurd length gets here; the
+                        // receiver needs the id, the uid is for logs.
+                        let mut cut = 256.min(data.uid.len());
+                        while !data.uid.is_char_boundary(cut) {
+                            cut -= 1;
+                        }
+                        data.uid.truncate(cut);
+                    }
+                }
+                let frame = LinkFrame::Data(data);
                 if out.send(S::wrap(frame)).await.is_err() {
                     return Err(SessionError::Closed("outbound channel closed".into()));
                 }
@@ -938,54 +1225,79 @@ impl<S: Side, H: Handler> Link<S, H> {
     /// Handles inbound data frames in batches until the session ends.
     async fn handle_inbound(
         self: Arc<Self>,
-        mut data_rx: mpsc::Receiver<Data>,
+        mut data_rx: mpsc::Receiver<InboundData>,
         out: mpsc::Sender<S::Outbound>,
         mut last_handled: u64,
         token: CancellationToken,
     ) {
         let mut reported_gap: Option<u64> = None;
+        // Failed tries of messages not yet handled, as persisted.
+        let mut tries = match db::inbound_tries(&self.pool, &self.link_id, last_handled).await {
+            Ok(t) => t,
+            Err(e) => {
+                crate::metrics::db_error("inbound_tries");
+                warn!("reading failed handler tries failed, counting from zero: {e}");
+                Default::default()
+            }
+        };
+        // Up to this id, batches hold one message each: an earlier process
+        // died handling a batch that reached it, and one of its messages may
+        // be the cause.
+        let mut singles_until = self.crash_check(last_handled, &mut tries).await;
+        // Messages of a batch not committed yet (behind a local fault).
+        let mut carry: Vec<InboundData> = Vec::new();
         loop {
-            let first = tokio::select! {
-                biased;
-                () = token.cancelled() => return,
-                first = data_rx.recv() => match first { Some(d) => d, None => return },
-            };
-            let mut batch = Vec::with_capacity(self.config.max_batch.min(64));
+            let mut batch = std::mem::take(&mut carry);
             let mut duplicate = false;
-            let mut next = first;
-            loop {
+            let single = last_handled < singles_until;
+            let mut bytes: usize = batch.iter().map(|d| d.data.payload.len()).sum();
+            let full = |len: usize, bytes: usize| {
+                len >= self.config.max_batch
+                    || bytes >= self.config.max_batch_bytes
+                    || (single && len > 0)
+            };
+            let mut next = if batch.is_empty() {
+                tokio::select! {
+                    biased;
+                    () = token.cancelled() => return,
+                    first = data_rx.recv() => match first { Some(d) => Some(d), None => return },
+                }
+            } else if full(batch.len(), bytes) {
+                None
+            } else {
+                data_rx.try_recv().ok()
+            };
+            while let Some(item) = next.take() {
                 let expected = last_handled + batch.len() as u64 + 1;
-                if next.id < expected {
+                if item.data.id < expected {
                     metrics::counter!(crate::metrics::LINK_DEDUPLICATED, "link" => self.link_id.clone())
                         .increment(1);
                 }
-                if next.id < expected && batch.is_empty() {
+                if item.data.id < expected && batch.is_empty() {
                     duplicate = true;
-                } else if next.id == expected {
-                    batch.push(next);
-                } else if next.id > expected && reported_gap != Some(expected) {
+                } else if item.data.id == expected {
+                    bytes = bytes.saturating_add(item.data.payload.len());
+                    batch.push(item);
+                } else if item.data.id > expected && reported_gap != Some(expected) {
                     reported_gap = Some(expected);
                     let detail = format!(
                         "got data id {} but the next id this side needs is {expected}; resend from {expected}",
-                        next.id
+                        item.data.id
                     );
                     warn!("{detail}");
                     send_error::<S>(
                         &out,
                         LinkErrorCode::OutOfSequence,
                         detail,
-                        next.id,
+                        item.data.id,
                         expected,
                     )
                     .await;
                 }
-                if batch.len() >= self.config.max_batch {
+                if full(batch.len(), bytes) {
                     break;
                 }
-                match data_rx.try_recv() {
-                    Ok(d) => next = d,
-                    Err(_) => break,
-                }
+                next = data_rx.try_recv().ok();
             }
             if batch.is_empty() {
                 if duplicate {
@@ -997,11 +1309,23 @@ impl<S: Side, H: Handler> Link<S, H> {
                 continue;
             }
             reported_gap = None;
-            let to = match self.commit_batch(&batch, last_handled, &out).await {
-                Some(to) => to,
+            let data: Vec<&Data> = batch.iter().map(|d| &d.data).collect();
+            let (to, done) = match self
+                .commit_batch(&data, last_handled, &out, &token, &mut tries)
+                .await
+            {
+                Some(r) => r,
                 None => return,
             };
+            drop(data);
+            // What follows a local fault waits for the next round; the
+            // rest's buffer space is released with the committed messages.
+            carry = batch.split_off(done);
+            drop(batch);
             last_handled = to;
+            if last_handled >= singles_until {
+                singles_until = 0;
+            }
             // Wake the pump first: what the batch enqueued may leave even if
             // the Ack is held back (the crash tests stop right here).
             self.outbox.wake();
@@ -1022,56 +1346,245 @@ impl<S: Side, H: Handler> Link<S, H> {
         }
     }
 
-    /// Commits one batch, retrying storage trouble with capped backoff.
-    /// Returns the new watermark, or `None` if the process is shutting down
-    /// before the batch could commit (the peer will resend it).
+    /// Looks at the handling mark an earlier process left: if it died while
+    /// handling ids past `last_handled`, counts a try against the message
+    /// it was handling alone, or returns the end of its batch, up to which
+    /// messages are then handled one per batch to find the culprit.
+    async fn crash_check(
+        &self,
+        last_handled: u64,
+        tries: &mut std::collections::BTreeMap<u64, (u32, String)>,
+    ) -> u64 {
+        let mark = match db::handling_mark(&self.pool, &self.link_id).await {
+            Ok(m) => m,
+            Err(e) => {
+                crate::metrics::db_error("handling_mark");
+                warn!("reading the handling mark failed: {e}");
+                return 0;
+            }
+        };
+        let next = last_handled + 1;
+        if mark.boot.is_empty() || mark.boot == self.boot || !(mark.from..=mark.to).contains(&next)
+        {
+            return 0;
+        }
+        metrics::counter!(crate::metrics::LINK_FAULTS, "link" => self.link_id.clone(), "kind" => "crash")
+            .increment(1);
+        if mark.from < mark.to {
+            warn!(
+                from = next,
+                to = mark.to,
+                "an earlier process stopped while handling these messages; handling them one at a time"
+            );
+            return mark.to;
+        }
+        let failure =
+            "the process stopped while handling this message (a crash, an abort or a kill)";
+        match db::record_try(&self.pool, &self.link_id, next, failure).await {
+            Ok(n) => {
+                error!(id = next, tries = n, "{failure}");
+                tries.insert(next, (n, failure.to_owned()));
+            }
+            Err(e) => {
+                crate::metrics::db_error("record_try");
+                warn!("counting a try of message {next} failed: {e}");
+            }
+        }
+        0
+    }
+
+    /// Commits one batch, or the part of it before a local fault, retrying
+    /// storage trouble, local faults and handler panics with capped backoff.
+    /// Returns the new watermark and how many messages of `batch` it covers,
+    /// or `None` if the session or the process ends before anything could
+    /// commit (the peer will resend).
     async fn commit_batch(
         &self,
-        batch: &[Data],
+        batch: &[&Data],
         last_handled: u64,
         out: &mpsc::Sender<S::Outbound>,
-    ) -> Option<u64> {
+        token: &CancellationToken,
+        tries: &mut std::collections::BTreeMap<u64, (u32, String)>,
+    ) -> Option<(u64, usize)> {
         let mut delay = Duration::from_millis(50);
         let mut careful = false;
+        let mut len = batch.len();
+        let mut marked = false;
         loop {
-            match self.try_batch(batch, last_handled, careful).await {
+            let part = &batch[..len];
+            let first = part.first().map_or(0, |d| d.id);
+            let last = part.last().map_or(0, |d| d.id);
+            if !marked {
+                let mark = db::HandlingMark {
+                    from: first,
+                    to: last,
+                    boot: self.boot.clone(),
+                };
+                match db::mark_handling(&self.pool, &self.link_id, &mark).await {
+                    Ok(()) => marked = true,
+                    Err(e) => {
+                        crate::metrics::db_error("handling_mark");
+                        warn!("marking batch {first}..={last} failed, retrying in {delay:?}: {e}");
+                        if !self.back_off(&mut delay, token).await {
+                            return None;
+                        }
+                        continue;
+                    }
+                }
+            }
+            let fault = match self.try_batch(part, last_handled, careful, tries).await {
                 Ok(rejections) => {
                     for (id, code, detail) in rejections {
+                        if code == LinkErrorCode::HandlerPanic {
+                            self.set_fault(|f| f.quarantined = Some(detail.clone()));
+                        }
                         send_error::<S>(out, code, detail, id, 0).await;
                     }
-                    return batch.last().map(|d| d.id);
+                    tries.retain(|id, _| *id > last);
+                    if self.faults.borrow().retrying.is_some() {
+                        info!(
+                            link = %self.link_id,
+                            "the local fault cleared: messages up to {last} handled"
+                        );
+                        self.set_fault(|f| f.retrying = None);
+                    }
+                    return Some((last, len));
                 }
-                Err(BatchError::NeedsSavepoints) => careful = true,
+                Err(BatchError::NeedsSavepoints) => {
+                    careful = true;
+                    continue;
+                }
                 Err(BatchError::Storage(e)) => {
                     crate::metrics::db_error("inbound_batch");
                     warn!(
-                        first = batch.first().map(|d| d.id),
-                        len = batch.len(),
-                        "handling batch failed, retrying in {delay:?}: {e}"
+                        first,
+                        len, "handling batch failed, retrying in {delay:?}: {e}"
                     );
                     if self.shutdown.is_cancelled() {
+                        self.unmark().await;
                         return None;
                     }
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
+                    continue;
                 }
+                Err(BatchError::Local { index, reason }) => {
+                    let d = part[index];
+                    metrics::counter!(crate::metrics::LINK_FAULTS, "link" => self.link_id.clone(), "kind" => "local")
+                        .increment(1);
+                    let fault = format!(
+                        "message {} ({}) not handled, retrying (not acknowledged): local fault: {reason}",
+                        d.id, d.uid
+                    );
+                    error!(link = %self.link_id, id = d.id, "{fault}; retrying in {delay:?}");
+                    (index, fault)
+                }
+                Err(BatchError::Panicked { index, text }) => {
+                    let d = part[index];
+                    metrics::counter!(crate::metrics::LINK_FAULTS, "link" => self.link_id.clone(), "kind" => "panic")
+                        .increment(1);
+                    let failure = format!("the handler panicked: {text}");
+                    let n = match db::record_try(&self.pool, &self.link_id, d.id, &failure).await {
+                        Ok(n) => n,
+                        Err(e) => {
+                            crate::metrics::db_error("record_try");
+                            warn!("counting a try of message {} failed: {e}", d.id);
+                            tries.get(&d.id).map_or(0, |t| t.0)
+                        }
+                    };
+                    tries.insert(d.id, (n, failure.clone()));
+                    let fault = format!(
+                        "message {} ({}): {failure} (try {n} of {}; then it is quarantined)",
+                        d.id, d.uid, self.config.max_handler_tries
+                    );
+                    error!(link = %self.link_id, id = d.id, "{fault}");
+                    (index, fault)
+                }
+            };
+            let (index, fault) = fault;
+            self.set_fault(|f| f.retrying = Some(fault));
+            if index > 0 {
+                // What came before the faulty message commits (and is
+                // acknowledged) first.
+                len = index;
+                continue;
             }
+            if !self.back_off(&mut delay, token).await {
+                self.unmark().await;
+                return None;
+            }
+        }
+    }
+
+    /// Waits `delay` (then doubles it, up to 5 s); false if the session or
+    /// the process ends first.
+    async fn back_off(&self, delay: &mut Duration, token: &CancellationToken) -> bool {
+        let wait = *delay;
+        *delay = (*delay * 2).min(Duration::from_secs(5));
+        tokio::select! {
+            () = tokio::time::sleep(wait) => true,
+            () = token.cancelled() => false,
+            () = self.shutdown.cancelled() => false,
+        }
+    }
+
+    /// Clears this process's handling mark when it gives a batch up without
+    /// dying, so its successor does not count a try against it.
+    async fn unmark(&self) {
+        if let Err(e) =
+            db::mark_handling(&self.pool, &self.link_id, &db::HandlingMark::default()).await
+        {
+            warn!("clearing the handling mark failed: {e}");
         }
     }
 
     /// One attempt at a batch. Without `careful`, a rejection aborts the whole
     /// batch (its effects may be half-written) and asks for a careful retry,
-    /// which wraps each message in a savepoint; the fast path needs none.
+    /// which wraps each message in a savepoint; the fast path needs none. A
+    /// local fault or a panic aborts the whole batch and names the message.
     async fn try_batch(
         &self,
-        batch: &[Data],
+        batch: &[&Data],
         last_handled: u64,
         careful: bool,
+        tries: &std::collections::BTreeMap<u64, (u32, String)>,
     ) -> Result<Vec<(u64, LinkErrorCode, String)>, BatchError> {
         let mut tx = self.pool.begin().await?;
         let mut handled = Vec::with_capacity(batch.len());
         let mut rejected: Vec<(u64, LinkErrorCode, String)> = Vec::new();
-        for data in batch {
+        for (index, &data) in batch.iter().enumerate() {
+            if let Some((n, failure)) = tries.get(&data.id)
+                && *n >= self.config.max_handler_tries
+            {
+                rejected.push((
+                    data.id,
+                    LinkErrorCode::HandlerPanic,
+                    format!(
+                        "data id {} ({}) quarantined without its effect after {n} failed tries on this {}: \
+                         {failure}; a bug on this side: keep the quarantined payload for the fix",
+                        data.id,
+                        data.uid,
+                        S::NAME
+                    ),
+                ));
+                continue;
+            }
+            if data.withheld_bytes > 0 {
+                rejected.push((
+                    data.id,
+                    LinkErrorCode::PayloadTooLarge,
+                    format!(
+                        "data id {} ({}): the sender withheld a message of {} bytes, more than this {}'s \
+                         frame limit of {} bytes (link.max_payload_bytes); it stays in the sender's send log",
+                        data.id,
+                        data.uid,
+                        data.withheld_bytes,
+                        S::NAME,
+                        self.config.max_frame_bytes()
+                    ),
+                ));
+                continue;
+            }
             let message = match H::Message::decode(data.payload.as_slice()) {
                 Ok(m) => m,
                 Err(e) => {
@@ -1112,14 +1625,15 @@ impl<S: Side, H: Handler> Link<S, H> {
                 kind,
             );
             crate::telemetry::set_remote_parent(&span, &data.traceparent);
+            // A panic is caught and the transaction dropped (rolled back):
+            // whatever the handler half-did is discarded with it.
             if careful {
                 let mut sp = sqlx::Connection::begin(&mut *tx).await?;
-                match self
-                    .handler
-                    .handle(&mut sp, inbound, message)
+                let result = guarded(kind, self.handler.handle(&mut sp, inbound, message))
                     .instrument(span)
                     .await
-                {
+                    .map_err(|text| BatchError::Panicked { index, text })?;
+                match result {
                     Ok(()) => {
                         sp.commit().await?;
                         handled.push((data, kind));
@@ -1132,17 +1646,28 @@ impl<S: Side, H: Handler> Link<S, H> {
                             format!("{kind} (data id {}) rejected: {reason}", data.id),
                         ));
                     }
+                    Err(HandleError::Local(reason)) => {
+                        return Err(BatchError::Local {
+                            index,
+                            reason: format!("{kind}: {reason}"),
+                        });
+                    }
                     Err(HandleError::Storage(e)) => return Err(e.into()),
                 }
             } else {
-                match self
-                    .handler
-                    .handle(&mut tx, inbound, message)
+                let result = guarded(kind, self.handler.handle(&mut tx, inbound, message))
                     .instrument(span)
                     .await
-                {
+                    .map_err(|text| BatchError::Panicked { index, text })?;
+                match result {
                     Ok(()) => handled.push((data, kind)),
                     Err(HandleError::Rejected(_)) => return Err(BatchError::NeedsSavepoints),
+                    Err(HandleError::Local(reason)) => {
+                        return Err(BatchError::Local {
+                            index,
+                            reason: format!("{kind}: {reason}"),
+                        });
+                    }
                     Err(HandleError::Storage(e)) => return Err(e.into()),
                 }
             }
@@ -1177,6 +1702,7 @@ impl<S: Side, H: Handler> Link<S, H> {
             &quarantine,
             last_handled,
             to,
+            !tries.is_empty(),
         )
         .await?;
         tx.commit().await?;
@@ -1191,10 +1717,60 @@ impl<S: Side, H: Handler> Link<S, H> {
     }
 }
 
+/// Runs a handler's future, turning a panic into its text. Fault injection
+/// (for tests) makes it panic (`link-handler-panic`) or kill the process
+/// (`link-handler-abort`) instead of running, on every message or, with
+/// `return(KIND)`, on messages of that kind.
+async fn guarded<T>(kind: &str, handle: impl Future<Output = T>) -> Result<T, String> {
+    use futures::FutureExt as _;
+    if let Some(only) = fail::eval("link-handler-abort", |arg| arg)
+        && only.as_deref().is_none_or(|k| k == kind)
+    {
+        // As an out-of-memory kill or a native crash would: no unwinding.
+        error!("fault injection: link-handler-abort on {kind}: aborting the process");
+        std::process::abort();
+    }
+    std::panic::AssertUnwindSafe(async move {
+        if let Some(only) = fail::eval("link-handler-panic", |arg| arg)
+            && only.as_deref().is_none_or(|k| k == kind)
+        {
+            panic!("fault injection: link-handler-panic on {kind}");
+        }
+        handle.await
+    })
+    .catch_unwind()
+    .await
+    .map_err(|payload| {
+        payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_owned())
+    })
+}
+
+/// A data frame waiting to be handled, holding its share of the inbound
+/// buffer until it is committed.
+#[derive(Debug)]
+struct InboundData {
+    data: Data,
+    _room: tokio::sync::OwnedSemaphorePermit,
+}
+
 #[derive(Debug)]
 enum BatchError {
     NeedsSavepoints,
     Storage(sqlx::Error),
+    /// A handler reported a local fault on `batch[index]`.
+    Local {
+        index: usize,
+        reason: String,
+    },
+    /// A handler panicked on `batch[index]`.
+    Panicked {
+        index: usize,
+        text: String,
+    },
 }
 
 impl From<sqlx::Error> for BatchError {
@@ -1225,6 +1801,14 @@ async fn send_error<S: Side>(
     id: u64,
     expected_id: u64,
 ) {
+    let mut detail = detail;
+    if detail.len() > MAX_ERROR_DETAIL {
+        let mut cut = MAX_ERROR_DETAIL;
+        while !detail.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        detail.truncate(cut);
+    }
     let frame = LinkFrame::Error(LinkError {
         code: code.into(),
         detail,

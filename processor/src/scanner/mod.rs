@@ -94,6 +94,11 @@ pub enum StepError {
     /// Scanning stops for good (the reason is stored).
     #[error("{0}")]
     Halt(String),
+    /// A fault on this side (a sealed key that does not open, a stored row
+    /// that no longer decodes): nothing commits; retried with backoff and
+    /// reported in health until it clears.
+    #[error("local fault: {0}")]
+    Local(String),
 }
 
 /// What the scanner needs besides the database and the daemon: the keystore
@@ -152,6 +157,16 @@ pub async fn run(
                     .await;
                 delay = (delay * 2).min(Duration::from_secs(30));
                 delay
+            }
+            Err(StepError::Local(reason)) => {
+                error!("scanning step failed on a local fault, retrying in {delay:?}: {reason}");
+                context
+                    .health
+                    .set_service_status(HEALTH_NAME, tonic_health::ServingStatus::NotServing)
+                    .await;
+                let wait = delay;
+                delay = (delay * 2).min(Duration::from_secs(30));
+                wait
             }
             Err(StepError::Halt(reason)) => {
                 error!("scanning halted: {reason}");
@@ -665,6 +680,7 @@ async fn store_block(
             HandleError::Rejected(why) => {
                 StepError::Halt(format!("batch for block {height}: {why}"))
             }
+            HandleError::Local(why) => StepError::Local(format!("batch for block {height}: {why}")),
         })?;
         info!(
             batch = id,
@@ -687,6 +703,7 @@ async fn store_block(
     .map_err(|e| match e {
         HandleError::Storage(e) => StepError::Storage(e),
         HandleError::Rejected(why) => StepError::Halt(format!("block {height}: {why}")),
+        HandleError::Local(why) => StepError::Local(format!("block {height}: {why}")),
     })?;
     db::set_cursor(&mut *tx, height + 1).await?;
     metrics::counter!(crate::metrics::SCAN_OUTPUTS).increment(found_count);

@@ -377,11 +377,21 @@ enum PassError {
     Handle(String),
 }
 
+impl From<link::EnqueueError> for PassError {
+    fn from(e: link::EnqueueError) -> Self {
+        match e {
+            link::EnqueueError::Storage(e) => Self::Storage(e),
+            // Logged and retried each pass, like any refused step.
+            too_large @ link::EnqueueError::TooLarge(_) => Self::Handle(too_large.to_string()),
+        }
+    }
+}
+
 impl From<HandleError> for PassError {
     fn from(e: HandleError) -> Self {
         match e {
             HandleError::Storage(e) => Self::Storage(e),
-            HandleError::Rejected(why) => Self::Handle(why),
+            HandleError::Rejected(why) | HandleError::Local(why) => Self::Handle(why),
         }
     }
 }

@@ -148,6 +148,8 @@ async fn batch_for(
 fn keystore_failure(e: SignError) -> HandleError {
     match e {
         SignError::Keystore(crate::keystore::KeystoreError::Storage(e)) => HandleError::Storage(e),
+        // Our own sealed key package: this side's fault, retried.
+        SignError::Keystore(e) => HandleError::Local(e.to_string()),
         other => HandleError::Rejected(other.to_string()),
     }
 }
@@ -365,7 +367,7 @@ pub async fn shares(
         return Ok(());
     };
     let chosen = SignPreprocesses::decode(stored.as_slice())
-        .map_err(|e| HandleError::Rejected(format!("stored commitments: {e}")))?;
+        .map_err(|e| HandleError::Local(format!("stored commitments: {e}")))?;
     let commitments = indexed(&chosen.preprocesses);
     match aggregate(
         &public,
@@ -382,7 +384,7 @@ pub async fn shares(
                 .execute(&mut *conn)
                 .await?;
             let decoded = proto::processor_v1::Batch::decode(batch.encoded.as_slice())
-                .map_err(|e| HandleError::Rejected(format!("stored batch: {e}")))?;
+                .map_err(|e| HandleError::Local(format!("stored batch: {e}")))?;
             link::enqueue(
                 conn,
                 link_id,

@@ -52,7 +52,7 @@ pub async fn preprocess(
         return Ok(());
     };
     let signable = SignableTransaction::read(&mut plan.signable.as_slice())
-        .map_err(|e| HandleError::Rejected(format!("stored plan: {e}")))?;
+        .map_err(|e| HandleError::Local(format!("stored plan: {e}")))?;
     let (_, sealed, public) = key(conn, id.session).await?;
     let shape = shape(conn, id.session).await?;
     let preprocess = keystore

@@ -1,0 +1,1 @@
+../../migrations/0011_link_limits.sql
