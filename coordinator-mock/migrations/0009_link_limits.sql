@@ -1,1 +1,1 @@
-../../migrations/0011_link_limits.sql
+../../migrations/0012_link_limits.sql

@@ -175,7 +175,7 @@ async fn seed(pool: &PgPool, handler: &CoordinatorHandler, own: &Keystore) -> Re
     if confirmed.is_some() {
         return Ok(());
     }
-    crate::link::db::ensure_link(pool, LINK)
+    crate::link::db::ensure_link(pool, LINK, 1 << 20)
         .await
         .map_err(|e| e.to_string())?;
     let others: Vec<Keystore> = (0..2)
