@@ -247,6 +247,19 @@ pub async fn record_ack(pool: &PgPool, link_id: &str, id: u64) -> Result<bool, s
 /// transaction back) if the watermark was not at `from`: another writer
 /// handled these ids, and handling them again would break exactly-once.
 /// With `clear_tries`, the failed-try counts of these ids go too.
+/// `text` as Postgres can store it in a TEXT column, which refuses the NUL
+/// character: a peer's uid or a reason quoting a peer's string may hold one,
+/// and an insert that fails would be retried forever (the link would wedge).
+/// The uid is only journaled here (duplicates are found by id), so replacing
+/// NUL loses nothing.
+pub fn pg_text(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        std::borrow::Cow::Owned(text.replace('\0', "\u{fffd}"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
+
 pub async fn record_inbound(
     conn: &mut PgConnection,
     link_id: &str,
@@ -258,7 +271,7 @@ pub async fn record_inbound(
 ) -> Result<(), sqlx::Error> {
     if !handled.is_empty() {
         let ids: Vec<i64> = handled.iter().map(|r| to_i64(r.id)).collect();
-        let uids: Vec<&str> = handled.iter().map(|r| r.uid).collect();
+        let uids: Vec<String> = handled.iter().map(|r| pg_text(r.uid).into_owned()).collect();
         let kinds: Vec<&str> = handled.iter().map(|r| r.kind).collect();
         let payloads: Vec<&[u8]> = handled.iter().map(|r| r.payload).collect();
         sqlx::query(
@@ -280,9 +293,9 @@ pub async fn record_inbound(
         )
         .bind(link_id)
         .bind(to_i64(q.id))
-        .bind(q.uid)
+        .bind(pg_text(q.uid))
         .bind(q.code)
-        .bind(q.reason)
+        .bind(pg_text(q.reason))
         .bind(q.payload)
         .execute(&mut *conn)
         .await?;

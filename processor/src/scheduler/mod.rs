@@ -1227,6 +1227,13 @@ pub async fn receive(conn: &mut PgConnection, m: PlanProposal) -> Result<(), Han
     if m.plan_id.len() != 32 {
         return Err(HandleError::Rejected("a plan id is 32 bytes".into()));
     }
+    for burn_id in &m.burn_ids {
+        crate::settlement::check_text(
+            "a proposed plan's burn id",
+            burn_id,
+            crate::settlement::MAX_BURN_ID_BYTES,
+        )?;
+    }
     let key = db::active_key(&mut *conn)
         .await?
         .ok_or_else(|| HandleError::Rejected("a plan proposal, but no key is active".into()))?;

@@ -16,6 +16,31 @@ pub fn ack_uid(number: u64) -> String {
     format!("settlement-block-ack/{number}")
 }
 
+/// Longest burn id taken in (the coordinator refuses longer ones at
+/// `SubmitBurn`): a block's size stays bounded by its burn count.
+pub const MAX_BURN_ID_BYTES: usize = 128;
+/// Longest address text taken in; Monero addresses are at most 106
+/// characters (integrated).
+const MAX_ADDRESS_BYTES: usize = 256;
+
+/// Refuses a peer's string that cannot be stored as it is: longer than
+/// `max`, or holding NUL, which a Postgres TEXT column refuses (the insert
+/// would fail and the message come back forever).
+pub fn check_text(what: &str, text: &str, max: usize) -> Result<(), HandleError> {
+    if text.len() > max {
+        return Err(HandleError::Rejected(format!(
+            "{what} is {} bytes, more than {max}",
+            text.len()
+        )));
+    }
+    if text.contains('\0') {
+        return Err(HandleError::Rejected(format!(
+            "{what} {text:?} contains a NUL character"
+        )));
+    }
+    Ok(())
+}
+
 /// Stores `block` and enqueues its acknowledgement, in the caller's
 /// transaction. A block number seen before is refused: the coordinator would
 /// be rewriting history.
@@ -32,6 +57,12 @@ pub async fn take_in(
     }
     let mut seen = std::collections::HashSet::new();
     for burn in &block.burns {
+        check_text("burn id", &burn.burn_id, MAX_BURN_ID_BYTES)?;
+        check_text(
+            &format!("burn {:?} address", burn.burn_id),
+            &burn.monero_address,
+            MAX_ADDRESS_BYTES,
+        )?;
         if !seen.insert(burn.burn_id.as_str()) {
             return Err(HandleError::Rejected(format!(
                 "settlement block {} lists burn {:?} twice",
