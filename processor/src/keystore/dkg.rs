@@ -475,6 +475,63 @@ pub fn monero_address(group_key: &[u8; 32]) -> Option<String> {
     )
 }
 
+/// Every participant's keystore and key (index i + 1 at position i), and
+/// the public round-1 packages.
+#[cfg(test)]
+pub(crate) type TestKeys = (Vec<(Keystore, GeneratedKey)>, BTreeMap<u16, Vec<u8>>);
+
+/// A whole t-of-n DKG in one process, for unit tests.
+#[cfg(test)]
+pub(crate) fn generate_for_tests(t: u16, n: u16) -> TestKeys {
+    let stores: Vec<Keystore> = (0..n)
+        .map(|_| Keystore::in_memory(super::Kek::generate()))
+        .collect();
+    let participants: BTreeMap<u16, [u8; 32]> = (1..=n)
+        .zip(&stores)
+        .map(|(i, s)| (i, s.identity_public()))
+        .collect();
+    let ps: Vec<DkgParams> = (1..=n)
+        .map(|own_index| DkgParams {
+            session: 7,
+            attempt: 0,
+            threshold: t,
+            own_index,
+            participants: participants.clone(),
+        })
+        .collect();
+    let r1: Vec<Round1Output> = stores
+        .iter()
+        .zip(&ps)
+        .map(|(s, p)| s.dkg_round1(p).expect("round 1 of an honest DKG"))
+        .collect();
+    let all1: BTreeMap<u16, Vec<u8>> = (1..=n)
+        .zip(&r1)
+        .map(|(i, o)| (i, o.package.clone()))
+        .collect();
+    let r2: Vec<Round2Output> = (0..usize::from(n))
+        .map(|i| {
+            stores[i]
+                .dkg_round2(&ps[i], &r1[i].sealed_secret, &all1)
+                .expect("round 2 of an honest DKG")
+        })
+        .collect();
+    let keys = (0..usize::from(n))
+        .map(|i| {
+            let me = ps[i].own_index;
+            let to_me: BTreeMap<u16, Vec<u8>> = (1..=n)
+                .zip(&r2)
+                .filter(|(j, _)| *j != me)
+                .map(|(j, o)| (j, o.packages[&me].clone()))
+                .collect();
+            let key = stores[i]
+                .dkg_round3(&ps[i], &r2[i].sealed_secret, &all1, &to_me)
+                .expect("round 3 of an honest DKG");
+            (stores[i].clone(), key)
+        })
+        .collect();
+    (keys, all1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

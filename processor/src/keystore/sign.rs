@@ -2,25 +2,39 @@
 //! only, and taken out when used: a nonce signs at most once, and an attempt
 //! begun before a restart can never be signed (its nonces are gone).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use frost_ed25519::round1::{SigningCommitments, SigningNonces};
 use frost_ed25519::{Identifier, SigningPackage};
 use rand_core::OsRng;
 
+use super::held::{Held, MAX_HELD_ATTEMPTS};
 use super::{Keystore, KeystoreError};
 
 /// Identifies one attempt: (session, kind, id, attempt).
 pub type AttemptKey = (u64, String, Vec<u8>, u32);
 
-/// The in-memory nonce store. `Debug` shows only how many are held.
-#[derive(Clone, Default)]
-pub struct Nonces(Arc<Mutex<HashMap<AttemptKey, SigningNonces>>>);
+/// The in-memory nonce store, bounded (see [`super::held`]). `Debug` shows
+/// only how many are held.
+#[derive(Clone)]
+pub struct Nonces(Arc<Mutex<Held<SigningNonces>>>);
+
+impl Default for Nonces {
+    fn default() -> Self {
+        Self(Arc::new(Mutex::new(Held::new("nonces", MAX_HELD_ATTEMPTS))))
+    }
+}
+
+impl Nonces {
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut Held<SigningNonces>) -> R) -> Option<R> {
+        self.0.lock().ok().map(|mut held| f(&mut held))
+    }
+}
 
 impl std::fmt::Debug for Nonces {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let held = self.0.lock().map(|m| m.len()).unwrap_or(0);
+        let held = self.with(|m| m.len()).unwrap_or(0);
         write!(f, "Nonces({held} held)")
     }
 }
@@ -51,6 +65,8 @@ fn identifier(index: u16) -> Result<Identifier, SignError> {
 impl Keystore {
     /// Makes fresh nonces for `attempt` and returns the commitments to share.
     /// Calling it again for the same attempt replaces nonces that never left.
+    /// Nonces of earlier attempts of the same procedure are dropped (they
+    /// are superseded and must never sign).
     pub fn preprocess(
         &self,
         attempt: AttemptKey,
@@ -62,9 +78,7 @@ impl Keystore {
         let bytes = commitments
             .serialize()
             .map_err(|e| SignError::Frost(e.to_string()))?;
-        if let Ok(mut held) = self.nonces.0.lock() {
-            held.insert(attempt, nonces);
-        }
+        self.nonces.with(|held| held.insert(attempt, nonces));
         Ok(bytes)
     }
 
@@ -79,13 +93,7 @@ impl Keystore {
         commitments: &BTreeMap<u16, Vec<u8>>,
         message: &[u8],
     ) -> Result<Option<Vec<u8>>, SignError> {
-        let Some(nonces) = self
-            .nonces
-            .0
-            .lock()
-            .ok()
-            .and_then(|mut m| m.remove(attempt))
-        else {
+        let Some(nonces) = self.nonces.with(|m| m.take(attempt)).flatten() else {
             return Ok(None);
         };
         let key = self.open_key_package(session, sealed_key_package)?;
@@ -152,4 +160,54 @@ pub fn aggregate(
         .map_err(|e| SignError::Frost(e.to_string()))?
         .try_into()
         .map_err(|_| SignError::Frost("signature is not 64 bytes".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(store: &Keystore) -> String {
+        format!("{:?}", store.nonces)
+    }
+
+    #[test]
+    fn re_attempts_and_completion_drop_earlier_nonces() {
+        let (keys, _) = crate::keystore::dkg::generate_for_tests(2, 3);
+        let (store, key) = &keys[0];
+        let batch = |attempt| {
+            (
+                7,
+                "batch".to_owned(),
+                42_u64.to_be_bytes().to_vec(),
+                attempt,
+            )
+        };
+        for attempt in 0..3 {
+            store
+                .preprocess(batch(attempt), 7, &key.sealed_key_package)
+                .expect("preprocess");
+        }
+        let other = (7, "batch".to_owned(), 43_u64.to_be_bytes().to_vec(), 0);
+        store
+            .preprocess(other, 7, &key.sealed_key_package)
+            .expect("preprocess");
+        assert_eq!(
+            held(store),
+            "Nonces(2 held)",
+            "superseded attempts' nonces must be dropped"
+        );
+        // A superseded attempt can never sign.
+        let none = store
+            .sign(
+                &batch(1),
+                7,
+                &key.sealed_key_package,
+                &BTreeMap::new(),
+                b"m",
+            )
+            .expect("no error");
+        assert!(none.is_none());
+        assert_eq!(store.forget_signing(7, "batch", &42_u64.to_be_bytes()), 1);
+        assert_eq!(store.held_signing_state(), (1, 0));
+    }
 }

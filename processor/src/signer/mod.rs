@@ -250,9 +250,12 @@ pub async fn preprocesses(
     let (own, sealed, _) = key(conn, id.session).await?;
     let commitments = indexed(&m.preprocesses);
     if !commitments.contains_key(&own) {
+        // Not chosen: this attempt's nonces will never sign.
+        keystore.abandon_attempt(&attempt_key(&id));
         return Ok(());
     }
     if batch.status != "proposed" {
+        keystore.forget_signing(id.session, kind_name(&id), &id.id);
         return Ok(());
     }
     sqlx::query(
@@ -349,6 +352,7 @@ pub async fn shares(
     };
     let (_, _, public) = key(conn, id.session).await?;
     if batch.status != "proposed" {
+        keystore.forget_signing(id.session, kind_name(&id), &id.id);
         return Ok(());
     }
     let stored: Option<Option<Vec<u8>>> = sqlx::query_scalar(
@@ -374,6 +378,7 @@ pub async fn shares(
         &batch::message(&batch.encoded),
     ) {
         Ok(signature) => {
+            keystore.forget_signing(id.session, kind_name(&id), &id.id);
             sqlx::query(
                 "UPDATE batches SET status = 'signed', signature = $2 WHERE id = $1 AND status = 'proposed'",
             )
@@ -421,8 +426,11 @@ pub async fn reattempt(
     let id = m
         .sign_id
         .ok_or_else(|| HandleError::Rejected("no sign id".into()))?;
+    // The abandoned attempt (and any before it) never signs: drop its state.
+    keystore.abandon_attempt(&attempt_key(&id));
     if is_plan(&id) {
         if !plan::still_signing(conn, &id).await? {
+            keystore.forget_signing(id.session, kind_name(&id), &id.id);
             return Ok(());
         }
         let next = SignId {
@@ -437,6 +445,7 @@ pub async fn reattempt(
         return Ok(());
     };
     if batch.status != "proposed" {
+        keystore.forget_signing(id.session, kind_name(&id), &id.id);
         return Ok(());
     }
     let next = SignId {

@@ -91,7 +91,13 @@ pub async fn preprocesses(
 ) -> Result<(), HandleError> {
     let (own, _, _) = key(conn, id.session).await?;
     let chosen = indexed(&m.preprocesses);
-    if !chosen.contains_key(&own) || signing(conn, &id).await?.is_none() {
+    if !chosen.contains_key(&own) {
+        // Not chosen: this attempt's machine will never sign.
+        keystore.abandon_attempt(&attempt_key(&id));
+        return Ok(());
+    }
+    if signing(conn, &id).await?.is_none() {
+        keystore.forget_signing(id.session, "plan", &id.id);
         return Ok(());
     }
     let recorded = sqlx::query(
@@ -130,10 +136,12 @@ pub async fn shares(
 ) -> Result<(), HandleError> {
     let (own, _, _) = key(conn, id.session).await?;
     if signing(conn, &id).await?.is_none() {
+        keystore.forget_signing(id.session, "plan", &id.id);
         return Ok(());
     }
     match keystore.plan_complete(&attempt_key(&id), own, &indexed(&m.shares)) {
         Ok(Some(tx)) => {
+            keystore.forget_signing(id.session, "plan", &id.id);
             let fee = match &tx {
                 monero_wallet::transaction::Transaction::V2 {
                     proofs: Some(proofs),
