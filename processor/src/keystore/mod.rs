@@ -9,6 +9,7 @@
 pub mod clsag;
 pub mod db;
 pub mod dkg;
+pub mod dleq;
 mod held;
 mod seal;
 pub mod sign;

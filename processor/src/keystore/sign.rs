@@ -162,6 +162,78 @@ pub fn aggregate(
         .map_err(|_| SignError::Frost("signature is not 64 bytes".into()))
 }
 
+/// The group's public key package (group key and every participant's
+/// verifying share) as anyone can compute it from the DKG's public round-1
+/// packages (index -> serialized `round1::Package`).
+pub fn public_key_package_from_round1(
+    round1_packages: &BTreeMap<u16, Vec<u8>>,
+) -> Result<frost_ed25519::keys::PublicKeyPackage, SignError> {
+    let mut parsed = BTreeMap::new();
+    for (&index, bytes) in round1_packages {
+        let package = frost_ed25519::keys::dkg::round1::Package::deserialize(bytes)
+            .map_err(|e| SignError::Frost(format!("round-1 package of {index}: {e}")))?;
+        parsed.insert(identifier(index)?, package);
+    }
+    let commitments = parsed
+        .iter()
+        .map(|(id, package)| (*id, package.commitment()))
+        .collect();
+    frost_ed25519::keys::PublicKeyPackage::from_dkg_commitments(&commitments)
+        .map_err(|e| SignError::Frost(format!("public key package: {e}")))
+}
+
+/// Whether signer `accused` of a FROST Ed25519 attempt is at fault, decided
+/// from public data only: the key's public key package, the chosen signers'
+/// commitments and shares as the coordinator relayed them, and the message.
+/// `Ok(true)`: its commitments or its share do not parse, or its share does
+/// not verify (frost's share verification against its verifying share).
+/// `Ok(false)`: its part is valid; an accusation of it is false.
+pub fn signer_at_fault(
+    public: &frost_ed25519::keys::PublicKeyPackage,
+    commitments: &BTreeMap<u16, Vec<u8>>,
+    shares: &BTreeMap<u16, Vec<u8>>,
+    accused: u16,
+    message: &[u8],
+) -> Result<bool, SignError> {
+    let Some(own_commitments) = commitments.get(&accused) else {
+        return Err(SignError::Frost(format!(
+            "{accused} is not a chosen signer"
+        )));
+    };
+    if SigningCommitments::deserialize(own_commitments).is_err() {
+        return Ok(true);
+    }
+    let package = match signing_package(commitments, message) {
+        Ok(package) => package,
+        // Another signer's commitments are bad: not the accused's fault.
+        Err(SignError::Blame { .. }) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let Some(share) = shares.get(&accused) else {
+        // No share of it was relayed: a share cannot be at fault.
+        return Ok(false);
+    };
+    let Ok(share) = frost_ed25519::round2::SignatureShare::deserialize(share) else {
+        return Ok(true);
+    };
+    let id = identifier(accused)?;
+    let verifying_share = public
+        .verifying_shares()
+        .get(&id)
+        .ok_or_else(|| SignError::Frost(format!("no verifying share for {accused}")))?;
+    match frost_core::verify_signature_share(
+        id,
+        verifying_share,
+        &share,
+        &package,
+        public.verifying_key(),
+    ) {
+        Ok(()) => Ok(false),
+        Err(frost_core::Error::InvalidSignatureShare { .. }) => Ok(true),
+        Err(e) => Err(SignError::Frost(format!("verifying the share: {e}"))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,5 +281,60 @@ mod tests {
         assert!(none.is_none());
         assert_eq!(store.forget_signing(7, "batch", &42_u64.to_be_bytes()), 1);
         assert_eq!(store.held_signing_state(), (1, 0));
+    }
+
+    #[test]
+    fn a_share_is_judged_from_public_data_only() {
+        let (keys, round1) = crate::keystore::dkg::generate_for_tests(2, 3);
+        let public = public_key_package_from_round1(&round1).expect("public key package");
+        let stored =
+            frost_ed25519::keys::PublicKeyPackage::deserialize(&keys[0].1.public_key_package)
+                .expect("stored package");
+        assert_eq!(public.verifying_key(), stored.verifying_key());
+        assert_eq!(public.verifying_shares(), stored.verifying_shares());
+
+        let message = b"a batch";
+        let mut commitments = BTreeMap::new();
+        for (i, (store, key)) in keys.iter().enumerate().take(2) {
+            let index = u16::try_from(i + 1).expect("small");
+            let attempt = (7, "batch".to_owned(), vec![1], 0);
+            commitments.insert(
+                index,
+                store
+                    .preprocess(attempt, 7, &key.sealed_key_package)
+                    .expect("preprocess"),
+            );
+        }
+        let mut shares = BTreeMap::new();
+        for (i, (store, key)) in keys.iter().enumerate().take(2) {
+            let index = u16::try_from(i + 1).expect("small");
+            let attempt = (7, "batch".to_owned(), vec![1], 0);
+            let share = store
+                .sign(&attempt, 7, &key.sealed_key_package, &commitments, message)
+                .expect("sign")
+                .expect("nonces held");
+            shares.insert(index, share);
+        }
+        for accused in [1, 2] {
+            assert!(
+                !signer_at_fault(&public, &commitments, &shares, accused, message).expect("check"),
+                "an honest share is not at fault"
+            );
+        }
+        assert!(
+            signer_at_fault(&public, &commitments, &shares, 1, b"another message").expect("check"),
+            "a share for another message does not verify"
+        );
+        let mut corrupt = shares.clone();
+        let bytes = corrupt.get_mut(&2).expect("share of 2");
+        bytes[0] ^= 1;
+        assert!(signer_at_fault(&public, &commitments, &corrupt, 2, message).expect("check"));
+        assert!(
+            !signer_at_fault(&public, &commitments, &corrupt, 1, message).expect("check"),
+            "only the corrupted share is at fault"
+        );
+        let mut bad = commitments.clone();
+        bad.insert(2, vec![0; 3]);
+        assert!(signer_at_fault(&public, &bad, &shares, 2, message).expect("check"));
     }
 }

@@ -7,7 +7,7 @@
 
 pub mod plan;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use prost::Message as _;
 use proto::processor_v1::{
@@ -198,14 +198,23 @@ pub async fn begin(
     Ok(())
 }
 
+/// Sends a blame with the evidence the coordinator (or anyone) needs to
+/// check it: the chosen signers' preprocesses as relayed, and the accused's
+/// share when a share is at fault.
 async fn blame(
     conn: &mut PgConnection,
     link_id: &str,
     id: &SignId,
     accused: u16,
     reason: String,
+    preprocesses: &HashMap<u32, Vec<u8>>,
+    shares: Option<&HashMap<u32, Vec<u8>>>,
 ) -> Result<(), HandleError> {
     warn!(attempt = id.attempt, accused, "signer blamed: {reason}");
+    let accused_share = shares
+        .and_then(|s| s.get(&u32::from(accused)))
+        .cloned()
+        .unwrap_or_default();
     link::enqueue(
         conn,
         link_id,
@@ -216,6 +225,8 @@ async fn blame(
                 sign_id: Some(id.clone()),
                 accused: u32::from(accused),
                 reason,
+                accused_share,
+                preprocesses: preprocesses.clone(),
             }),
         )],
     )
@@ -223,7 +234,7 @@ async fn blame(
     Ok(())
 }
 
-fn indexed(map: &std::collections::HashMap<u32, Vec<u8>>) -> BTreeMap<u16, Vec<u8>> {
+fn indexed(map: &HashMap<u32, Vec<u8>>) -> BTreeMap<u16, Vec<u8>> {
     map.iter()
         .filter_map(|(&i, b)| Some((u16::try_from(i).ok()?, b.clone())))
         .collect()
@@ -286,7 +297,7 @@ pub async fn preprocesses(
         &commitments,
         &batch::message(&batch.encoded),
     );
-    send_share(conn, link_id, &id, outcome).await
+    send_share(conn, link_id, &id, outcome, &m.preprocesses).await
 }
 
 /// Sends what making a share for `id` gave: the share; nothing, when the
@@ -297,6 +308,7 @@ async fn send_share(
     link_id: &str,
     id: &SignId,
     outcome: Result<Option<Vec<u8>>, SignError>,
+    preprocesses: &HashMap<u32, Vec<u8>>,
 ) -> Result<(), HandleError> {
     match outcome {
         Ok(Some(share)) => {
@@ -326,7 +338,7 @@ async fn send_share(
             Ok(())
         }
         Err(SignError::Blame { accused, reason }) => {
-            blame(conn, link_id, id, accused, reason).await
+            blame(conn, link_id, id, accused, reason, preprocesses, None).await
         }
         Err(e) => Err(keystore_failure(e)),
     }
@@ -350,7 +362,7 @@ pub async fn shares(
     let Some(batch) = batch_for(conn, link_id, &id).await? else {
         return Ok(());
     };
-    let (_, _, public) = key(conn, id.session).await?;
+    let (own, _, public) = key(conn, id.session).await?;
     if batch.status != "proposed" {
         keystore.forget_signing(id.session, kind_name(&id), &id.id);
         return Ok(());
@@ -407,10 +419,36 @@ pub async fn shares(
                 attempt = id.attempt,
                 "batch signed"
             );
+            // Fault injection for blame tests: accuse another signer whose
+            // share was valid (a false accusation, with true evidence).
+            if fail::eval("signer-false-blame", |_| ()).is_some()
+                && let Some(&victim) = commitments.keys().find(|&&i| i != own)
+            {
+                warn!(victim, "fault injection: falsely blaming a signer");
+                blame(
+                    conn,
+                    link_id,
+                    &id,
+                    victim,
+                    "fault injection: a false accusation".into(),
+                    &chosen.preprocesses,
+                    Some(&m.shares),
+                )
+                .await?;
+            }
             Ok(())
         }
         Err(SignError::Blame { accused, reason }) => {
-            blame(conn, link_id, &id, accused, reason).await
+            blame(
+                conn,
+                link_id,
+                &id,
+                accused,
+                reason,
+                &chosen.preprocesses,
+                Some(&m.shares),
+            )
+            .await
         }
         Err(e) => Err(keystore_failure(e)),
     }
