@@ -318,3 +318,48 @@ async fn a_false_or_outsider_sign_blame_bans_the_accuser_not_the_accused() {
         "the accused is never banned by a false or outsider accusation"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proven_invalid_share_bans_its_signer_and_the_others_sign() {
+    // validator-3 offline: validator-1 and validator-2 are chosen; validator-2
+    // sends an invalid share once. validator-1's blame is checked and holds.
+    let mut setup = Setup::start("bbad", 2, |i| {
+        (i == 1).then_some("signer-corrupt-share=1*return")
+    })
+    .await;
+    setup.cluster.procs[2].as_mut().unwrap().kill9();
+    setup.deposit(700_000_000_000, 300_000_000_000).await;
+    setup.monerod.mine(&elsewhere(), 3).await;
+    let pool = setup.cluster.coordinator.pool.clone();
+    let (verdict, culprit): (String, Option<i32>) = eventually(
+        "validator-1's blame is judged",
+        Duration::from_secs(90),
+        || async {
+            sqlx::query_as(
+                "SELECT verdict, culprit FROM sign_blames
+                 WHERE kind = 'batch' AND accuser = 'validator-1' AND accused = 2",
+            )
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+        },
+    )
+    .await;
+    assert_eq!((verdict.as_str(), culprit), ("proven", Some(2)));
+    // validator-3 comes back; the batch is signed without validator-2.
+    setup.respawn(2);
+    let batches = setup.wait_included(1).await;
+    let mut signers: Vec<i32> = sqlx::query_scalar(
+        "SELECT unnest(signers) FROM sign_attempts WHERE kind = 'batch' AND id = $1 AND status = 'done'",
+    )
+    .bind(batches[0].0)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    signers.sort_unstable();
+    assert_eq!(
+        signers,
+        vec![1, 3],
+        "the proven culprit is not chosen again"
+    );
+}

@@ -297,6 +297,20 @@ pub async fn preprocesses(
         &commitments,
         &batch::message(&batch.encoded),
     );
+    // Fault injection for blame tests: send an invalid share.
+    let outcome = match outcome {
+        Ok(Some(mut share)) if fail::eval("signer-corrupt-share", |_| ()).is_some() => {
+            warn!(
+                batch = batch_id,
+                "fault injection: sending an invalid share"
+            );
+            if let Some(byte) = share.first_mut() {
+                *byte ^= 1;
+            }
+            Ok(Some(share))
+        }
+        other => other,
+    };
     send_share(conn, link_id, &id, outcome, &m.preprocesses).await
 }
 
