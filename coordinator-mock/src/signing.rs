@@ -429,7 +429,7 @@ async fn judge(
 ) -> Result<Verdict, HandleError> {
     let attempt = i32::try_from(id.attempt).unwrap_or(i32::MAX);
     let row = sqlx::query(
-        "SELECT status, signers FROM sign_attempts WHERE kind = $1 AND id = $2 AND attempt = $3
+        "SELECT signers FROM sign_attempts WHERE kind = $1 AND id = $2 AND attempt = $3
          FOR NO KEY UPDATE",
     )
     .bind(procedure.kind)
@@ -440,7 +440,8 @@ async fn judge(
     let Some(row) = row else {
         return Ok(Verdict::Refused("no such attempt".into()));
     };
-    let signers: Vec<i32> = row.get(1);
+    // Empty until the signers are chosen.
+    let signers: Vec<i32> = row.get(0);
     if !signers.contains(&accuser.1) {
         return Ok(Verdict::Refused(format!(
             "the accuser was not a chosen signer of this attempt (signers {signers:?})"
