@@ -165,11 +165,13 @@ pub async fn start(
         .collect();
     for (i, p) in processors.iter().enumerate() {
         sqlx::query(
-            "INSERT INTO keygen_participants (session, idx, processor) VALUES ($1, $2, $3)",
+            "INSERT INTO keygen_participants (session, idx, processor, encryption_public_key)
+             VALUES ($1, $2, $3, $4)",
         )
         .bind(session)
         .bind(i32::try_from(i + 1).unwrap_or(i32::MAX))
         .bind(p)
+        .bind(&keys[p])
         .execute(&mut *tx)
         .await?;
     }
@@ -564,38 +566,102 @@ pub async fn activation_pending(pool: &PgPool) -> Result<bool, sqlx::Error> {
     .await
 }
 
-/// `KeyGenBlame`: record it; the session fails.
+/// `KeyGenBlame`: judge it from public data (the accused's round-1
+/// package, its round-2 ciphertext to the accuser as relayed, the
+/// accuser's decryption proof), record it with the proven culprit, and fail
+/// the session naming that culprit: the accused if its package or share is
+/// invalid, the accuser if what it accused is valid.
 pub async fn blame(
     conn: &mut PgConnection,
     processor: &str,
     m: KeyGenBlame,
 ) -> Result<(), HandleError> {
     let (s, index) = lock_session(conn, m.session, processor).await?;
-    let accused: Option<String> = sqlx::query_scalar(
-        "SELECT processor FROM keygen_participants WHERE session = $1 AND idx = $2",
+    let accused_index = i32::try_from(m.accused).unwrap_or(0);
+    let accused: Option<(String, Option<Vec<u8>>)> = sqlx::query_as(
+        "SELECT processor, round1 FROM keygen_participants WHERE session = $1 AND idx = $2",
     )
     .bind(s.session)
-    .bind(i32::try_from(m.accused).unwrap_or(0))
+    .bind(accused_index)
     .fetch_optional(&mut *conn)
     .await?;
-    let Some(accused) = accused else {
+    let Some((accused, accused_round1)) = accused else {
         return Err(HandleError::Rejected(format!(
             "{processor} blamed participant {}, who is not in session {}",
             m.accused, s.session
         )));
     };
+    let threshold: i32 =
+        sqlx::query_scalar("SELECT threshold FROM keygen_sessions WHERE session = $1")
+            .bind(s.session)
+            .fetch_one(&mut *conn)
+            .await?;
+    let identities: std::collections::BTreeMap<u16, [u8; 32]> =
+        sqlx::query_as::<_, (i32, Option<Vec<u8>>, Option<Vec<u8>>)>(
+            "SELECT p.idx, p.encryption_public_key, i.encryption_public_key
+         FROM keygen_participants p LEFT JOIN processor_identities i USING (processor)
+         WHERE p.session = $1",
+        )
+        .bind(s.session)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .filter_map(|(i, at_start, latest)| {
+            // Sessions started before the key was kept per session: the latest.
+            let key: [u8; 32] = at_start.or(latest)?.try_into().ok()?;
+            Some((u16::try_from(i).ok()?, key))
+        })
+        .collect();
+    let ciphertext: Option<Vec<u8>> = sqlx::query_scalar(
+        "SELECT ciphertext FROM keygen_round2 WHERE session = $1 AND from_idx = $2 AND to_idx = $3",
+    )
+    .bind(s.session)
+    .bind(accused_index)
+    .bind(index)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let small = |v: i32| u16::try_from(v).unwrap_or(0);
+    let finding = if accused_index == index {
+        processor::keystore::dkg::Finding::Accuser("it accused itself".into())
+    } else {
+        processor::keystore::dkg::judge_blame(&processor::keystore::dkg::BlameCase {
+            session: u64::try_from(s.session).unwrap_or(0),
+            attempt: m.attempt,
+            threshold: small(threshold),
+            accuser: small(index),
+            accused: small(accused_index),
+            identities: &identities,
+            accused_round1: accused_round1.as_deref(),
+            ciphertext: ciphertext.as_deref(),
+            decryption_proof: &m.decryption_proof,
+        })
+    };
+    let (culprit, failure) = match &finding {
+        processor::keystore::dkg::Finding::Accused(why) => (
+            accused_index,
+            format!("{processor} blamed {accused}, proven: {why} ({})", m.reason),
+        ),
+        processor::keystore::dkg::Finding::Accuser(why) => (
+            index,
+            format!(
+                "{processor} blamed {accused} falsely: {why}; {processor} is at fault ({})",
+                m.reason
+            ),
+        ),
+    };
     sqlx::query(
-        "INSERT INTO keygen_blames (session, accuser, accused, reason, evidence) VALUES ($1, $2, $3, $4, $5)
+        "INSERT INTO keygen_blames (session, accuser, accused, reason, evidence, culprit)
+         VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT (session, accuser) DO NOTHING",
     )
     .bind(s.session)
     .bind(index)
-    .bind(i32::try_from(m.accused).unwrap_or(0))
+    .bind(accused_index)
     .bind(&m.reason)
     .bind(&m.evidence)
+    .bind(culprit)
     .execute(&mut *conn)
     .await?;
-    let failure = format!("{processor} blamed {accused}: {}", m.reason);
     warn!(session = s.session, "{failure}");
     sqlx::query("UPDATE keygen_sessions SET status = 'failed', failure = COALESCE(failure, $2) WHERE session = $1")
         .bind(s.session)

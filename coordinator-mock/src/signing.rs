@@ -3,7 +3,8 @@
 //! signers to preprocess, relay their commitments and then their shares.
 //! An attempt that stalls is abandoned and re-attempted (attempt + 1, fresh
 //! nonces); whoever stays silent is simply not chosen, and a participant
-//! blamed for an invalid share is never chosen again for that key.
+//! proven at fault (an invalid share, or a false accusation) is never
+//! chosen again for that key. Blame is checked before it counts.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -225,15 +226,15 @@ pub async fn preprocess(
     if a.status != "collecting" {
         return Ok(());
     }
-    // A participant blamed for an invalid share in any signing of this key
-    // is banned from being chosen again.
+    // A participant proven at fault in any signing of this key (its share
+    // was invalid, or it accused falsely) is never chosen again.
     let rows = sqlx::query(
         "SELECT idx, preprocess FROM sign_preprocesses WHERE kind = $1 AND id = $2 AND attempt = $3
            AND idx NOT IN (
-             SELECT b.accused FROM sign_blames b
+             SELECT b.culprit FROM sign_blames b
              LEFT JOIN batches ba ON b.kind = 'batch' AND ba.id = b.id
              LEFT JOIN plans p ON b.kind = 'plan' AND p.seq = b.id
-             WHERE COALESCE(ba.session, p.session) = $5)
+             WHERE b.culprit IS NOT NULL AND COALESCE(ba.session, p.session) = $5)
          ORDER BY received LIMIT $4",
     )
     .bind(kind)
@@ -355,7 +356,192 @@ pub async fn share(
     Ok(())
 }
 
-/// `SignBlame`: record it; the attempt will time out and be re-attempted.
+/// The coordinator's verdict on a signing blame (see migration 0009).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The accused's preprocess or share is invalid: it is never chosen
+    /// again for this key.
+    Proven,
+    /// The accused's part verifies: the accuser is at fault.
+    False,
+    /// Accuser or accused was not a chosen signer, or the evidence is not
+    /// what was relayed: the accuser is at fault.
+    Refused(String),
+    /// Accuser and accused proposed different batches: neither is proven
+    /// at fault by this blame.
+    Disputed,
+    /// A CLSAG share, which the coordinator cannot check: nobody is banned.
+    Unverified,
+}
+
+impl Verdict {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Proven => "proven",
+            Self::False => "false",
+            Self::Refused(_) => "refused",
+            Self::Disputed => "disputed",
+            Self::Unverified => "unverified",
+        }
+    }
+}
+
+/// Index -> bytes of one attempt's rows of `sign_preprocesses` or
+/// `sign_shares`, for the given signers.
+async fn attempt_rows(
+    conn: &mut PgConnection,
+    table: &str,
+    procedure: Procedure,
+    attempt: i32,
+    signers: &[i32],
+) -> Result<std::collections::BTreeMap<u16, Vec<u8>>, sqlx::Error> {
+    let column = if table == "sign_shares" {
+        "share"
+    } else {
+        "preprocess"
+    };
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT idx, {column} FROM {table} WHERE kind = $1 AND id = $2 AND attempt = $3 AND idx = ANY($4)"
+    )))
+    .bind(procedure.kind)
+    .bind(procedure.key)
+    .bind(attempt)
+    .bind(signers)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| Some((u16::try_from(r.get::<i32, _>(0)).ok()?, r.get(1))))
+        .collect())
+}
+
+/// Judges a blame against what this coordinator relayed. Public data only:
+/// the attempt's chosen signers, their preprocesses (and their shares, if
+/// they were relayed), the batch each proposed, and the key's public
+/// round-1 commitments.
+async fn judge(
+    conn: &mut PgConnection,
+    procedure: Procedure,
+    id: &SignId,
+    accuser: (&str, i32),
+    accused: i32,
+    m: &SignBlame,
+) -> Result<Verdict, HandleError> {
+    let attempt = i32::try_from(id.attempt).unwrap_or(i32::MAX);
+    let row = sqlx::query(
+        "SELECT signers FROM sign_attempts WHERE kind = $1 AND id = $2 AND attempt = $3
+         FOR NO KEY UPDATE",
+    )
+    .bind(procedure.kind)
+    .bind(procedure.key)
+    .bind(attempt)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else {
+        return Ok(Verdict::Refused("no such attempt".into()));
+    };
+    // Empty until the signers are chosen.
+    let signers: Vec<i32> = row.get(0);
+    if !signers.contains(&accuser.1) {
+        return Ok(Verdict::Refused(format!(
+            "the accuser was not a chosen signer of this attempt (signers {signers:?})"
+        )));
+    }
+    if accused == accuser.1 || !signers.contains(&accused) {
+        return Ok(Verdict::Refused(format!(
+            "the accused was not another chosen signer of this attempt (signers {signers:?})"
+        )));
+    }
+    let preprocesses =
+        attempt_rows(conn, "sign_preprocesses", procedure, attempt, &signers).await?;
+    // Shares are relayed exactly when every signer's is in.
+    let mut shares = attempt_rows(conn, "sign_shares", procedure, attempt, &signers).await?;
+    if shares.len() < signers.len() {
+        shares.clear();
+    }
+    let claimed: std::collections::BTreeMap<u16, Vec<u8>> = m
+        .preprocesses
+        .iter()
+        .filter_map(|(&i, b)| Some((u16::try_from(i).ok()?, b.clone())))
+        .collect();
+    if !claimed.is_empty() && claimed != preprocesses {
+        return Ok(Verdict::Refused(
+            "the evidence's preprocesses are not the ones relayed for this attempt".into(),
+        ));
+    }
+    let accused_u16 = u16::try_from(accused).unwrap_or(0);
+    if !m.accused_share.is_empty() && shares.get(&accused_u16) != Some(&m.accused_share) {
+        return Ok(Verdict::Refused(
+            "the evidence's share is not the one relayed from the accused".into(),
+        ));
+    }
+    if procedure.kind == "plan" {
+        return Ok(Verdict::Unverified);
+    }
+    // The batch as each of them proposed it; the canonical (first) one for
+    // a signer that proposed none.
+    let proposals: HashMap<String, Vec<u8>> =
+        sqlx::query("SELECT processor, encoded FROM batch_proposals WHERE id = $1")
+            .bind(procedure.key)
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+    let canonical: Vec<u8> = sqlx::query_scalar("SELECT encoded FROM batches WHERE id = $1")
+        .bind(procedure.key)
+        .fetch_one(&mut *conn)
+        .await?;
+    let accused_name: Option<String> = sqlx::query_scalar(
+        "SELECT processor FROM keygen_participants WHERE session = $1 AND idx = $2",
+    )
+    .bind(i64_of(id.session))
+    .bind(accused)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let signed = proposals.get(accuser.0).unwrap_or(&canonical);
+    let theirs = accused_name
+        .and_then(|n| proposals.get(&n))
+        .unwrap_or(signed);
+    if signed != theirs {
+        return Ok(Verdict::Disputed);
+    }
+    let round1: Vec<(i32, Option<Vec<u8>>)> =
+        sqlx::query_as("SELECT idx, round1 FROM keygen_participants WHERE session = $1")
+            .bind(i64_of(id.session))
+            .fetch_all(&mut *conn)
+            .await?;
+    let round1: std::collections::BTreeMap<u16, Vec<u8>> = round1
+        .into_iter()
+        .filter_map(|(i, p)| Some((u16::try_from(i).ok()?, p?)))
+        .collect();
+    let unverifiable = |e: processor::keystore::sign::SignError| {
+        HandleError::Rejected(format!(
+            "the blame cannot be checked against key {}: {e}",
+            id.session
+        ))
+    };
+    let public =
+        processor::keystore::sign::public_key_package_from_round1(&round1).map_err(unverifiable)?;
+    let at_fault = processor::keystore::sign::signer_at_fault(
+        &public,
+        &preprocesses,
+        &shares,
+        accused_u16,
+        &processor::batch::message(signed),
+    )
+    .map_err(unverifiable)?;
+    Ok(if at_fault {
+        Verdict::Proven
+    } else {
+        Verdict::False
+    })
+}
+
+/// `SignBlame`: verify it against what was relayed, then record it with its
+/// verdict. Only a proven culprit (the accused whose part is invalid, or an
+/// accuser whose accusation is false or out of place) is never chosen again
+/// for this key; the attempt will time out and be re-attempted.
 pub async fn blame(
     conn: &mut PgConnection,
     processor: &str,
@@ -363,28 +549,65 @@ pub async fn blame(
 ) -> Result<(), HandleError> {
     let id = m
         .sign_id
+        .clone()
         .ok_or_else(|| HandleError::Rejected("no sign id".into()))?;
-    let Procedure { kind, key } = procedure_of(conn, &id).await?;
+    let procedure = procedure_of(conn, &id).await?;
+    let Procedure { kind, key } = procedure;
+    let (accuser_index, _) = index_of(conn, i64_of(id.session), processor).await?;
+    let accused_index = i32::try_from(m.accused).unwrap_or(0);
     let accused: String = sqlx::query_scalar(
         "SELECT processor FROM keygen_participants WHERE session = $1 AND idx = $2",
     )
     .bind(i64_of(id.session))
-    .bind(i32::try_from(m.accused).unwrap_or(0))
+    .bind(accused_index)
     .fetch_optional(&mut *conn)
     .await?
     .unwrap_or_else(|| format!("participant {}", m.accused));
-    warn!(kind, key, attempt = id.attempt, accuser = processor, %accused, "signer blamed: {}", m.reason);
+    let verdict = judge(
+        conn,
+        procedure,
+        &id,
+        (processor, accuser_index),
+        accused_index,
+        &m,
+    )
+    .await?;
+    let culprit = match &verdict {
+        Verdict::Proven => Some(accused_index),
+        Verdict::False | Verdict::Refused(_) => Some(accuser_index),
+        Verdict::Disputed | Verdict::Unverified => None,
+    };
+    let detail = match &verdict {
+        Verdict::Proven => format!("{accused}'s part is invalid: never chosen again for this key"),
+        Verdict::False => format!(
+            "{accused}'s part verifies: the accusation is false, {processor} is never chosen again for this key"
+        ),
+        Verdict::Refused(why) => {
+            format!("refused: {why}; {processor} is never chosen again for this key")
+        }
+        Verdict::Disputed => {
+            format!("{processor} and {accused} proposed different batches: nobody is banned for it")
+        }
+        Verdict::Unverified => {
+            "a CLSAG share cannot be checked by the coordinator: nobody is banned for it".into()
+        }
+    };
+    warn!(kind, key, attempt = id.attempt, accuser = processor, %accused, verdict = verdict.name(), "signer blamed: {}; {detail}", m.reason);
     metrics::counter!(processor::metrics::SIGN_BLAMES, "kind" => kind).increment(1);
     sqlx::query(
-        "INSERT INTO sign_blames (kind, id, attempt, accuser, accused, reason) VALUES ($1, $2, $3, $4, $5, $6)
+        "INSERT INTO sign_blames (kind, id, attempt, accuser, accused, reason, verdict, culprit, detail)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
          ON CONFLICT DO NOTHING",
     )
     .bind(kind)
     .bind(key)
     .bind(i32::try_from(id.attempt).unwrap_or(i32::MAX))
     .bind(processor)
-    .bind(i32::try_from(m.accused).unwrap_or(0))
+    .bind(accused_index)
     .bind(&m.reason)
+    .bind(verdict.name())
+    .bind(culprit)
+    .bind(&detail)
     .execute(&mut *conn)
     .await?;
     Ok(())

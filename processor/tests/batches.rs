@@ -189,11 +189,12 @@ async fn a_participant_blamed_for_an_invalid_share_is_not_chosen_again() {
     setup.deposit(800_000_000_000, 200_000_000_000).await;
     setup.monerod.mine(&elsewhere(), 3).await;
     let first = setup.wait_included(1).await;
-    // validator-1 (index 1) was blamed for an invalid share of the first batch.
+    // validator-1 (index 1) was proven to have sent an invalid share of the
+    // first batch.
     let pool = setup.cluster.coordinator.pool.clone();
     sqlx::query(
-        "INSERT INTO sign_blames (kind, id, attempt, accuser, accused, reason)
-         VALUES ('batch', $1, 0, 'validator-2', 1, 'its signature share is invalid')",
+        "INSERT INTO sign_blames (kind, id, attempt, accuser, accused, reason, verdict, culprit)
+         VALUES ('batch', $1, 0, 'validator-2', 1, 'its signature share is invalid', 'proven', 1)",
     )
     .bind(first[0].0)
     .execute(&pool)
@@ -217,5 +218,148 @@ async fn a_participant_blamed_for_an_invalid_share_is_not_chosen_again() {
     assert!(
         !signers.contains(&1),
         "a banned participant was chosen: {signers:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_false_or_outsider_sign_blame_bans_the_accuser_not_the_accused() {
+    // validator-3 offline: validator-1 and validator-2 sign the first batch;
+    // validator-2 then blames validator-1, whose share was valid.
+    let mut setup = Setup::start("bfalse", 2, |i| {
+        (i == 1).then_some("signer-false-blame=return")
+    })
+    .await;
+    setup.cluster.procs[2].as_mut().unwrap().kill9();
+    setup.deposit(800_000_000_000, 200_000_000_000).await;
+    setup.monerod.mine(&elsewhere(), 3).await;
+    let first = setup.wait_included(1).await;
+    let pool = setup.cluster.coordinator.pool.clone();
+    let (verdict, culprit): (String, Option<i32>) = eventually(
+        "the false blame is judged",
+        Duration::from_secs(60),
+        || async {
+            sqlx::query_as(
+                "SELECT verdict, culprit FROM sign_blames
+                 WHERE kind = 'batch' AND id = $1 AND accuser = 'validator-2' AND accused = 1",
+            )
+            .bind(first[0].0)
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+        },
+    )
+    .await;
+    assert_eq!(
+        (verdict.as_str(), culprit),
+        ("false", Some(2)),
+        "the accused's share verifies: the accuser is at fault"
+    );
+
+    // The next batch: validator-2 is not chosen again, validator-1 is.
+    setup.respawn(2);
+    setup.deposit(600_000_000_000, 100_000_000_000).await;
+    setup.monerod.mine(&elsewhere(), 3).await;
+    let batches = setup.wait_included(2).await;
+    let signers: Vec<i32> = sqlx::query_scalar(
+        "SELECT unnest(signers) FROM sign_attempts WHERE kind = 'batch' AND id = $1 AND status = 'done'",
+    )
+    .bind(batches[1].0)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        {
+            let mut s = signers.clone();
+            s.sort_unstable();
+            s
+        },
+        vec![1, 3],
+        "the falsely accused signs again, the false accuser does not"
+    );
+
+    // A blame from a processor that was not a signer of that attempt is
+    // refused and counts against it, not the accused.
+    let attempt: i32 = sqlx::query_scalar(
+        "SELECT attempt FROM sign_attempts WHERE kind = 'batch' AND id = $1 AND status = 'done'",
+    )
+    .bind(batches[1].0)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    coordinator_mock::signing::blame(
+        &mut tx,
+        "validator-2",
+        proto::processor_v1::SignBlame {
+            sign_id: Some(processor::batch::sign_id(
+                0,
+                u64::try_from(batches[1].0).unwrap(),
+                u32::try_from(attempt).unwrap(),
+            )),
+            accused: 1,
+            reason: "an outsider's accusation".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let (verdict, culprit): (String, Option<i32>) = sqlx::query_as(
+        "SELECT verdict, culprit FROM sign_blames WHERE id = $1 AND accuser = 'validator-2'",
+    )
+    .bind(batches[1].0)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((verdict.as_str(), culprit), ("refused", Some(2)));
+    assert_eq!(
+        scalar_i64(&pool, "SELECT count(*) FROM sign_blames WHERE culprit = 1").await,
+        0,
+        "the accused is never banned by a false or outsider accusation"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proven_invalid_share_bans_its_signer_and_the_others_sign() {
+    // validator-3 offline: validator-1 and validator-2 are chosen; validator-2
+    // sends an invalid share once. validator-1's blame is checked and holds.
+    let mut setup = Setup::start("bbad", 2, |i| {
+        (i == 1).then_some("signer-corrupt-share=1*return")
+    })
+    .await;
+    setup.cluster.procs[2].as_mut().unwrap().kill9();
+    setup.deposit(700_000_000_000, 300_000_000_000).await;
+    setup.monerod.mine(&elsewhere(), 3).await;
+    let pool = setup.cluster.coordinator.pool.clone();
+    let (verdict, culprit): (String, Option<i32>) = eventually(
+        "validator-1's blame is judged",
+        Duration::from_secs(90),
+        || async {
+            sqlx::query_as(
+                "SELECT verdict, culprit FROM sign_blames
+                 WHERE kind = 'batch' AND accuser = 'validator-1' AND accused = 2",
+            )
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+        },
+    )
+    .await;
+    assert_eq!((verdict.as_str(), culprit), ("proven", Some(2)));
+    // validator-3 comes back; the batch is signed without validator-2.
+    setup.respawn(2);
+    let batches = setup.wait_included(1).await;
+    let mut signers: Vec<i32> = sqlx::query_scalar(
+        "SELECT unnest(signers) FROM sign_attempts WHERE kind = 'batch' AND id = $1 AND status = 'done'",
+    )
+    .bind(batches[0].0)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    signers.sort_unstable();
+    assert_eq!(
+        signers,
+        vec![1, 3],
+        "the proven culprit is not chosen again"
     );
 }

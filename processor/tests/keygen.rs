@@ -339,9 +339,21 @@ async fn a_corrupted_share_is_blamed_by_name() {
         status.blames
     );
     assert!(
-        status.failure.contains("blamed validator-3"),
+        status.failure.contains("blamed validator-3, proven"),
         "{}",
         status.failure
+    );
+    // The coordinator checked the evidence (the ciphertext opened with the
+    // accuser's proven shared secrets): the accused is the culprit.
+    let culprits: Vec<Option<i32>> =
+        sqlx::query_scalar("SELECT culprit FROM keygen_blames WHERE session = $1")
+            .bind(i64::try_from(session).unwrap())
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(
+        !culprits.is_empty() && culprits.iter().all(|c| *c == Some(3)),
+        "{culprits:?}"
     );
     // The victim recorded it too, and nobody crashed.
     let victim = cluster.dbs[0].pool().await;
@@ -357,6 +369,45 @@ async fn a_corrupted_share_is_blamed_by_name() {
             "a processor exited"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_false_dkg_accusation_blames_the_accuser() {
+    // validator-1 accuses validator-2 although its share is valid.
+    let cluster = Cluster::start("dkgfalse", 3, |i| {
+        if i == 0 {
+            vec![("FAILPOINTS", "keygen-false-blame=return")]
+        } else {
+            vec![]
+        }
+    })
+    .await;
+    let session = cluster.coordinator.start_keygen(2, &[]).await.unwrap();
+    let pool = cluster.coordinator.pool.clone();
+    let status = eventually("the blame arrives", Duration::from_secs(60), || async {
+        let s = coordinator_mock::keygen::status(&pool, Some(session))
+            .await
+            .unwrap()
+            .pop()?;
+        (!s.blames.is_empty()).then_some(s)
+    })
+    .await;
+    assert_eq!(status.status, "failed");
+    assert!(
+        status
+            .failure
+            .contains("validator-1 blamed validator-2 falsely")
+            && status.failure.contains("validator-1 is at fault"),
+        "{}",
+        status.failure
+    );
+    let culprit: Option<i32> =
+        sqlx::query_scalar("SELECT culprit FROM keygen_blames WHERE session = $1 AND accuser = 1")
+            .bind(i64::try_from(session).unwrap())
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(culprit, Some(1), "the accuser is the culprit");
 }
 
 fn pg_dump(url: &str) -> Vec<u8> {

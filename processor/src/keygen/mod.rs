@@ -236,6 +236,7 @@ async fn blame(
                 accused: u32::from(blame.accused),
                 evidence: blame.evidence,
                 reason: blame.reason,
+                decryption_proof: blame.decryption_proof,
             }),
         )],
     )

@@ -16,36 +16,49 @@ use rand_core::OsRng;
 
 use super::Keystore;
 use super::dkg::threshold_keys;
+use super::held::{Held, MAX_HELD_ATTEMPTS};
 use super::sign::{AttemptKey, SignError};
 
 /// Where one attempt's machine stands.
-enum Stage {
+pub(crate) enum Stage {
     /// Preprocess sent; waiting for the chosen signers' preprocesses.
     Preprocessed(Box<TransactionSignMachine>),
     /// Share sent; waiting for the other shares to complete the transaction.
     Shared(Box<TransactionSignatureMachine>),
 }
 
-/// The in-memory CLSAG machines. `Debug` shows only how many are held.
-#[derive(Clone, Default)]
-pub struct PlanMachines(Arc<Mutex<HashMap<AttemptKey, Stage>>>);
+/// The in-memory CLSAG machines, bounded (see [`super::held`]). `Debug`
+/// shows only how many are held.
+#[derive(Clone)]
+pub struct PlanMachines(Arc<Mutex<Held<Stage>>>);
+
+impl Default for PlanMachines {
+    fn default() -> Self {
+        Self(Arc::new(Mutex::new(Held::new(
+            "plan machines",
+            MAX_HELD_ATTEMPTS,
+        ))))
+    }
+}
 
 impl std::fmt::Debug for PlanMachines {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let held = self.0.lock().map(|m| m.len()).unwrap_or(0);
+        let held = self.with(|m| m.len()).unwrap_or(0);
         write!(f, "PlanMachines({held} held)")
     }
 }
 
 impl PlanMachines {
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut Held<Stage>) -> R) -> Option<R> {
+        self.0.lock().ok().map(|mut held| f(&mut held))
+    }
+
     fn put(&self, attempt: AttemptKey, stage: Stage) {
-        if let Ok(mut held) = self.0.lock() {
-            held.insert(attempt, stage);
-        }
+        self.with(|held| held.insert(attempt, stage));
     }
 
     fn take(&self, attempt: &AttemptKey) -> Option<Stage> {
-        self.0.lock().ok().and_then(|mut m| m.remove(attempt))
+        self.with(|m| m.take(attempt)).flatten()
     }
 }
 

@@ -102,8 +102,12 @@ pub struct Blame {
     pub accused: u16,
     /// What they did.
     pub reason: String,
-    /// What shows it (the offending package, or the decrypted share).
+    /// What shows it: the offending round-1 package, or the accused's
+    /// round-2 ciphertext to the accuser (never a plaintext share).
     pub evidence: Vec<u8>,
+    /// For a round-2 share: the proof of the two X25519 shared secrets that
+    /// open that one ciphertext (see [`super::dleq`]); empty otherwise.
+    pub decryption_proof: Vec<u8>,
 }
 
 /// Why a DKG round did not produce output.
@@ -168,14 +172,18 @@ fn index_of(params: &DkgParams, id: &Identifier) -> Option<u16> {
 fn blame_from(
     params: &DkgParams,
     error: &frost_ed25519::Error,
-    evidence: impl Fn(u16) -> Vec<u8>,
+    evidence: impl Fn(u16) -> (Vec<u8>, Vec<u8>),
 ) -> DkgError {
     match error.culprits().first().and_then(|c| index_of(params, c)) {
-        Some(accused) => DkgError::Blame(Blame {
-            accused,
-            reason: error.to_string(),
-            evidence: evidence(accused),
-        }),
+        Some(accused) => {
+            let (evidence, decryption_proof) = evidence(accused);
+            DkgError::Blame(Blame {
+                accused,
+                reason: error.to_string(),
+                evidence,
+                decryption_proof,
+            })
+        }
         None => DkgError::Invalid(format!("DKG failed without a culprit: {error}")),
     }
 }
@@ -243,7 +251,10 @@ impl Keystore {
         let others = parse_round1(params, round1_packages)?;
         let (secret2, packages) = frost_dkg::part2(secret, &others).map_err(|e| {
             blame_from(params, &e, |i| {
-                round1_packages.get(&i).cloned().unwrap_or_default()
+                (
+                    round1_packages.get(&i).cloned().unwrap_or_default(),
+                    Vec::new(),
+                )
             })
         })?;
         let mut out = BTreeMap::new();
@@ -303,7 +314,6 @@ impl Keystore {
             .map_err(|_| KeystoreError::Malformed(params.purpose("round2-secret")))?;
         let round1 = parse_round1(params, round1_packages)?;
         let mut round2 = BTreeMap::new();
-        let mut plaintexts: BTreeMap<u16, Zeroizing<Vec<u8>>> = BTreeMap::new();
         for (&from, ciphertext) in round2_ciphertexts {
             if from == params.own_index {
                 continue;
@@ -320,24 +330,40 @@ impl Keystore {
                     accused: from,
                     reason: "its round-2 package does not decrypt under its identity key".into(),
                     evidence: ciphertext.clone(),
+                    decryption_proof: self.decryption_proof(params, from, ciphertext),
                 })
             })?;
             let package = round2::Package::deserialize(&plain).map_err(|e| {
                 DkgError::Blame(Blame {
                     accused: from,
                     reason: format!("its round-2 package does not parse: {e}"),
-                    evidence: plain.to_vec(),
+                    evidence: ciphertext.clone(),
+                    decryption_proof: self.decryption_proof(params, from, ciphertext),
                 })
             })?;
             round2.insert(identifier(from)?, package);
-            plaintexts.insert(from, plain);
         }
+        let evidence_of = |i: u16| {
+            let ciphertext = round2_ciphertexts.get(&i).cloned().unwrap_or_default();
+            let proof = self.decryption_proof(params, i, &ciphertext);
+            (ciphertext, proof)
+        };
         let (key_package, public_key_package) = frost_dkg::part3(&secret, &round1, &round2)
-            .map_err(|e| {
-                blame_from(params, &e, |i| {
-                    plaintexts.get(&i).map(|p| p.to_vec()).unwrap_or_default()
-                })
-            })?;
+            .map_err(|e| blame_from(params, &e, evidence_of))?;
+        // Fault injection for blame tests: accuse a participant whose share
+        // was valid (a false accusation, with a true decryption proof).
+        if fail::eval("keygen-false-blame", |_| ()).is_some()
+            && let Some(&victim) = round2_ciphertexts.keys().find(|&&i| i != params.own_index)
+        {
+            tracing::warn!(victim, "fault injection: falsely blaming a DKG participant");
+            let (evidence, decryption_proof) = evidence_of(victim);
+            return Err(DkgError::Blame(Blame {
+                accused: victim,
+                reason: "fault injection: a false accusation".into(),
+                evidence,
+                decryption_proof,
+            }));
+        }
         let group_key: [u8; 32] = public_key_package
             .verifying_key()
             .serialize()
@@ -374,6 +400,28 @@ impl Keystore {
         })
     }
 
+    /// The proof that opens `from`'s round-2 ciphertext to us for anyone:
+    /// our X25519 shared secrets with its ephemeral key and its identity
+    /// key, with a DLEq proof that they are right. It opens that one
+    /// message only (the ephemeral secret is fresh per message); the static
+    /// secret it reveals is the one `from` itself holds. Empty if a key is
+    /// not a curve point (the coordinator finds that out itself).
+    fn decryption_proof(&self, params: &DkgParams, from: u16, ciphertext: &[u8]) -> Vec<u8> {
+        let (Some(ephemeral), Some(sender)) = (
+            super::seal::ephemeral_of(ciphertext),
+            params.participants.get(&from),
+        ) else {
+            return Vec::new();
+        };
+        let secret = Zeroizing::new(self.identity.to_bytes());
+        super::dleq::prove(
+            &secret,
+            &[ephemeral, *sender],
+            &params.context(from, params.own_index),
+        )
+        .unwrap_or_default()
+    }
+
     /// Opens a stored key package (for signing; tests use it to check).
     pub fn open_key_package(
         &self,
@@ -382,6 +430,139 @@ impl Keystore {
     ) -> Result<KeyPackage, KeystoreError> {
         let bytes = self.open_sealed(&key_purpose(session), sealed)?;
         KeyPackage::deserialize(&bytes).map_err(|_| KeystoreError::Malformed(key_purpose(session)))
+    }
+}
+
+/// The public facts a DKG blame is judged against, as the coordinator
+/// relayed them.
+#[derive(Debug, Clone)]
+pub struct BlameCase<'a> {
+    /// The session.
+    pub session: u64,
+    /// The attempt.
+    pub attempt: u32,
+    /// t.
+    pub threshold: u16,
+    /// Who accuses.
+    pub accuser: u16,
+    /// Who is accused.
+    pub accused: u16,
+    /// Every participant's X25519 identity key, as sent in `KeyGenStart`.
+    pub identities: &'a BTreeMap<u16, [u8; 32]>,
+    /// The accused's round-1 package, if it sent one.
+    pub accused_round1: Option<&'a [u8]>,
+    /// The accused's round-2 ciphertext to the accuser, if it sent one.
+    pub ciphertext: Option<&'a [u8]>,
+    /// The accuser's decryption proof (empty for a round-1 accusation).
+    pub decryption_proof: &'a [u8],
+}
+
+/// Who a DKG blame proves at fault, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finding {
+    /// The accused: its round-1 package or its share is invalid.
+    Accused(String),
+    /// The accuser: what it accused is valid, or its proof does not hold.
+    Accuser(String),
+}
+
+/// Judges a DKG blame from public data only: the accused's round-1 package
+/// must parse, commit to t coefficients and carry a valid proof of
+/// knowledge; its round-2 ciphertext must be well-formed, and, opened with
+/// the shared secrets the accuser proves, hold a share that matches the
+/// accused's round-1 commitment at the accuser's index. Anything invalid
+/// there proves the accused at fault; otherwise the accuser is.
+pub fn judge_blame(case: &BlameCase<'_>) -> Finding {
+    let Some(round1) = case.accused_round1 else {
+        return Finding::Accuser("the accused sent no round-1 package to blame".into());
+    };
+    let Ok(package) = round1::Package::deserialize(round1) else {
+        return Finding::Accused("its round-1 package does not parse".into());
+    };
+    let Ok(accused_id) = Identifier::try_from(case.accused) else {
+        return Finding::Accuser("the accused is not a valid index".into());
+    };
+    if package.commitment().coefficients().len() != usize::from(case.threshold) {
+        return Finding::Accused("its round-1 commitment is not of t coefficients".into());
+    }
+    if frost_core::keys::dkg::verify_proof_of_knowledge(
+        accused_id,
+        package.commitment(),
+        package.proof_of_knowledge(),
+    )
+    .is_err()
+    {
+        return Finding::Accused("its round-1 proof of knowledge does not verify".into());
+    }
+    let Some(ciphertext) = case.ciphertext else {
+        return Finding::Accuser(
+            "the accused's round-1 package is valid and it sent no share to the accuser".into(),
+        );
+    };
+    let (Some(accuser_key), Some(accused_key)) = (
+        case.identities.get(&case.accuser),
+        case.identities.get(&case.accused),
+    ) else {
+        return Finding::Accuser("a participant without an identity key".into());
+    };
+    let Some(ephemeral) = super::seal::ephemeral_of(ciphertext) else {
+        return Finding::Accused("its round-2 ciphertext is too short".into());
+    };
+    if super::dleq::cleared_base(&ephemeral).is_none() {
+        return Finding::Accused("its round-2 ephemeral key is not a curve point".into());
+    }
+    if super::dleq::cleared_base(accused_key).is_none() {
+        return Finding::Accused("its identity key is not a curve point".into());
+    }
+    let context = format!(
+        "keygen-round2/{}/{}/{}->{}",
+        case.session, case.attempt, case.accused, case.accuser
+    )
+    .into_bytes();
+    let shared = match super::dleq::verify(
+        accuser_key,
+        &[ephemeral, *accused_key],
+        &context,
+        case.decryption_proof,
+    ) {
+        Ok(shared) => shared,
+        Err(e) => {
+            return Finding::Accuser(format!(
+                "the accused's round-1 package is valid and the decryption proof does not hold ({e})"
+            ));
+        }
+    };
+    let Ok(plain) = super::seal::decrypt_with_shared(
+        &shared[0],
+        &shared[1],
+        accused_key,
+        accuser_key,
+        &context,
+        ciphertext,
+    ) else {
+        return Finding::Accused(
+            "its round-2 ciphertext does not open with the proven keys".into(),
+        );
+    };
+    let Ok(share) = round2::Package::deserialize(&plain) else {
+        return Finding::Accused("its round-2 package does not parse".into());
+    };
+    let Ok(accuser_id) = Identifier::try_from(case.accuser) else {
+        return Finding::Accuser("the accuser is not a valid index".into());
+    };
+    let check = frost_ed25519::keys::SecretShare::new(
+        accuser_id,
+        *share.signing_share(),
+        package.commitment().clone(),
+    );
+    match check.verify() {
+        Ok(_) => Finding::Accuser(
+            "the accused's share verifies against its round-1 commitment: a false accusation"
+                .into(),
+        ),
+        Err(_) => Finding::Accused(
+            "its share does not match its round-1 commitment at the accuser's index".into(),
+        ),
     }
 }
 
@@ -404,6 +585,7 @@ fn parse_round1(
                 accused: from,
                 reason: format!("its round-1 package does not parse: {e}"),
                 evidence: bytes.clone(),
+                decryption_proof: Vec::new(),
             })
         })?;
         out.insert(identifier(from)?, package);
@@ -473,6 +655,63 @@ pub fn monero_address(group_key: &[u8; 32]) -> Option<String> {
         )
         .to_string(),
     )
+}
+
+/// Every participant's keystore and key (index i + 1 at position i), and
+/// the public round-1 packages.
+#[cfg(test)]
+pub(crate) type TestKeys = (Vec<(Keystore, GeneratedKey)>, BTreeMap<u16, Vec<u8>>);
+
+/// A whole t-of-n DKG in one process, for unit tests.
+#[cfg(test)]
+pub(crate) fn generate_for_tests(t: u16, n: u16) -> TestKeys {
+    let stores: Vec<Keystore> = (0..n)
+        .map(|_| Keystore::in_memory(super::Kek::generate()))
+        .collect();
+    let participants: BTreeMap<u16, [u8; 32]> = (1..=n)
+        .zip(&stores)
+        .map(|(i, s)| (i, s.identity_public()))
+        .collect();
+    let ps: Vec<DkgParams> = (1..=n)
+        .map(|own_index| DkgParams {
+            session: 7,
+            attempt: 0,
+            threshold: t,
+            own_index,
+            participants: participants.clone(),
+        })
+        .collect();
+    let r1: Vec<Round1Output> = stores
+        .iter()
+        .zip(&ps)
+        .map(|(s, p)| s.dkg_round1(p).expect("round 1 of an honest DKG"))
+        .collect();
+    let all1: BTreeMap<u16, Vec<u8>> = (1..=n)
+        .zip(&r1)
+        .map(|(i, o)| (i, o.package.clone()))
+        .collect();
+    let r2: Vec<Round2Output> = (0..usize::from(n))
+        .map(|i| {
+            stores[i]
+                .dkg_round2(&ps[i], &r1[i].sealed_secret, &all1)
+                .expect("round 2 of an honest DKG")
+        })
+        .collect();
+    let keys = (0..usize::from(n))
+        .map(|i| {
+            let me = ps[i].own_index;
+            let to_me: BTreeMap<u16, Vec<u8>> = (1..=n)
+                .zip(&r2)
+                .filter(|(j, _)| *j != me)
+                .map(|(j, o)| (j, o.packages[&me].clone()))
+                .collect();
+            let key = stores[i]
+                .dkg_round3(&ps[i], &r2[i].sealed_secret, &all1, &to_me)
+                .expect("round 3 of an honest DKG");
+            (stores[i].clone(), key)
+        })
+        .collect();
+    (keys, all1)
 }
 
 #[cfg(test)]
@@ -568,5 +807,123 @@ mod tests {
             "{}",
             keys[0].monero_address
         );
+    }
+
+    #[test]
+    fn dkg_blame_is_judged_from_public_data_and_the_accusers_proof() {
+        let stores = keystores(3);
+        let ps: Vec<DkgParams> = (1..=3).map(|i| params(&stores, 2, i)).collect();
+        let r1: Vec<Round1Output> = stores
+            .iter()
+            .zip(&ps)
+            .map(|(s, p)| s.dkg_round1(p).expect("round 1"))
+            .collect();
+        let all1: BTreeMap<u16, Vec<u8>> = (1..=3)
+            .zip(&r1)
+            .map(|(i, o)| (i, o.package.clone()))
+            .collect();
+        let r2: Vec<Round2Output> = (0..3)
+            .map(|i| {
+                stores[i]
+                    .dkg_round2(&ps[i], &r1[i].sealed_secret, &all1)
+                    .expect("round 2")
+            })
+            .collect();
+        let identities = ps[0].participants.clone();
+        // Participant 1 accuses 2 about the share 2 sent it.
+        let honest = r2[1].packages[&1].clone();
+        let case = |ciphertext: &'_ [u8], proof: &'_ [u8]| {
+            judge_blame(&BlameCase {
+                session: 7,
+                attempt: 0,
+                threshold: 2,
+                accuser: 1,
+                accused: 2,
+                identities: &identities,
+                accused_round1: Some(&all1[&2]),
+                ciphertext: Some(ciphertext),
+                decryption_proof: proof,
+            })
+        };
+        let proof = stores[0].decryption_proof(&ps[0], 2, &honest);
+        assert!(
+            matches!(case(&honest, &proof), Finding::Accuser(_)),
+            "a valid share: false accusation"
+        );
+        assert!(
+            matches!(case(&honest, b""), Finding::Accuser(_)),
+            "no proof"
+        );
+        // A proof by another participant's key does not hold.
+        let stolen = stores[2].decryption_proof(&ps[2], 2, &honest);
+        assert!(matches!(case(&honest, &stolen), Finding::Accuser(_)));
+
+        // 2 sends 1 a wrong share (encrypted properly): 2 is proven at fault.
+        let plain = decrypt_from(
+            &stores[0].identity,
+            &identities[&2],
+            &ps[0].context(2, 1),
+            &honest,
+        )
+        .expect("opens");
+        let package = round2::Package::deserialize(&plain).expect("parses");
+        let bad = corrupted(&package).serialize().expect("serializes");
+        let wrong = encrypt_to(
+            &stores[1].identity,
+            &identities[&1],
+            &ps[0].context(2, 1),
+            &bad,
+        );
+        let proof = stores[0].decryption_proof(&ps[0], 2, &wrong);
+        assert!(
+            matches!(case(&wrong, &proof), Finding::Accused(_)),
+            "a wrong share"
+        );
+        // What 1's round 3 reports about it is the same evidence.
+        let mut to_1: BTreeMap<u16, Vec<u8>> = BTreeMap::new();
+        to_1.insert(2, wrong.clone());
+        to_1.insert(3, r2[2].packages[&1].clone());
+        match stores[0].dkg_round3(&ps[0], &r2[0].sealed_secret, &all1, &to_1) {
+            Err(DkgError::Blame(b)) => {
+                assert_eq!(b.accused, 2);
+                assert_eq!(b.evidence, wrong);
+                assert!(matches!(
+                    case(&b.evidence, &b.decryption_proof),
+                    Finding::Accused(_)
+                ));
+            }
+            other => panic!("expected a blame of 2, got {other:?}"),
+        }
+        // Garbage that does not open: 2 is at fault.
+        let mut garbled = honest.clone();
+        let last = garbled.len() - 1;
+        garbled[last] ^= 1;
+        let proof = stores[0].decryption_proof(&ps[0], 2, &garbled);
+        assert!(matches!(case(&garbled, &proof), Finding::Accused(_)));
+        // A round-1 package with another's proof of knowledge.
+        let forged = judge_blame(&BlameCase {
+            session: 7,
+            attempt: 0,
+            threshold: 2,
+            accuser: 1,
+            accused: 3,
+            identities: &identities,
+            accused_round1: Some(&all1[&2]),
+            ciphertext: None,
+            decryption_proof: b"",
+        });
+        assert!(matches!(forged, Finding::Accused(_)), "{forged:?}");
+        let valid = judge_blame(&BlameCase {
+            session: 7,
+            attempt: 0,
+            threshold: 2,
+            accuser: 1,
+            accused: 3,
+            identities: &identities,
+            accused_round1: Some(&all1[&3]),
+            ciphertext: None,
+            decryption_proof: b"",
+        });
+        assert!(matches!(valid, Finding::Accuser(_)), "{valid:?}");
     }
 }

@@ -9,6 +9,8 @@
 pub mod clsag;
 pub mod db;
 pub mod dkg;
+pub mod dleq;
+mod held;
 mod seal;
 pub mod sign;
 
@@ -144,6 +146,39 @@ impl Keystore {
     /// The X25519 public key others encrypt DKG shares to.
     pub fn identity_public(&self) -> [u8; 32] {
         *self.identity_public.as_bytes()
+    }
+
+    /// Drops (and zeroizes) every attempt's nonces and machines of one
+    /// signing procedure: it completed, or it is no longer being signed.
+    pub fn forget_signing(&self, session: u64, kind: &str, id: &[u8]) -> usize {
+        self.nonces
+            .with(|h| h.forget(session, kind, id))
+            .unwrap_or(0)
+            + self
+                .plan_machines
+                .with(|h| h.forget(session, kind, id))
+                .unwrap_or(0)
+    }
+
+    /// Drops (and zeroizes) the state of `attempt` and every earlier
+    /// attempt of its procedure: the coordinator abandoned it.
+    pub fn abandon_attempt(&self, attempt: &sign::AttemptKey) -> usize {
+        self.nonces
+            .with(|h| h.supersede(attempt, true))
+            .unwrap_or(0)
+            + self
+                .plan_machines
+                .with(|h| h.supersede(attempt, true))
+                .unwrap_or(0)
+    }
+
+    /// How many attempts' nonces (batches) and machines (plans) are held in
+    /// memory: for tests and diagnostics.
+    pub fn held_signing_state(&self) -> (usize, usize) {
+        (
+            self.nonces.with(|h| h.len()).unwrap_or(0),
+            self.plan_machines.with(|h| h.len()).unwrap_or(0),
+        )
     }
 
     fn seal(&self, purpose: &str, plaintext: &[u8]) -> Vec<u8> {

@@ -180,12 +180,42 @@ pub fn decrypt_from(
     ephemeral_public.copy_from_slice(&message[..32]);
     let ephemeral_dh = recipient.diffie_hellman(&PublicKey::from(ephemeral_public));
     let static_dh = recipient.diffie_hellman(&PublicKey::from(*sender));
-    let key = message_key(
+    decrypt_with_shared(
         ephemeral_dh.as_bytes(),
         static_dh.as_bytes(),
-        &ephemeral_public,
         sender,
         PublicKey::from(recipient).as_bytes(),
+        context,
+        message,
+    )
+}
+
+/// The ephemeral public key an [`encrypt_to`] message carries.
+pub fn ephemeral_of(message: &[u8]) -> Option<[u8; 32]> {
+    message.get(..32)?.try_into().ok()
+}
+
+/// Opens what [`encrypt_to`] made with the two X25519 shared secrets the
+/// recipient's key gives (recipient x ephemeral, recipient x sender), as a
+/// DKG blame reveals them: anyone holding them can open that one message.
+pub fn decrypt_with_shared(
+    ephemeral_dh: &[u8; 32],
+    static_dh: &[u8; 32],
+    sender: &[u8; 32],
+    recipient: &[u8; 32],
+    context: &[u8],
+    message: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, OpenFailed> {
+    let ephemeral_public = ephemeral_of(message).ok_or(OpenFailed)?;
+    if message.len() < 32 + 16 {
+        return Err(OpenFailed);
+    }
+    let key = message_key(
+        ephemeral_dh,
+        static_dh,
+        &ephemeral_public,
+        sender,
+        recipient,
         context,
     );
     let cipher = ChaCha20Poly1305::new(&Key::from(*key));

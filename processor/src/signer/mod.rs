@@ -7,7 +7,7 @@
 
 pub mod plan;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use prost::Message as _;
 use proto::processor_v1::{
@@ -200,14 +200,23 @@ pub async fn begin(
     Ok(())
 }
 
+/// Sends a blame with the evidence the coordinator (or anyone) needs to
+/// check it: the chosen signers' preprocesses as relayed, and the accused's
+/// share when a share is at fault.
 async fn blame(
     conn: &mut PgConnection,
     link_id: &str,
     id: &SignId,
     accused: u16,
     reason: String,
+    preprocesses: &HashMap<u32, Vec<u8>>,
+    shares: Option<&HashMap<u32, Vec<u8>>>,
 ) -> Result<(), HandleError> {
     warn!(attempt = id.attempt, accused, "signer blamed: {reason}");
+    let accused_share = shares
+        .and_then(|s| s.get(&u32::from(accused)))
+        .cloned()
+        .unwrap_or_default();
     link::enqueue(
         conn,
         link_id,
@@ -218,6 +227,8 @@ async fn blame(
                 sign_id: Some(id.clone()),
                 accused: u32::from(accused),
                 reason,
+                accused_share,
+                preprocesses: preprocesses.clone(),
             }),
         )],
     )
@@ -225,7 +236,7 @@ async fn blame(
     Ok(())
 }
 
-fn indexed(map: &std::collections::HashMap<u32, Vec<u8>>) -> BTreeMap<u16, Vec<u8>> {
+fn indexed(map: &HashMap<u32, Vec<u8>>) -> BTreeMap<u16, Vec<u8>> {
     map.iter()
         .filter_map(|(&i, b)| Some((u16::try_from(i).ok()?, b.clone())))
         .collect()
@@ -252,9 +263,12 @@ pub async fn preprocesses(
     let (own, sealed, _) = key(conn, id.session).await?;
     let commitments = indexed(&m.preprocesses);
     if !commitments.contains_key(&own) {
+        // Not chosen: this attempt's nonces will never sign.
+        keystore.abandon_attempt(&attempt_key(&id));
         return Ok(());
     }
     if batch.status != "proposed" {
+        keystore.forget_signing(id.session, kind_name(&id), &id.id);
         return Ok(());
     }
     sqlx::query(
@@ -285,7 +299,21 @@ pub async fn preprocesses(
         &commitments,
         &batch::message(&batch.encoded),
     );
-    send_share(conn, link_id, &id, outcome).await
+    // Fault injection for blame tests: send an invalid share.
+    let outcome = match outcome {
+        Ok(Some(mut share)) if fail::eval("signer-corrupt-share", |_| ()).is_some() => {
+            warn!(
+                batch = batch_id,
+                "fault injection: sending an invalid share"
+            );
+            if let Some(byte) = share.first_mut() {
+                *byte ^= 1;
+            }
+            Ok(Some(share))
+        }
+        other => other,
+    };
+    send_share(conn, link_id, &id, outcome, &m.preprocesses).await
 }
 
 /// Sends what making a share for `id` gave: the share; nothing, when the
@@ -296,6 +324,7 @@ async fn send_share(
     link_id: &str,
     id: &SignId,
     outcome: Result<Option<Vec<u8>>, SignError>,
+    preprocesses: &HashMap<u32, Vec<u8>>,
 ) -> Result<(), HandleError> {
     match outcome {
         Ok(Some(share)) => {
@@ -325,7 +354,7 @@ async fn send_share(
             Ok(())
         }
         Err(SignError::Blame { accused, reason }) => {
-            blame(conn, link_id, id, accused, reason).await
+            blame(conn, link_id, id, accused, reason, preprocesses, None).await
         }
         Err(e) => Err(keystore_failure(e)),
     }
@@ -349,8 +378,9 @@ pub async fn shares(
     let Some(batch) = batch_for(conn, link_id, &id).await? else {
         return Ok(());
     };
-    let (_, _, public) = key(conn, id.session).await?;
+    let (own, _, public) = key(conn, id.session).await?;
     if batch.status != "proposed" {
+        keystore.forget_signing(id.session, kind_name(&id), &id.id);
         return Ok(());
     }
     let stored: Option<Option<Vec<u8>>> = sqlx::query_scalar(
@@ -376,6 +406,7 @@ pub async fn shares(
         &batch::message(&batch.encoded),
     ) {
         Ok(signature) => {
+            keystore.forget_signing(id.session, kind_name(&id), &id.id);
             sqlx::query(
                 "UPDATE batches SET status = 'signed', signature = $2 WHERE id = $1 AND status = 'proposed'",
             )
@@ -404,10 +435,36 @@ pub async fn shares(
                 attempt = id.attempt,
                 "batch signed"
             );
+            // Fault injection for blame tests: accuse another signer whose
+            // share was valid (a false accusation, with true evidence).
+            if fail::eval("signer-false-blame", |_| ()).is_some()
+                && let Some(&victim) = commitments.keys().find(|&&i| i != own)
+            {
+                warn!(victim, "fault injection: falsely blaming a signer");
+                blame(
+                    conn,
+                    link_id,
+                    &id,
+                    victim,
+                    "fault injection: a false accusation".into(),
+                    &chosen.preprocesses,
+                    Some(&m.shares),
+                )
+                .await?;
+            }
             Ok(())
         }
         Err(SignError::Blame { accused, reason }) => {
-            blame(conn, link_id, &id, accused, reason).await
+            blame(
+                conn,
+                link_id,
+                &id,
+                accused,
+                reason,
+                &chosen.preprocesses,
+                Some(&m.shares),
+            )
+            .await
         }
         Err(e) => Err(keystore_failure(e)),
     }
@@ -423,8 +480,11 @@ pub async fn reattempt(
     let id = m
         .sign_id
         .ok_or_else(|| HandleError::Rejected("no sign id".into()))?;
+    // The abandoned attempt (and any before it) never signs: drop its state.
+    keystore.abandon_attempt(&attempt_key(&id));
     if is_plan(&id) {
         if !plan::still_signing(conn, &id).await? {
+            keystore.forget_signing(id.session, kind_name(&id), &id.id);
             return Ok(());
         }
         let next = SignId {
@@ -439,6 +499,7 @@ pub async fn reattempt(
         return Ok(());
     };
     if batch.status != "proposed" {
+        keystore.forget_signing(id.session, kind_name(&id), &id.id);
         return Ok(());
     }
     let next = SignId {

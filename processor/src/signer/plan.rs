@@ -2,6 +2,8 @@
 //! monero-wallet's transaction machines in the keystore. The result is a
 //! complete Monero transaction, stored for the scheduler to publish.
 
+use std::collections::HashMap;
+
 use prost::Message as _;
 use proto::processor_v1::{SignId, SignPreprocesses, SignShares};
 use sqlx::{PgConnection, Row};
@@ -91,7 +93,13 @@ pub async fn preprocesses(
 ) -> Result<(), HandleError> {
     let (own, _, _) = key(conn, id.session).await?;
     let chosen = indexed(&m.preprocesses);
-    if !chosen.contains_key(&own) || signing(conn, &id).await?.is_none() {
+    if !chosen.contains_key(&own) {
+        // Not chosen: this attempt's machine will never sign.
+        keystore.abandon_attempt(&attempt_key(&id));
+        return Ok(());
+    }
+    if signing(conn, &id).await?.is_none() {
+        keystore.forget_signing(id.session, "plan", &id.id);
         return Ok(());
     }
     let recorded = sqlx::query(
@@ -117,7 +125,7 @@ pub async fn preprocesses(
         std::future::pending::<()>().await;
     }
     let outcome = keystore.plan_sign(&attempt_key(&id), own, &chosen);
-    send_share(conn, link_id, &id, outcome).await
+    send_share(conn, link_id, &id, outcome, &m.preprocesses).await
 }
 
 /// Everyone's shares: complete the transaction and store it for publishing.
@@ -130,10 +138,12 @@ pub async fn shares(
 ) -> Result<(), HandleError> {
     let (own, _, _) = key(conn, id.session).await?;
     if signing(conn, &id).await?.is_none() {
+        keystore.forget_signing(id.session, "plan", &id.id);
         return Ok(());
     }
     match keystore.plan_complete(&attempt_key(&id), own, &indexed(&m.shares)) {
         Ok(Some(tx)) => {
+            keystore.forget_signing(id.session, "plan", &id.id);
             let fee = match &tx {
                 monero_wallet::transaction::Transaction::V2 {
                     proofs: Some(proofs),
@@ -154,10 +164,41 @@ pub async fn shares(
         }
         Ok(None) => Ok(()),
         Err(SignError::Blame { accused, reason }) => {
-            blame(conn, link_id, &id, accused, reason).await
+            let preprocesses = chosen_preprocesses(conn, &id).await?;
+            blame(
+                conn,
+                link_id,
+                &id,
+                accused,
+                reason,
+                &preprocesses,
+                Some(&m.shares),
+            )
+            .await
         }
         Err(e) => Err(keystore_failure(e)),
     }
+}
+
+/// The chosen signers' preprocesses of an attempt, as relayed and stored
+/// when this signer was chosen (evidence for a blame).
+async fn chosen_preprocesses(
+    conn: &mut PgConnection,
+    id: &SignId,
+) -> Result<HashMap<u32, Vec<u8>>, HandleError> {
+    let stored: Option<Option<Vec<u8>>> = sqlx::query_scalar(
+        "SELECT commitments FROM sign_attempts WHERE session = $1 AND kind = 'plan' AND id = $2 AND attempt = $3",
+    )
+    .bind(to_i64(id.session))
+    .bind(&id.id)
+    .bind(i32::try_from(id.attempt).unwrap_or(i32::MAX))
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(stored
+        .flatten()
+        .and_then(|b| SignPreprocesses::decode(b.as_slice()).ok())
+        .map(|p| p.preprocesses)
+        .unwrap_or_default())
 }
 
 /// Whether a plan is still being signed (for re-attempts).
