@@ -11,6 +11,7 @@ pub mod batch;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod failpoint;
 pub mod inbound;
 pub mod keygen;
 pub mod keystore;

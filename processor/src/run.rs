@@ -332,6 +332,12 @@ pub async fn stop_on_signal(shutdown: CancellationToken) {
 /// SIGTERM or Ctrl-C. Also how the devnet starts its processors.
 pub fn main(config_path: &std::path::Path) -> std::process::ExitCode {
     use std::process::ExitCode;
+    // Before anything else: a fault the operator asked for and this build
+    // cannot inject must not be silently skipped.
+    if let Err(e) = crate::failpoint::check_environment() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let config = match Config::load(config_path) {
         Ok(c) => c,
         Err(e) => {
@@ -344,7 +350,7 @@ pub fn main(config_path: &std::path::Path) -> std::process::ExitCode {
         return ExitCode::FAILURE;
     };
     let result = runtime.block_on(async move {
-        let _failpoints = failpoints();
+        let _failpoints = crate::failpoint::setup();
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
         run(config, shutdown).await
@@ -387,12 +393,4 @@ pub fn start_runtime(
         crate::telemetry::init(&log.filter, log.json, service, instance)
     };
     Some((runtime, telemetry))
-}
-
-/// Fault injection for crash tests: only when `FAILPOINTS` is set.
-fn failpoints() -> Option<fail::FailScenario<'static>> {
-    std::env::var_os("FAILPOINTS").map(|v| {
-        warn!(failpoints = ?v, "fault injection is ON (FAILPOINTS is set); never do this in production");
-        fail::FailScenario::setup()
-    })
 }

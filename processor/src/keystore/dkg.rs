@@ -247,7 +247,7 @@ impl Keystore {
             })
         })?;
         let mut out = BTreeMap::new();
-        let mut corrupt = fail::eval("keygen-corrupt-share", |_| ()).is_some();
+        let mut corrupt = crate::failpoint::eval("keygen-corrupt-share", |_| ()).is_some();
         for (id, package) in packages {
             let to = index_of(params, &id).ok_or_else(|| {
                 DkgError::Invalid("frost produced a package for a stranger".into())

@@ -1008,7 +1008,7 @@ impl<S: Side, H: Handler> Link<S, H> {
             // Fault injection for crash tests: hold every later Ack back, as
             // a process stopped between commit and ack would. Awaiting (not
             // fail's blocking `pause`) keeps the runtime's threads free.
-            if fail::eval("link-after-commit", |_| ()).is_some() {
+            if crate::failpoint::eval("link-after-commit", |_| ()).is_some() {
                 warn!(id = to, "fault injection: committed, never acknowledging");
                 std::future::pending::<()>().await;
             }

@@ -469,7 +469,7 @@ async fn lead(
         payments.push((address, burn.amount));
         chosen_burns.push(burn.burn_id);
     }
-    if let Some(extra) = fail::eval("scheduler-extra-payment", |arg| arg) {
+    if let Some(extra) = crate::failpoint::eval("scheduler-extra-payment", |arg| arg) {
         // Fault injection for the refusal test: a dishonest leader adds a
         // payment to an address of its choosing.
         if let Some(address) = extra.and_then(|a| plan::parse_address(&a).ok()) {

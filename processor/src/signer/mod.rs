@@ -268,7 +268,7 @@ pub async fn preprocesses(
     .await?;
     // Fault injection for crash tests: stop here, chosen but not yet
     // signed, as a process killed at this point would.
-    if fail::eval("signer-before-share", |_| ()).is_some() {
+    if crate::failpoint::eval("signer-before-share", |_| ()).is_some() {
         warn!(
             batch = batch_id,
             attempt = id.attempt,
