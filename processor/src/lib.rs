@@ -7,6 +7,7 @@
 pub mod accounts;
 pub mod admin;
 pub mod amount;
+pub mod auth;
 pub mod batch;
 pub mod config;
 pub mod db;

@@ -11,11 +11,13 @@ use proto::processor_v1::{CoordinatorFrame, ProcessorFrame};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 use tower::Layer;
 use tracing::{error, info, warn};
 
 use crate::admin::{Admin, CoordinatorLink};
+use crate::auth::{Access, Role};
 use crate::config::Config;
 use crate::db::{self, DbError, InstanceLock};
 use crate::inbound::CoordinatorHandler;
@@ -222,19 +224,39 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     health.set_serving::<ProcessorAdminServer<Admin>>().await;
     let (reflection_v1, reflection_v1alpha) = reflection()?;
     let guard = AdminGuardLayer::new(config.admin.concurrency_limit, config.admin.request_timeout);
-    let admin = guard.layer(ProcessorAdminServer::new(
-        Admin::new(
-            pool.clone(),
-            link.clone(),
-            config.node_id.clone(),
-            keystore.identity_public(),
-        )
-        .with_scanning(config.monero.is_some()),
-    ));
-    let link_service = ProcessorServer::new(LinkService {
-        link: link.clone(),
-        shutdown: shutdown.clone(),
-    });
+    // Who may call what, by client-certificate name (crate::auth): checked
+    // before a service sees the call, so a refused Connect never touches
+    // the live link session.
+    let access = Access::from_config(&config.tls);
+    if access.enforced() && config.tls.operator_names.is_empty() {
+        warn!("tls.operator_names is empty: no client may use the admin API");
+    }
+    // The check comes before the guard, so refused calls take no permit.
+    let admin = InterceptedService::new(
+        guard.layer(ProcessorAdminServer::new(
+            Admin::new(
+                pool.clone(),
+                link.clone(),
+                config.node_id.clone(),
+                keystore.identity_public(),
+            )
+            .with_scanning(config.monero.is_some()),
+        )),
+        access.require(
+            Role::Operator,
+            proto::processor_v1::processor_admin_server::SERVICE_NAME,
+        ),
+    );
+    let link_service = ProcessorServer::with_interceptor(
+        LinkService {
+            link: link.clone(),
+            shutdown: shutdown.clone(),
+        },
+        access.require(
+            Role::Coordinator,
+            proto::processor_v1::processor_server::SERVICE_NAME,
+        ),
+    );
 
     info!(addr = %local, "serving the coordinator link, admin API, health and reflection");
     let lock_lost = CancellationToken::new();
@@ -272,7 +294,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         server = server.tls_config(tls)?;
-        info!("mutual TLS: clients must present a certificate from tls.ca_file");
+        info!(
+            coordinator = config.tls.coordinator_name.as_deref().unwrap_or_default(),
+            operators = ?config.tls.operator_names,
+            "mutual TLS: clients must present a certificate from tls.ca_file; the link is the \
+             coordinator's, the admin API the operators'"
+        );
     }
     let served = server
         .trace_fn(trace_call)
