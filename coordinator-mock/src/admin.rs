@@ -305,8 +305,14 @@ impl CoordinatorAdmin for Admin {
 }
 
 /// A processor's scan status from its admin API, if it answers quickly.
+/// Plaintext runs only: with mutual TLS the processor's admin API is the
+/// operators' alone (`tls.operator_names`), and the coordinator's
+/// certificate may open the link and nothing else, so it does not ask.
 async fn scan_status(peer: &crate::coordinator::Peer) -> Option<proto::processor_v1::ScanStatus> {
     use proto::processor_v1::processor_admin_client::ProcessorAdminClient;
+    if peer.tls.is_some() {
+        return None;
+    }
     let channel = peer
         .endpoint()
         .ok()?

@@ -19,15 +19,24 @@ pub struct Config {
     /// This coordinator's name, sent to processors in `Hello`.
     #[serde(default = "default_node_id")]
     pub node_id: String,
-    /// Address of the admin gRPC server (admin API, health, reflection).
+    /// Address of the admin gRPC server (admin API, health, reflection):
+    /// mutual TLS with operators' client certificates unless
+    /// `tls.insecure`.
     pub listen: SocketAddr,
+    /// Plaintext `grpc.health.v1` only, for probes that cannot present a
+    /// client certificate (Kubernetes' gRPC probes); absent: not served.
+    #[serde(default)]
+    pub health_listen: Option<SocketAddr>,
     /// Prometheus text metrics at `GET /metrics` over plain HTTP; absent:
     /// not served.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
-    /// Mutual TLS towards the processors: this coordinator's client
-    /// certificate, and the CA their server certificates must chain to.
-    /// Required unless `insecure = true` (then endpoints are `http://`).
+    /// Mutual TLS towards the processors and on the admin API: this
+    /// coordinator's certificate (client to processors, server to
+    /// operators), the CA the processors' and operators' certificates must
+    /// chain to, and the operators' names (`operator_names`). Required
+    /// unless `insecure = true` (then endpoints are `http://` and the admin
+    /// API is plaintext).
     #[serde(default)]
     pub tls: processor::tls::TlsConfig,
     /// Postgres URL of the coordinator's own database (not a processor's).
@@ -65,6 +74,7 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("node_id", &self.node_id)
             .field("listen", &self.listen)
+            .field("health_listen", &self.health_listen)
             .field("metrics_listen", &self.metrics_listen)
             .field("tls", &self.tls)
             .field("database_url", &redact_url(&self.database_url))
@@ -320,7 +330,9 @@ impl Config {
                 ));
             }
         }
-        self.tls.validate("tls").map_err(ConfigError::Invalid)?;
+        self.tls
+            .validate("tls", processor::tls::TlsSide::Coordinator)
+            .map_err(ConfigError::Invalid)?;
         self.link.validate("link").map_err(ConfigError::Invalid)?;
         let burns = self.settlement.max_burns_per_block;
         let fits = burns
@@ -446,6 +458,9 @@ mod tests {
             let config = Config::from_toml(&text)
                 .unwrap_or_else(|e| panic!("the {file} coordinator config must parse: {e}"));
             assert!(!config.tls.insecure, "{file}");
+            // Probes cannot present an operator's certificate.
+            assert!(config.health_listen.is_some(), "{file}");
+            assert_eq!(config.tls.operator_names, ["operator"], "{file}");
         }
     }
 

@@ -7,8 +7,9 @@ use std::time::Duration;
 use proto::coordinator_v1::coordinator_admin_server::CoordinatorAdminServer;
 use tokio_util::sync::CancellationToken;
 use tower::Layer;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
+use processor::auth::{Access, Role};
 use processor::db::DbError;
 use processor::server::{AdminGuardLayer, reflection_of, trace_call};
 
@@ -28,9 +29,11 @@ pub enum RunError {
     /// The metrics endpoint cannot start.
     #[error(transparent)]
     Metrics(#[from] processor::metrics::MetricsError),
-    /// The listen address cannot be bound.
-    #[error("cannot listen on {addr} (config field `listen`): {source}")]
+    /// A listen address cannot be bound.
+    #[error("cannot listen on {addr} (config field `{field}`): {source}")]
     Bind {
+        /// The config field.
+        field: &'static str,
         /// The address.
         addr: std::net::SocketAddr,
         /// Why.
@@ -39,6 +42,9 @@ pub enum RunError {
     /// The gRPC server failed.
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// A TLS certificate or key cannot be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] processor::tls::TlsError),
     /// Reflection could not be built.
     #[error("gRPC reflection setup failed: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -47,7 +53,10 @@ pub enum RunError {
 /// Runs until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
     if config.tls.insecure {
-        warn!("tls.insecure = true: links to processors are plaintext; local runs only");
+        warn!(
+            "tls.insecure = true: links to processors and the admin API are plaintext and \
+             unauthenticated; local runs only"
+        );
     }
     if let Some(addr) = config.metrics_listen {
         processor::metrics::install(addr, "coordinator-mock")?;
@@ -75,13 +84,44 @@ pub async fn serve(
     config: &Config,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
+    // Certificates first: a bad file is a config error. The admin API
+    // presents the coordinator's certificate and takes operators only.
+    let tls = config.tls.server("tls")?;
+    let access = Access::from_config(&config.tls);
+    if access.enforced() && config.tls.operator_names.is_empty() {
+        warn!("tls.operator_names is empty: no client may use the admin API");
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| RunError::Bind {
+            field: "listen",
             addr: config.listen,
             source,
         })?;
     let (health, health_service) = tonic_health::server::health_reporter();
+    if let Some(addr) = config.health_listen {
+        // Probes (kubelet) cannot present a client certificate: health
+        // alone, plaintext, on its own port.
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| RunError::Bind {
+                field: "health_listen",
+                addr,
+                source,
+            })?;
+        let health_only = tonic::transport::Server::builder()
+            .add_service(health_service.clone())
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener),
+                shutdown.clone().cancelled_owned(),
+            );
+        tokio::spawn(async move {
+            if let Err(e) = health_only.await {
+                error!("the health endpoint (health_listen) failed: {e}");
+            }
+        });
+        info!(%addr, "serving grpc.health.v1 (plaintext) for probes");
+    }
     health.set_serving::<CoordinatorAdminServer<Admin>>().await;
     // `link/<processor>`: NOT_SERVING while a local fault holds one of that
     // processor's messages back, or after one was quarantined for panics.
@@ -99,13 +139,28 @@ pub async fn serve(
         tonic_health::pb::health_server::SERVICE_NAME,
     ])?;
     let guard = AdminGuardLayer::new(config.admin.concurrency_limit, config.admin.request_timeout);
-    let admin = guard.layer(CoordinatorAdminServer::new(Admin::new(coordinator.clone())));
+    // The check comes before the guard, so refused calls take no permit.
+    let admin = tonic::service::interceptor::InterceptedService::new(
+        guard.layer(CoordinatorAdminServer::new(Admin::new(coordinator.clone()))),
+        access.require(
+            Role::Operator,
+            proto::coordinator_v1::coordinator_admin_server::SERVICE_NAME,
+        ),
+    );
     info!(addr = %config.listen, "serving the admin API, health and reflection");
     let stop = {
         let shutdown = shutdown.clone();
         async move { shutdown.cancelled().await }
     };
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls)?;
+        info!(
+            operators = ?config.tls.operator_names,
+            "mutual TLS on the admin API: operators' client certificates from tls.ca_file only"
+        );
+    }
+    server
         .trace_fn(trace_call)
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -212,7 +212,9 @@ impl Config {
             monero.validate().map_err(ConfigError::Invalid)?;
         }
         self.scheduler.validate().map_err(ConfigError::Invalid)?;
-        self.tls.validate("tls").map_err(ConfigError::Invalid)?;
+        self.tls
+            .validate("tls", crate::tls::TlsSide::Processor)
+            .map_err(ConfigError::Invalid)?;
         self.link.validate("link").map_err(ConfigError::Invalid)?;
         if self.admin.request_timeout.is_zero() {
             return Err(ConfigError::Invalid(
@@ -295,6 +297,12 @@ mod tests {
             Config::from_toml(&text).expect("deploy/base/processor/config.toml must parse");
         assert!(!config.tls.insecure);
         assert!(config.health_listen.is_some() && config.metrics_listen.is_some());
+        // The CN deploy/README.md gives the coordinator-mock's certificate.
+        assert_eq!(
+            config.tls.coordinator_name.as_deref(),
+            Some("coordinator-mock")
+        );
+        assert_eq!(config.tls.operator_names, ["operator"]);
     }
 
     #[test]

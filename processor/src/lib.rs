@@ -7,10 +7,12 @@
 pub mod accounts;
 pub mod admin;
 pub mod amount;
+pub mod auth;
 pub mod batch;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod failpoint;
 pub mod fuzzing;
 pub mod inbound;
 pub mod keygen;

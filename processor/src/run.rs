@@ -11,11 +11,13 @@ use proto::processor_v1::{CoordinatorFrame, ProcessorFrame};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 use tower::Layer;
 use tracing::{error, info, warn};
 
 use crate::admin::{Admin, CoordinatorLink};
+use crate::auth::{Access, Role};
 use crate::config::Config;
 use crate::db::{self, DbError, InstanceLock};
 use crate::inbound::CoordinatorHandler;
@@ -222,24 +224,44 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     health.set_serving::<ProcessorAdminServer<Admin>>().await;
     let (reflection_v1, reflection_v1alpha) = reflection()?;
     let guard = AdminGuardLayer::new(config.admin.concurrency_limit, config.admin.request_timeout);
-    let admin = guard.layer(ProcessorAdminServer::new(
-        Admin::new(
-            pool.clone(),
-            link.clone(),
-            config.node_id.clone(),
-            keystore.identity_public(),
-        )
-        .with_scanning(config.monero.is_some()),
-    ));
+    // Who may call what, by client-certificate name (crate::auth): checked
+    // before a service sees the call, so a refused Connect never touches
+    // the live link session.
+    let access = Access::from_config(&config.tls);
+    if access.enforced() && config.tls.operator_names.is_empty() {
+        warn!("tls.operator_names is empty: no client may use the admin API");
+    }
+    // The check comes before the guard, so refused calls take no permit.
+    let admin = InterceptedService::new(
+        guard.layer(ProcessorAdminServer::new(
+            Admin::new(
+                pool.clone(),
+                link.clone(),
+                config.node_id.clone(),
+                keystore.identity_public(),
+            )
+            .with_scanning(config.monero.is_some()),
+        )),
+        access.require(
+            Role::Operator,
+            proto::processor_v1::processor_admin_server::SERVICE_NAME,
+        ),
+    );
     // The frame limit both ways is the link's: a frame at it passes, one
     // beyond is refused by the codec and reported to the peer.
     let frame_limit = config.link.max_frame_bytes();
-    let link_service = ProcessorServer::new(LinkService {
-        link: link.clone(),
-        shutdown: shutdown.clone(),
-    })
-    .max_decoding_message_size(frame_limit)
-    .max_encoding_message_size(frame_limit);
+    let link_service = InterceptedService::new(
+        ProcessorServer::new(LinkService {
+            link: link.clone(),
+            shutdown: shutdown.clone(),
+        })
+        .max_decoding_message_size(frame_limit)
+        .max_encoding_message_size(frame_limit),
+        access.require(
+            Role::Coordinator,
+            proto::processor_v1::processor_server::SERVICE_NAME,
+        ),
+    );
     tokio::spawn(report_link_faults(
         link.faults(),
         health.clone(),
@@ -283,7 +305,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         server = server.tls_config(tls)?;
-        info!("mutual TLS: clients must present a certificate from tls.ca_file");
+        info!(
+            coordinator = config.tls.coordinator_name.as_deref().unwrap_or_default(),
+            operators = ?config.tls.operator_names,
+            "mutual TLS: clients must present a certificate from tls.ca_file; the link is the \
+             coordinator's, the admin API the operators'"
+        );
     }
     let served = server
         .trace_fn(trace_call)
@@ -371,6 +398,12 @@ pub async fn stop_on_signal(shutdown: CancellationToken) {
 /// SIGTERM or Ctrl-C. Also how the devnet starts its processors.
 pub fn main(config_path: &std::path::Path) -> std::process::ExitCode {
     use std::process::ExitCode;
+    // Before anything else: a fault the operator asked for and this build
+    // cannot inject must not be silently skipped.
+    if let Err(e) = crate::failpoint::check_environment() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let config = match Config::load(config_path) {
         Ok(c) => c,
         Err(e) => {
@@ -383,7 +416,7 @@ pub fn main(config_path: &std::path::Path) -> std::process::ExitCode {
         return ExitCode::FAILURE;
     };
     let result = runtime.block_on(async move {
-        let _failpoints = failpoints();
+        let _failpoints = crate::failpoint::setup();
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
         run(config, shutdown).await
@@ -426,12 +459,4 @@ pub fn start_runtime(
         crate::telemetry::init(&log.filter, log.json, service, instance)
     };
     Some((runtime, telemetry))
-}
-
-/// Fault injection for crash tests: only when `FAILPOINTS` is set.
-fn failpoints() -> Option<fail::FailScenario<'static>> {
-    std::env::var_os("FAILPOINTS").map(|v| {
-        warn!(failpoints = ?v, "fault injection is ON (FAILPOINTS is set); never do this in production");
-        fail::FailScenario::setup()
-    })
 }

@@ -31,7 +31,10 @@ fn names_in(text: &str) -> BTreeSet<String> {
 /// modules of both binaries).
 fn exported() -> BTreeSet<String> {
     let mut names = BTreeSet::new();
-    for file in ["processor/src/metrics.rs", "coordinator-mock/src/metrics.rs"] {
+    for file in [
+        "processor/src/metrics.rs",
+        "coordinator-mock/src/metrics.rs",
+    ] {
         let text = std::fs::read_to_string(repo().join(file)).expect("metrics module is readable");
         for line in text.lines().filter(|l| l.contains("pub const")) {
             names.extend(names_in(line));

@@ -12,77 +12,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use common::certs::{Ca, OPERATOR};
 use common::*;
 use proto::coordinator_v1::coordinator_admin_client::CoordinatorAdminClient;
 use proto::processor_v1::processor_admin_client::ProcessorAdminClient;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
-
-/// A test certificate authority that issues server and client certificates.
-struct Ca {
-    cert_pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Self {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        let cert = params.self_signed(&key).unwrap();
-        Self {
-            cert_pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// (certificate PEM, key PEM) for `names` with `usage`.
-    fn issue(&self, cn: &str, names: &[&str], usage: ExtendedKeyUsagePurpose) -> (String, String) {
-        let key = KeyPair::generate().unwrap();
-        let mut params =
-            CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
-                .unwrap();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.extended_key_usages = vec![usage];
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-
-    /// Writes a certificate for `cn` plus this CA's certificate into `dir`;
-    /// returns the `[tls]` section pointing at them, with `ca_file` = `peer_ca`.
-    fn tls_section(
-        &self,
-        dir: &Path,
-        cn: &str,
-        usage: ExtendedKeyUsagePurpose,
-        peer_ca: &Ca,
-    ) -> String {
-        let (cert, key) = self.issue(cn, &["localhost"], usage);
-        let cert_file = dir.join(format!("{cn}.crt"));
-        let key_file = dir.join(format!("{cn}.key"));
-        let ca_file = dir.join(format!("{cn}-peer-ca.crt"));
-        std::fs::write(&cert_file, cert).unwrap();
-        std::fs::write(&key_file, key).unwrap();
-        std::fs::write(&ca_file, &peer_ca.cert_pem).unwrap();
-        format!(
-            "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n",
-            cert_file.display(),
-            key_file.display(),
-            ca_file.display()
-        )
-    }
-
-    fn client_tls(&self, cn: &str, server_ca: &Ca) -> ClientTlsConfig {
-        let (cert, key) = self.issue(cn, &[], ExtendedKeyUsagePurpose::ClientAuth);
-        ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&server_ca.cert_pem))
-            .identity(Identity::from_pem(cert, key))
-            .domain_name("localhost")
-    }
-}
+use rcgen::ExtendedKeyUsagePurpose;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 struct Ports {
     grpc: u16,
@@ -200,7 +135,7 @@ async fn mtls_link_with_metrics_and_one_trace_across_services() {
         let name = format!("validator-{}", i + 1);
         let db = TestDb::new(&format!("ops{i}")).await;
         let p = ports();
-        let tls = ca.tls_section(dir.path(), &name, ExtendedKeyUsagePurpose::ServerAuth, &ca);
+        let tls = ca.processor_tls(dir.path(), &name);
         let config = tls_processor_config(&name, &p, &db.url, &kek_file(dir.path(), &name), &tls);
         procs.push(spawn(
             Path::new(env!("CARGO_BIN_EXE_processor")),
@@ -231,16 +166,12 @@ async fn mtls_link_with_metrics_and_one_trace_across_services() {
         assert_eq!(total(m, "custody_link_messages_acked_total", &[]), 0.0);
     }
 
-    // The coordinator: its own client certificate, the processors' CA.
+    // The coordinator: its own certificate (client to the processors,
+    // server of its admin API), the processors' and operators' CA.
     let cdb = TestDb::new("opsc").await;
     let cport = free_port();
     let cmetrics = free_port();
-    let ctls = ca.tls_section(
-        dir.path(),
-        "coordinator",
-        ExtendedKeyUsagePurpose::ClientAuth,
-        &ca,
-    );
+    let ctls = ca.coordinator_tls(dir.path(), &ca);
     let mut cconfig = format!(
         "listen = \"127.0.0.1:{cport}\"\nmetrics_listen = \"127.0.0.1:{cmetrics}\"\ndatabase_url = \"{}\"\n\
          [link]\nheartbeat_interval = \"200ms\"\npeer_timeout = \"1500ms\"\npoll_interval = \"100ms\"\n\
@@ -263,9 +194,8 @@ async fn mtls_link_with_metrics_and_one_trace_across_services() {
         &env,
     );
     wait_port(cport).await;
-    let channel = Endpoint::from_shared(format!("http://127.0.0.1:{cport}"))
-        .unwrap()
-        .connect()
+    // An operator drives the coordinator's admin API over mutual TLS.
+    let channel = tls_channel(cport, ca.client_tls(OPERATOR, &ca))
         .await
         .unwrap();
     let mut admin = CoordinatorAdminClient::new(channel);
@@ -420,12 +350,7 @@ async fn a_client_without_a_certificate_from_the_configured_ca_is_refused() {
     let other = Ca::new("some other CA");
     let db = TestDb::new("mtls").await;
     let p = ports();
-    let tls = ca.tls_section(
-        dir.path(),
-        "validator-1",
-        ExtendedKeyUsagePurpose::ServerAuth,
-        &ca,
-    );
+    let tls = ca.processor_tls(dir.path(), "validator-1");
     let config = tls_processor_config(
         "validator-1",
         &p,
@@ -444,7 +369,7 @@ async fn a_client_without_a_certificate_from_the_configured_ca_is_refused() {
 
     // A certificate from the configured CA works (so the refusals below are
     // about the certificate, not a broken server).
-    let good = tls_channel(p.grpc, ca.client_tls("operator", &ca))
+    let good = tls_channel(p.grpc, ca.client_tls(OPERATOR, &ca))
         .await
         .unwrap();
     assert_eq!(admin_call(good).await.unwrap(), "validator-1");
@@ -461,10 +386,7 @@ async fn a_client_without_a_certificate_from_the_configured_ca_is_refused() {
         "{refused}"
     );
     // No client certificate at all.
-    let anonymous = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&ca.cert_pem))
-        .domain_name("localhost");
-    match tls_channel(p.grpc, anonymous).await {
+    match tls_channel(p.grpc, ca.anonymous_tls()).await {
         Err(_) => {}
         Ok(channel) => {
             admin_call(channel)
@@ -491,7 +413,7 @@ async fn a_client_without_a_certificate_from_the_configured_ca_is_refused() {
     let ctls = ca.tls_section(
         dir.path(),
         "coordinator",
-        ExtendedKeyUsagePurpose::ClientAuth,
+        &[ExtendedKeyUsagePurpose::ClientAuth],
         &other,
     );
     let text = format!(
@@ -546,7 +468,8 @@ fn config_with_missing_key(dir: &Path, port: u16, db: &str) -> PathBuf {
         format!(
             "node_id = \"broken\"\nlisten = \"127.0.0.1:{port}\"\ndatabase_url = \"{db}\"\n\
              [keystore]\nkek_file = \"{}\"\n\
-             [tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n",
+             [tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n\
+             coordinator_name = \"coordinator\"\n",
             dir.join("broken.kek").display(),
             cert.display(),
             dir.join("no-such.key").display(),

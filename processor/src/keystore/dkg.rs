@@ -258,7 +258,7 @@ impl Keystore {
             })
         })?;
         let mut out = BTreeMap::new();
-        let mut corrupt = fail::eval("keygen-corrupt-share", |_| ()).is_some();
+        let mut corrupt = crate::failpoint::eval("keygen-corrupt-share", |_| ()).is_some();
         for (id, package) in packages {
             let to = index_of(params, &id).ok_or_else(|| {
                 DkgError::Invalid("frost produced a package for a stranger".into())
@@ -352,7 +352,7 @@ impl Keystore {
             .map_err(|e| blame_from(params, &e, evidence_of))?;
         // Fault injection for blame tests: accuse a participant whose share
         // was valid (a false accusation, with a true decryption proof).
-        if fail::eval("keygen-false-blame", |_| ()).is_some()
+        if crate::failpoint::eval("keygen-false-blame", |_| ()).is_some()
             && let Some(&victim) = round2_ciphertexts.keys().find(|&&i| i != params.own_index)
         {
             tracing::warn!(victim, "fault injection: falsely blaming a DKG participant");

@@ -271,7 +271,10 @@ pub async fn record_inbound(
 ) -> Result<(), sqlx::Error> {
     if !handled.is_empty() {
         let ids: Vec<i64> = handled.iter().map(|r| to_i64(r.id)).collect();
-        let uids: Vec<String> = handled.iter().map(|r| pg_text(r.uid).into_owned()).collect();
+        let uids: Vec<String> = handled
+            .iter()
+            .map(|r| pg_text(r.uid).into_owned())
+            .collect();
         let kinds: Vec<&str> = handled.iter().map(|r| r.kind).collect();
         let payloads: Vec<&[u8]> = handled.iter().map(|r| r.payload).collect();
         sqlx::query(

@@ -637,14 +637,19 @@ impl<S: Side, H: Handler> Link<S, H> {
 
     /// Serves a stream opened by the peer (the processor's `Connect`): waits
     /// for its `Hello`, answers, then runs the session until it ends.
+    ///
+    /// The newcomer supersedes the live session only once its `Hello` has
+    /// arrived and checked out (contract version, ids): a stream that stays
+    /// silent or greets wrongly is refused while the live one keeps
+    /// flowing. (Who may open a stream at all is decided before this, by
+    /// the caller's certificate: [`crate::auth`].)
     pub async fn accept<I>(self: Arc<Self>, mut inbound: I, out: mpsc::Sender<S::Outbound>)
     where
         I: Stream<Item = Result<S::Inbound, tonic::Status>> + Unpin + Send + 'static,
     {
-        let (_guard, token) = self.take_over().await;
         let first = tokio::select! {
             first = tokio::time::timeout(self.config.peer_timeout, inbound.next()) => first,
-            () = token.cancelled() => return,
+            () = self.shutdown.cancelled() => return,
         };
         let hello = match first {
             Ok(Some(Ok(frame))) => match S::open(frame) {
@@ -671,6 +676,10 @@ impl<S: Side, H: Handler> Link<S, H> {
                 return;
             }
         };
+        // Checking the Hello reads (and may advance, monotonically) the
+        // outbound ack watermark while the live session still runs; that is
+        // safe because the peer acknowledged up to its claim before saying
+        // Hello, and the pump resends anything from `start_from` on anyway.
         let start_from = match self.check_hello(&hello).await {
             Ok(start) => start,
             Err((code, detail)) => {
@@ -679,6 +688,25 @@ impl<S: Side, H: Handler> Link<S, H> {
                 return;
             }
         };
+        // Now supersede the live session and wait until it has finished its
+        // transaction, so the watermark read next is final.
+        let (_guard, token) = self.take_over().await;
+        if token.is_cancelled() {
+            // An even newer stream, or shutdown, came while this one waited.
+            let (code, detail) = if self.shutdown.is_cancelled() {
+                (
+                    LinkErrorCode::ShuttingDown,
+                    "shutting down; reconnect later",
+                )
+            } else {
+                (
+                    LinkErrorCode::Superseded,
+                    "a newer stream from the peer took over",
+                )
+            };
+            send_error::<S>(&out, code, detail.to_owned(), 0, 0).await;
+            return;
+        }
         let last_handled = match self.read_last_handled().await {
             Ok(v) => v,
             Err(e) => {
@@ -1332,7 +1360,7 @@ impl<S: Side, H: Handler> Link<S, H> {
             // Fault injection for crash tests: hold every later Ack back, as
             // a process stopped between commit and ack would. Awaiting (not
             // fail's blocking `pause`) keeps the runtime's threads free.
-            if fail::eval("link-after-commit", |_| ()).is_some() {
+            if crate::failpoint::eval("link-after-commit", |_| ()).is_some() {
                 warn!(id = to, "fault injection: committed, never acknowledging");
                 std::future::pending::<()>().await;
             }
@@ -1723,7 +1751,7 @@ impl<S: Side, H: Handler> Link<S, H> {
 /// `return(KIND)`, on messages of that kind.
 async fn guarded<T>(kind: &str, handle: impl Future<Output = T>) -> Result<T, String> {
     use futures::FutureExt as _;
-    if let Some(only) = fail::eval("link-handler-abort", |arg| arg)
+    if let Some(only) = crate::failpoint::eval("link-handler-abort", |arg| arg)
         && only.as_deref().is_none_or(|k| k == kind)
     {
         // As an out-of-memory kill or a native crash would: no unwinding.
@@ -1731,7 +1759,7 @@ async fn guarded<T>(kind: &str, handle: impl Future<Output = T>) -> Result<T, St
         std::process::abort();
     }
     std::panic::AssertUnwindSafe(async move {
-        if let Some(only) = fail::eval("link-handler-panic", |arg| arg)
+        if let Some(only) = crate::failpoint::eval("link-handler-panic", |arg| arg)
             && only.as_deref().is_none_or(|k| k == kind)
         {
             panic!("fault injection: link-handler-panic on {kind}");

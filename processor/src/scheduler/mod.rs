@@ -465,7 +465,7 @@ async fn pass(
         let Ok(parsed) = Transaction::<NotPruned>::read(&mut tx.as_slice()) else {
             continue;
         };
-        if fail::eval("scheduler-withhold-first-payout", |_| ()).is_some()
+        if crate::failpoint::eval("scheduler-withhold-first-payout", |_| ()).is_some()
             && db::first_signed_plan(pool, key.session).await?.as_deref()
                 == Some(plan_id.as_slice())
         {
@@ -562,7 +562,7 @@ async fn lead(
         payments.push((address, burn.amount));
         chosen_burns.push(burn.burn_id);
     }
-    if let Some(extra) = fail::eval("scheduler-extra-payment", |arg| arg) {
+    if let Some(extra) = crate::failpoint::eval("scheduler-extra-payment", |arg| arg) {
         // Fault injection for the refusal test: a dishonest leader adds a
         // payment to an address of its choosing.
         if let Some(address) = extra.and_then(|a| plan::parse_address(&a).ok()) {
@@ -651,7 +651,7 @@ async fn lead(
         inputs.push(with_decoys);
         used += 1;
     };
-    let signable = if fail::eval("scheduler-bad-decoy", |_| ()).is_some() {
+    let signable = if crate::failpoint::eval("scheduler-bad-decoy", |_| ()).is_some() {
         // Fault injection for the ring test: a dishonest leader proposes a
         // ring monerod would refuse (two decoys swapped).
         warn!(window, "fault injection: tampering with a decoy");

@@ -284,7 +284,7 @@ pub async fn preprocesses(
     .await?;
     // Fault injection for crash tests: stop here, chosen but not yet
     // signed, as a process killed at this point would.
-    if fail::eval("signer-before-share", |_| ()).is_some() {
+    if crate::failpoint::eval("signer-before-share", |_| ()).is_some() {
         warn!(
             batch = batch_id,
             attempt = id.attempt,
@@ -301,7 +301,7 @@ pub async fn preprocesses(
     );
     // Fault injection for blame tests: send an invalid share.
     let outcome = match outcome {
-        Ok(Some(mut share)) if fail::eval("signer-corrupt-share", |_| ()).is_some() => {
+        Ok(Some(mut share)) if crate::failpoint::eval("signer-corrupt-share", |_| ()).is_some() => {
             warn!(
                 batch = batch_id,
                 "fault injection: sending an invalid share"
@@ -437,7 +437,7 @@ pub async fn shares(
             );
             // Fault injection for blame tests: accuse another signer whose
             // share was valid (a false accusation, with true evidence).
-            if fail::eval("signer-false-blame", |_| ()).is_some()
+            if crate::failpoint::eval("signer-false-blame", |_| ()).is_some()
                 && let Some(&victim) = commitments.keys().find(|&&i| i != own)
             {
                 warn!(victim, "fault injection: falsely blaming a signer");

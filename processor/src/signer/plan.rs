@@ -117,7 +117,7 @@ pub async fn preprocesses(
         // We never began this attempt (the plan was still being checked).
         return Ok(());
     }
-    if fail::eval("plan-signer-before-share", |_| ()).is_some() {
+    if crate::failpoint::eval("plan-signer-before-share", |_| ()).is_some() {
         warn!(
             attempt = id.attempt,
             "fault injection: holding the plan share back"
