@@ -441,3 +441,135 @@ async fn plans_end_at_their_lifetime_and_give_back_what_they_reserved() {
     assert_eq!(naming.len(), 1, "a successor must conflict with it");
     assert_eq!(naming[0].0, ids[3].to_vec());
 }
+
+/// The Byzantine participant mode: validator-1 does every kind of
+/// misbehaviour it has at once, for the whole run (failpoints
+/// `signer-corrupt-share`, `signer-false-blame`, `scheduler-bad-decoy`, and
+/// a far-future proposal relayed under its name). Each gets its named
+/// outcome at the coordinator - a corrupt share is proven and bans it, its
+/// false blames land on itself, its plans are refused naming it - and the
+/// honest majority (2 of 3) still batches the deposits and pays the burn,
+/// exactly once, with nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_byzantine_participant_doing_everything_at_once_cannot_stop_the_others() {
+    let setup = Setup::start_with("byzall", 2, SCHEDULER, |i| {
+        (i == 0).then_some(
+            "signer-corrupt-share=return;signer-false-blame=return;scheduler-bad-decoy=return",
+        )
+    })
+    .await;
+    let pool = setup.cluster.coordinator.pool.clone();
+    let index: i32 = sqlx::query_scalar(
+        "SELECT idx FROM keygen_participants WHERE processor = 'validator-1'
+         ORDER BY session DESC LIMIT 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let bogus = [0xb3_u8; 32];
+    let mut tx = pool.begin().await.unwrap();
+    coordinator_mock::payouts::proposal(
+        &mut tx,
+        "validator-1",
+        proto::processor_v1::PlanProposal {
+            window: 5_000_000,
+            leader_index: u32::try_from(index).unwrap(),
+            plan_id: bogus.to_vec(),
+            signable_transaction: vec![7; 64],
+            burn_ids: vec!["burn-byz".into()],
+        },
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    let (to, minor) = user_subaddress(&setup).await;
+    let amount = 250_000_000_000;
+    fund(&setup, &[("burn-byz", &to, amount)]).await;
+    let (_, tx_hash) = mine_until(
+        &setup,
+        "the burn paid by the honest majority",
+        Duration::from_secs(480),
+        || completed_paying(&pool, "burn-byz"),
+    )
+    .await;
+
+    // Paid exactly once, to the right address and amount.
+    setup.monerod.mine(&elsewhere(), 2).await;
+    assert_eq!(
+        received(&setup, minor).await,
+        vec![(hex::encode(tx_hash), amount)]
+    );
+
+    // Blame: only validator-1 is ever found at fault; an honest signer is
+    // never banned, whoever accused it.
+    let culprits: Vec<(String, Option<i32>)> =
+        sqlx::query_as("SELECT verdict, culprit FROM sign_blames ORDER BY 1")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(
+        culprits
+            .iter()
+            .all(|(_, c)| c.is_none() || *c == Some(index)),
+        "only the Byzantine participant is a culprit: {culprits:?}"
+    );
+    // Signers are the first t whose preprocesses arrive, so whether
+    // validator-1 was chosen for a batch is up to timing; when it was, its
+    // invalid share was proven.
+    let chosen: i64 = scalar_i64(
+        &pool,
+        &format!(
+            "SELECT count(*) FROM sign_attempts WHERE kind = 'batch' AND {index} = ANY(signers)"
+        ),
+    )
+    .await;
+    if chosen > 0 {
+        assert!(
+            culprits
+                .iter()
+                .any(|(v, c)| v == "proven" && *c == Some(index)),
+            "chosen {chosen} times, its invalid share must be proven: {culprits:?}"
+        );
+    }
+    // Plans it led (and the far-future one) are refused naming it; no
+    // honest leader's plan is refused.
+    let refused = faults(&pool, "plan-refused").await;
+    assert!(
+        refused
+            .iter()
+            .any(|f| f.1 == "validator-1" && f.2.contains(&hex::encode(bogus))),
+        "the far-future proposal is refused naming validator-1: {refused:?}"
+    );
+    for (reporter, accused, detail) in &refused {
+        if reporter != "validator-1" {
+            assert_eq!(accused, "validator-1", "{detail}");
+        }
+    }
+
+    // Nothing lost: every honest processor holds the same batch and
+    // counts deposits = paid + fees + unspent exactly once the change is in.
+    let mut batches = Vec::new();
+    for db in &setup.cluster.dbs[1..] {
+        let p = db.pool().await;
+        batches.push(
+            sqlx::query_scalar::<_, Vec<u8>>("SELECT encoded FROM batches ORDER BY id")
+                .fetch_all(&p)
+                .await
+                .unwrap(),
+        );
+        eventually("the honest processor's books balance", Duration::from_secs(60), || async {
+            let deposits = scalar_i64(&p, "SELECT COALESCE(sum(amount), 0)::bigint FROM outputs WHERE account > 0 AND status <> 'received'").await;
+            let paid = scalar_i64(&p, "SELECT COALESCE(sum(amount), 0)::bigint FROM burns WHERE status = 'paid'").await;
+            let fees = scalar_i64(&p, "SELECT COALESCE(sum(fee), 0)::bigint FROM plans WHERE status = 'completed'").await;
+            let unspent = scalar_i64(&p, "SELECT COALESCE(sum(amount), 0)::bigint FROM outputs WHERE status IN ('included', 'reserved') AND (account > 0 OR subaddress_minor = 1)").await;
+            (paid == i64::try_from(amount).unwrap() && deposits == paid + fees + unspent).then_some(())
+        })
+        .await;
+    }
+    assert_eq!(
+        batches[0], batches[1],
+        "the honest processors' batches are byte-identical"
+    );
+    assert_eq!(batches[0].len(), 1);
+}
