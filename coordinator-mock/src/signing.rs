@@ -521,8 +521,16 @@ async fn judge(
             id.session
         ))
     };
+    // The key's public package is rebuilt from this coordinator's own rows:
+    // if that fails, the fault is here, not the accuser's (retried, never
+    // acknowledged without a verdict).
     let public =
-        processor::keystore::sign::public_key_package_from_round1(&round1).map_err(unverifiable)?;
+        processor::keystore::sign::public_key_package_from_round1(&round1).map_err(|e| {
+            HandleError::Local(format!(
+                "key {}'s public package does not rebuild from the stored round-1 packages: {e}",
+                id.session
+            ))
+        })?;
     let at_fault = processor::keystore::sign::signer_at_fault(
         &public,
         &preprocesses,
