@@ -7,11 +7,11 @@
 
 mod common;
 
-use std::future::Future;
 use std::time::Duration;
 
 use common::deposits::*;
 use common::monero::*;
+use common::payouts::*;
 use common::*;
 use sqlx::PgPool;
 
@@ -22,64 +22,6 @@ const SCHEDULER: &[(&str, &str)] = &[
 
 /// A processor's plan: (id, signable, window, status, reason).
 type PlanRow = (Vec<u8>, Vec<u8>, i64, String, String);
-
-/// Mines a block every 300 ms until `check` yields.
-async fn mine_until<T, F, Fut>(setup: &Setup, what: &str, timeout: Duration, check: F) -> T
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let started = std::time::Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            started.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        setup.monerod.mine(&elsewhere(), 1).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
-
-/// A fresh subaddress of the user's wallet: (address, minor index).
-async fn user_subaddress(setup: &Setup) -> (String, u64) {
-    let made = setup
-        .wallet
-        .call("create_address", serde_json::json!({"account_index": 0}))
-        .await;
-    (
-        made["result"]["address"].as_str().unwrap().to_owned(),
-        made["result"]["address_index"].as_u64().unwrap(),
-    )
-}
-
-/// What the user's wallet received at subaddress (0, minor): (txid, amount).
-async fn received(setup: &Setup, minor: u64) -> Vec<(String, u64)> {
-    setup.wallet.call("refresh", serde_json::json!({})).await;
-    let got = setup
-        .wallet
-        .call(
-            "get_transfers",
-            serde_json::json!({"in": true, "account_index": 0, "subaddr_indices": [minor]}),
-        )
-        .await;
-    got["result"]["in"]
-        .as_array()
-        .map(|entries| {
-            entries
-                .iter()
-                .map(|e| {
-                    (
-                        e["txid"].as_str().unwrap().to_owned(),
-                        e["amount"].as_u64().unwrap(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 /// Deposits, waits for the batch to be included, then queues `burns` in the
 /// next settlement block.

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod deposits;
 pub mod monero;
 pub mod otlp;
+pub mod payouts;
 
 pub use otlp::venv;
 
