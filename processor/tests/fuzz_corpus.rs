@@ -70,20 +70,25 @@ fn handler_dispatch_replay() {
     let dispatch = fuzzing::Dispatch::open(&server, &name).expect("fuzz database opens");
     replay("handler_dispatch", |data| dispatch.run(data));
     drop(dispatch);
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    runtime().block_on(drop_database(&server, &name));
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .expect("a runtime builds");
-    runtime.block_on(async {
-        let admin = sqlx::PgPool::connect(&server)
-            .await
-            .expect("Postgres is reachable");
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-        )))
-        .execute(&admin)
-        .await;
-    });
+        .expect("a runtime builds")
+}
+
+async fn drop_database(server: &str, name: &str) {
+    let admin = sqlx::PgPool::connect(server)
+        .await
+        .expect("Postgres is reachable");
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&admin)
+    .await;
 }
 
 /// The fixture's key really is generated and confirmed through the
@@ -95,11 +100,7 @@ fn dispatch_database_holds_a_confirmed_key() {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let name = format!("t_fuzzkey_{:016x}", rand::random::<u64>());
     drop(fuzzing::Dispatch::open(&server, &name).expect("fuzz database opens"));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime builds");
-    runtime.block_on(async {
+    runtime().block_on(async {
         let url = format!(
             "{}/{name}",
             server.rsplit_once('/').expect("a database URL").0
@@ -111,13 +112,6 @@ fn dispatch_database_holds_a_confirmed_key() {
             .expect("the key row exists");
         assert_eq!(status, "confirmed");
         pool.close().await;
-        let admin = sqlx::PgPool::connect(&server)
-            .await
-            .expect("Postgres is reachable");
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-        )))
-        .execute(&admin)
-        .await;
+        drop_database(&server, &name).await;
     });
 }

@@ -11,7 +11,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BufMut};
+use common::raw::RawCodec;
 use common::*;
 use coordinator_mock::config::Config as CoordinatorConfig;
 use coordinator_mock::coordinator::Coordinator;
@@ -26,52 +26,12 @@ use proto::processor_v1::{
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
 
 /// The processor's default frame limit: 1 MiB of payload plus framing.
 const DEFAULT_FRAME_LIMIT: usize = 1024 * 1024 + 64 * 1024;
-
-/// Sends frames as raw bytes, so a test can send what no encoder would.
-#[derive(Debug, Default, Clone, Copy)]
-struct RawCodec;
-#[derive(Debug, Clone, Copy)]
-struct RawEncoder;
-#[derive(Debug, Clone, Copy)]
-struct RawDecoder;
-
-impl Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = RawEncoder;
-    type Decoder = RawDecoder;
-    fn encoder(&mut self) -> RawEncoder {
-        RawEncoder
-    }
-    fn decoder(&mut self) -> RawDecoder {
-        RawDecoder
-    }
-}
-
-impl Encoder for RawEncoder {
-    type Item = Vec<u8>;
-    type Error = Status;
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawDecoder {
-    type Item = Vec<u8>;
-    type Error = Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
-        let n = src.remaining();
-        Ok(Some(src.copy_to_bytes(n).to_vec()))
-    }
-}
 
 /// A hand-driven coordinator end of the link.
 struct RawLink {

@@ -9,6 +9,7 @@ pub mod deposits;
 pub mod monero;
 pub mod otlp;
 pub mod payouts;
+pub mod raw;
 
 pub use otlp::venv;
 
