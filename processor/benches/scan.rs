@@ -112,6 +112,7 @@ async fn main() {
     )
     .unwrap();
     let scanner = Scanner::new(pair);
+    let filter = processor::scanner::prefilter::ViewTagFilter::new(view.clone());
     let daemon = std::sync::Arc::new(daemon);
     let range = processor::scanner::FETCH_CHUNK;
     let fetch = |from: u64| {
@@ -134,7 +135,7 @@ async fn main() {
             pending = Some(fetch(next));
         }
         let scanned = Instant::now();
-        found += processor::scanner::scan_all(&scanner, blocks, false)
+        found += processor::scanner::scan_all(&scanner, &filter, blocks, false)
             .unwrap()
             .iter()
             .map(|b| b.outputs.len())
