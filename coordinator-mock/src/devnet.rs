@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::{Connection as _, PgConnection, PgPool, Row as _};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_util::sync::CancellationToken;
 
 use crate::coordinator::Coordinator;
@@ -186,34 +185,38 @@ impl Drop for Child {
     }
 }
 
-/// One JSON-RPC call over plain HTTP (monerod and monero-wallet-rpc).
-async fn json_rpc(
-    port: u16,
-    method: &str,
-    params: serde_json::Value,
-) -> Result<serde_json::Value, DevnetError> {
-    let body = serde_json::json!({"jsonrpc": "2.0", "id": "0", "method": method, "params": params})
-        .to_string();
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    let request = format!(
-        "POST /json_rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
-         Connection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await?;
-    let text = String::from_utf8_lossy(&response);
-    let json = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .ok_or_else(|| failed(format!("{method}: no HTTP body")))?;
-    let value: serde_json::Value = serde_json::from_str(json)
-        .map_err(|e| failed(format!("{method}: answer is not JSON: {e}")))?;
-    if let Some(error) = value.get("error") {
-        return Err(failed(format!("{method}: {error}")));
+/// The user's wallet (monero-wallet-rpc) and monerod's regtest calls, through
+/// monero-rpc.
+struct Rpc {
+    wallet: monero_rpc::WalletClient,
+    monerod: monero_rpc::RegtestDaemonJsonRpcClient,
+}
+
+impl Rpc {
+    fn new(wallet_port: u16, monerod_port: u16) -> Result<Self, DevnetError> {
+        let client = |port: u16| {
+            monero_rpc::RpcClientBuilder::new()
+                // A wallet refresh over the devnet's few hundred blocks is quick.
+                .timeout(Duration::from_secs(120))
+                .build(format!("http://127.0.0.1:{port}"))
+                .map_err(|e| failed(format!("an RPC client for port {port}: {e:#}")))
+        };
+        Ok(Self {
+            wallet: client(wallet_port)?.wallet(),
+            monerod: client(monerod_port)?.daemon().regtest(),
+        })
     }
-    Ok(value["result"].clone())
+}
+
+/// A wallet or monerod call that failed, naming the call.
+fn rpc_failed(call: &'static str) -> impl FnOnce(anyhow::Error) -> DevnetError {
+    move |e| failed(format!("{call}: {e:#}"))
+}
+
+fn parse_address(address: &str) -> Result<monero_rpc::monero::Address, DevnetError> {
+    address
+        .parse()
+        .map_err(|e| failed(format!("{address} is not a Monero address: {e}")))
 }
 
 /// Progress lines with the elapsed time.
@@ -255,6 +258,7 @@ struct Net {
     wallet_port: u16,
     monerod: Option<Child>,
     monerod_port: u16,
+    rpc: Rpc,
     dir: PathBuf,
 }
 
@@ -313,7 +317,10 @@ async fn wait_for<T, F, Fut>(
     what: &str,
     timeout: Duration,
     shutdown: &CancellationToken,
-    mine: Option<(u16, &str)>,
+    mine: Option<(
+        &monero_rpc::RegtestDaemonJsonRpcClient,
+        monero_rpc::monero::Address,
+    )>,
     mut check: F,
 ) -> Result<T, DevnetError>
 where
@@ -331,13 +338,8 @@ where
             )));
         }
         // Blocks come only when mined on regtest: one per poll.
-        if let Some((port, address)) = mine {
-            let _ = json_rpc(
-                port,
-                "generateblocks",
-                serde_json::json!({"amount_of_blocks": 1, "wallet_address": address}),
-            )
-            .await;
+        if let Some((monerod, address)) = mine {
+            let _ = monerod.generate_blocks(1, address).await;
         }
         tokio::select! {
             () = shutdown.cancelled() => return Err(DevnetError::Interrupted),
@@ -348,21 +350,12 @@ where
 
 impl Net {
     async fn mine(&self, address: &str, blocks: u64) -> Result<(), DevnetError> {
-        json_rpc(
-            self.monerod_port,
-            "generateblocks",
-            serde_json::json!({"amount_of_blocks": blocks, "wallet_address": address}),
-        )
-        .await?;
+        self.rpc
+            .monerod
+            .generate_blocks(blocks, parse_address(address)?)
+            .await
+            .map_err(rpc_failed("generateblocks"))?;
         Ok(())
-    }
-
-    async fn wallet(
-        &self,
-        method: &str,
-        params: serde_json::Value,
-    ) -> Result<serde_json::Value, DevnetError> {
-        json_rpc(self.wallet_port, method, params).await
     }
 }
 
@@ -388,6 +381,7 @@ pub async fn run(options: Options, interrupt: CancellationToken) -> Result<Summa
         .map(|e| processor::telemetry::init_export_only(e, "coordinator-mock", "devnet"));
     let dir = tempfile::Builder::new().prefix("devnet-").tempdir()?;
     let keep = dir.path().to_path_buf();
+    let (wallet_port, monerod_port) = (free_port(), free_port());
     let mut net = Net {
         processors: Vec::new(),
         processor_args: Vec::new(),
@@ -397,9 +391,10 @@ pub async fn run(options: Options, interrupt: CancellationToken) -> Result<Summa
         coordinator_port: free_port(),
         shutdown: CancellationToken::new(),
         wallet: None,
-        wallet_port: free_port(),
+        wallet_port,
         monerod: None,
-        monerod_port: free_port(),
+        monerod_port,
+        rpc: Rpc::new(wallet_port, monerod_port)?,
         dir: keep.clone(),
     };
     let result = scenario(&options, &progress, &mut net, &interrupt).await;
@@ -664,30 +659,25 @@ async fn scenario(
         &[],
         net.dir.join("wallet-rpc.log"),
     )?);
-    let wallet_port = net.wallet_port;
+    let wallet = net.rpc.wallet.clone();
     wait_for(
         "monero-wallet-rpc to answer",
         Duration::from_secs(60),
         &stop,
         None,
-        || async {
-            Ok(json_rpc(wallet_port, "get_version", serde_json::json!({}))
-                .await
-                .ok())
-        },
+        || async { Ok(wallet.get_version().await.ok()) },
     )
     .await?;
-    net.wallet(
-        "create_wallet",
-        serde_json::json!({"filename": "user", "language": "English"}),
-    )
-    .await?;
-    let user = net
-        .wallet("get_address", serde_json::json!({"account_index": 0}))
-        .await?["address"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    wallet
+        .create_wallet("user".to_owned(), None, "English".to_owned())
+        .await
+        .map_err(rpc_failed("create_wallet"))?;
+    let user = wallet
+        .get_address(0, None)
+        .await
+        .map_err(rpc_failed("get_address"))?
+        .address
+        .to_string();
     progress.done(&format!(
         "monerod and the user's wallet are up; user address {}",
         short(&user)
@@ -853,14 +843,12 @@ peer_timeout = "5s"
         &stop,
         None,
         || async {
-            let _ = net.wallet("refresh", serde_json::json!({})).await;
-            let balance = net
-                .wallet("get_balance", serde_json::json!({"account_index": 0}))
-                .await?;
-            Ok(
-                (balance["unlocked_balance"].as_u64().unwrap_or(0) > 10_000_000_000_000)
-                    .then_some(()),
-            )
+            let _ = wallet.refresh(None).await;
+            let balance = wallet
+                .get_balance(0, None)
+                .await
+                .map_err(rpc_failed("get_balance"))?;
+            Ok((balance.unlocked_balance.as_pico() > 10_000_000_000_000).then_some(()))
         },
     )
     .await?;
@@ -878,11 +866,24 @@ peer_timeout = "5s"
         xmr(d1),
         xmr(d2)
     ));
-    net.wallet(
-        "transfer",
-        serde_json::json!({"destinations": [{"amount": d1, "address": one}, {"amount": d2, "address": two}]}),
-    )
-    .await?;
+    wallet
+        .transfer(
+            [
+                (
+                    parse_address(&one)?,
+                    monero_rpc::monero::Amount::from_pico(d1),
+                ),
+                (
+                    parse_address(&two)?,
+                    monero_rpc::monero::Amount::from_pico(d2),
+                ),
+            ]
+            .into(),
+            monero_rpc::TransferPriority::Default,
+            monero_rpc::TransferOptions::default(),
+        )
+        .await
+        .map_err(rpc_failed("transfer"))?;
     net.mine(&nobody(), 1).await?;
     if let Some(r) = options.restart {
         if let Some(p) = net.processors.get_mut(r).and_then(Option::as_mut) {
@@ -900,8 +901,7 @@ peer_timeout = "5s"
         )?);
         progress.done(&format!("validator-{} restarted", r + 1));
     }
-    let nobody = nobody();
-    let mine_one = Some((net.monerod_port, nobody.as_str()));
+    let mine_one = Some((&net.rpc.monerod, parse_address(&nobody())?));
     progress.step("mining until the deposit block is final and its batch signed and included");
     let batches = wait_for(
         "the batch to be included",
@@ -936,13 +936,11 @@ peer_timeout = "5s"
     // Burns back to the user.
     let mut destinations = Vec::new();
     for _ in 0..2 {
-        let made = net
-            .wallet("create_address", serde_json::json!({"account_index": 0}))
-            .await?;
-        destinations.push((
-            made["address"].as_str().unwrap_or_default().to_owned(),
-            made["address_index"].as_u64().unwrap_or(0),
-        ));
+        let (address, minor) = wallet
+            .create_address(0, None)
+            .await
+            .map_err(rpc_failed("create_address"))?;
+        destinations.push((address.to_string(), minor));
     }
     let burns = [
         (1_250_000_000_000_u64, &destinations[0]),
@@ -996,26 +994,22 @@ peer_timeout = "5s"
             &stop,
             None,
             || async {
-                let _ = net.wallet("refresh", serde_json::json!({})).await;
-                let transfers = net
-                .wallet(
-                    "get_transfers",
-                    serde_json::json!({"in": true, "account_index": 0, "subaddr_indices": [minor]}),
-                )
-                .await?;
-                let got: Vec<(String, u64)> = transfers["in"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(|e| {
-                                (
-                                    e["txid"].as_str().unwrap_or_default().to_owned(),
-                                    e["amount"].as_u64().unwrap_or(0),
-                                )
-                            })
-                            .collect()
+                let _ = wallet.refresh(None).await;
+                let mut transfers = wallet
+                    .get_transfers(monero_rpc::GetTransfersSelector {
+                        category_selector: [(monero_rpc::GetTransfersCategory::In, true)].into(),
+                        account_index: Some(0),
+                        subaddr_indices: Some(vec![*minor]),
+                        block_height_filter: None,
                     })
-                    .unwrap_or_default();
+                    .await
+                    .map_err(rpc_failed("get_transfers"))?;
+                let got: Vec<(String, u64)> = transfers
+                    .remove(&monero_rpc::GetTransfersCategory::In)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|e| (hex::encode(e.txid.0), e.amount.as_pico()))
+                    .collect();
                 Ok((!got.is_empty()).then_some(got))
             },
         )
