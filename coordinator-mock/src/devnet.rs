@@ -18,6 +18,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::coordinator::Coordinator;
 
+pub mod prerequisites;
+
+use prerequisites::Package;
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -220,6 +224,7 @@ fn parse_address(address: &str) -> Result<monero_rpc::monero::Address, DevnetErr
 }
 
 /// Progress lines with the elapsed time.
+#[derive(Debug, Clone, Copy)]
 struct Progress {
     started: Instant,
     verbose: bool,
@@ -280,23 +285,18 @@ fn db_url(server: &str, db: &str) -> String {
     }
 }
 
-fn which(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
-}
-
 /// Checks the machine has what the devnet needs; names what is missing.
-pub async fn preflight(options: &Options) -> Result<(), DevnetError> {
-    let missing: Vec<&str> = ["monerod", "monero-wallet-rpc"]
-        .into_iter()
-        .filter(|t| !which(t))
-        .collect();
-    if !missing.is_empty() {
-        return Err(DevnetError::Missing(format!(
-            "{} not found on PATH: install Debian's `monero` package (sudo apt-get install monero)",
-            missing.join(" and ")
-        )));
-    }
+/// Debian's `monero` package is installed here if it is missing and this
+/// runs as root with apt-get (a progress line says so); otherwise the error
+/// names the command to run.
+async fn preflight(options: &Options, progress: Progress) -> Result<(), DevnetError> {
+    // apt-get takes a while and blocks: not on a runtime worker.
+    tokio::task::spawn_blocking(move || {
+        prerequisites::ensure(&[Package::Monero], &mut |line| progress.step(line))
+    })
+    .await
+    .map_err(|e| failed(format!("checking for the monero package: {e}")))?
+    .map_err(DevnetError::Missing)?;
     if PgConnection::connect(&options.database_url).await.is_err() {
         return Err(DevnetError::Missing(format!(
             "Postgres is not reachable at {} (set DATABASE_URL, or start it: \
@@ -311,6 +311,15 @@ pub async fn preflight(options: &Options) -> Result<(), DevnetError> {
         )));
     }
     Ok(())
+}
+
+/// A Monero binary the preflight found (`MONERO_BIN_DIR` or PATH).
+fn monero_tool(name: &str) -> Result<PathBuf, DevnetError> {
+    prerequisites::monero_tool(name).ok_or_else(|| {
+        DevnetError::Missing(format!(
+            "{name} disappeared after the check; install Debian's `monero` package again"
+        ))
+    })
 }
 
 async fn wait_for<T, F, Fut>(
@@ -374,7 +383,7 @@ pub async fn run(options: Options, interrupt: CancellationToken) -> Result<Summa
         verbose: options.verbose,
     };
     progress.step("checking the machine (monerod, monero-wallet-rpc, Postgres)");
-    preflight(&options).await?;
+    preflight(&options, progress).await?;
     let telemetry = options
         .otlp_endpoint
         .as_deref()
@@ -743,7 +752,7 @@ impl Scenario<'_> {
         progress.step("starting monerod --regtest");
         net.monerod = Some(Child::spawn(
             "monerod",
-            Path::new("monerod"),
+            &monero_tool("monerod")?,
             &monerod_args(net),
             &[],
             net.dir.join("monerod.log"),
@@ -762,7 +771,7 @@ impl Scenario<'_> {
         std::fs::create_dir_all(net.dir.join("wallets"))?;
         net.wallet = Some(Child::spawn(
             "monero-wallet-rpc",
-            Path::new("monero-wallet-rpc"),
+            &monero_tool("monero-wallet-rpc")?,
             &wallet_args(net),
             &[],
             net.dir.join("wallet-rpc.log"),

@@ -130,19 +130,20 @@ impl Multisig {
             // wallet-rpc 0.18 refuses multisig key exchange unless the keys
             // file says `enable-multisig-experimental`; only the CLI sets it.
             wallet.client.close_wallet().await.unwrap();
-            let mut cli = std::process::Command::new("monero-wallet-cli")
-                .arg("--offline")
-                .arg("--wallet-file")
-                .arg(own.join("wallets").join(&name))
-                .args(["--password", ""])
-                .arg("--log-file")
-                .arg(own.join("wallet-cli.log"))
-                .args(["--command", "set", "enable-multisig-experimental", "1"])
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("monero-wallet-cli from the Debian `monero` package");
+            let mut cli =
+                std::process::Command::new(common::tools::monero_tool("monero-wallet-cli"))
+                    .arg("--offline")
+                    .arg("--wallet-file")
+                    .arg(own.join("wallets").join(&name))
+                    .args(["--password", ""])
+                    .arg("--log-file")
+                    .arg(own.join("wallet-cli.log"))
+                    .args(["--command", "set", "enable-multisig-experimental", "1"])
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .expect("monero-wallet-cli from the Debian `monero` package");
             // It asks for the (empty) password once more.
             cli.stdin.take().unwrap().write_all(b"\n").unwrap();
             assert!(cli.wait().unwrap().success(), "monero-wallet-cli set");

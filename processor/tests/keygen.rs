@@ -411,7 +411,7 @@ async fn a_false_dkg_accusation_blames_the_accuser() {
 }
 
 fn pg_dump(url: &str) -> Vec<u8> {
-    let out = std::process::Command::new("pg_dump")
+    let out = std::process::Command::new(common::tools::pg_dump())
         .args(["--data-only", "--inserts", url])
         .output()
         .expect("pg_dump (postgresql-client)");

@@ -42,7 +42,7 @@ impl Monerod {
             .append(true)
             .open(&log)
             .unwrap();
-        let mut command = std::process::Command::new("monerod");
+        let mut command = std::process::Command::new(super::tools::monerod());
         command
             .args([
                 "--regtest",
@@ -71,9 +71,7 @@ impl Monerod {
             // A regtest monerod deletes its chain at start unless told not to.
             command.arg("--keep-fakechain");
         }
-        let child = command
-            .spawn()
-            .expect("monerod from the Debian `monero` package (apt-get install monero)");
+        let child = command.spawn().expect("start monerod");
         self.proc = Some(Proc {
             child,
             log,
@@ -163,7 +161,7 @@ impl WalletRpc {
         std::fs::create_dir_all(&wallets).unwrap();
         let log = dir.join("wallet-rpc.log");
         let file = std::fs::File::create(&log).unwrap();
-        let child = std::process::Command::new("monero-wallet-rpc")
+        let child = std::process::Command::new(super::tools::monero_wallet_rpc())
             .args([
                 "--rpc-bind-ip",
                 "127.0.0.1",
@@ -189,7 +187,7 @@ impl WalletRpc {
             .stdout(file.try_clone().unwrap())
             .stderr(file)
             .spawn()
-            .expect("monero-wallet-rpc from the Debian `monero` package (apt-get install monero)");
+            .expect("start monero-wallet-rpc");
         wait_port(port).await;
         let url = format!("http://127.0.0.1:{port}");
         Self {
