@@ -6,10 +6,12 @@
 pub mod admin;
 pub mod backoff;
 pub mod batches;
+pub mod common;
 pub mod config;
 pub mod coordinator;
 pub mod devnet;
-pub mod inbound;
+pub mod dispatch;
+pub mod error;
 pub mod keygen;
 pub mod metrics;
 pub mod payouts;
