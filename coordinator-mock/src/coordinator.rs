@@ -127,6 +127,7 @@ impl Coordinator {
             )
             .await
             .map_err(DbError::from)?;
+            link.spawn_pruner();
             peers.push(Peer {
                 endpoint: endpoint.clone(),
                 tls: tls.clone(),

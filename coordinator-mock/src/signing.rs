@@ -1,6 +1,7 @@
 //! Signing rounds as the coordinator runs them, for batches (FROST Ed25519)
 //! and plans (FROST-CLSAG) alike: collect preprocesses, choose the first t
-//! signers to preprocess, relay their commitments and then their shares.
+//! signers to preprocess (never two who disputed one another), relay their
+//! commitments and then their shares.
 //! An attempt that stalls is abandoned and re-attempted (attempt + 1, fresh
 //! nonces); whoever stays silent is simply not chosen, and a participant
 //! proven at fault (an invalid share, or a false accusation) is never
@@ -203,7 +204,76 @@ async fn open_attempt(
     ))
 }
 
-/// `SignPreprocess`: collect; the first t to arrive become the signers.
+/// Pairs of a key's participants that accused one another in a way nobody
+/// could settle: a CLSAG share the coordinator cannot check (`unverified`),
+/// or two different batches (`disputed`). Each pair holds at least one
+/// faulty participant (an honest signer neither sends an invalid share nor
+/// accuses falsely), so never choosing both again costs an honest signer
+/// nothing it needs: the honest ones, at least t of them, stay compatible.
+async fn disputed_pairs(
+    conn: &mut PgConnection,
+    session: i64,
+) -> Result<Vec<(i32, i32)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT DISTINCT p.idx, b.accused FROM sign_blames b
+         JOIN keygen_participants p ON p.session = $1 AND p.processor = b.accuser
+         LEFT JOIN batches ba ON b.kind = 'batch' AND ba.id = b.id
+         LEFT JOIN plans pl ON b.kind = 'plan' AND pl.seq = b.id
+         WHERE b.verdict IN ('disputed', 'unverified')
+           AND COALESCE(ba.session, pl.session) = $1",
+    )
+    .bind(session)
+    .fetch_all(conn)
+    .await
+}
+
+/// How many subsets [`choose_signers`] may try before it waits for more
+/// preprocesses instead: disputes are few (each costs a faulty participant
+/// an attempt), so real searches end in a handful of steps; the bound only
+/// keeps a pathological dispute graph from stalling the handler.
+const MAX_SIGNER_SEARCH_STEPS: usize = 100_000;
+
+/// The first `t` of `arrived` (in arrival order, earliest preferred) of which
+/// no two form a disputed pair; `None` while no such set has arrived.
+pub fn choose_signers(arrived: &[i32], t: usize, disputes: &[(i32, i32)]) -> Option<Vec<i32>> {
+    fn search(
+        arrived: &[i32],
+        t: usize,
+        disputed: &dyn Fn(i32, i32) -> bool,
+        chosen: &mut Vec<i32>,
+        steps: &mut usize,
+    ) -> bool {
+        if chosen.len() == t {
+            return true;
+        }
+        for (i, &candidate) in arrived.iter().enumerate() {
+            // Not enough left to reach t: no set down this branch.
+            if arrived.len() - i < t - chosen.len() || *steps >= MAX_SIGNER_SEARCH_STEPS {
+                return false;
+            }
+            *steps += 1;
+            if chosen.iter().any(|&c| disputed(c, candidate)) {
+                continue;
+            }
+            chosen.push(candidate);
+            if search(&arrived[i + 1..], t, disputed, chosen, steps) {
+                return true;
+            }
+            chosen.pop();
+        }
+        false
+    }
+    if t == 0 {
+        return None;
+    }
+    let disputed = |a: i32, b: i32| disputes.contains(&(a, b)) || disputes.contains(&(b, a));
+    let mut chosen = Vec::with_capacity(t);
+    let mut steps = 0;
+    search(arrived, t, &disputed, &mut chosen, &mut steps).then_some(chosen)
+}
+
+/// `SignPreprocess`: collect; the first t to arrive of whom no two are a
+/// disputed pair become the signers (see [`disputed_pairs`]).
 #[tracing::instrument(name = "sign.preprocess", skip_all, fields(processor = %processor, session = m.sign_id.as_ref().map(|i| i.session), attempt = m.sign_id.as_ref().map(|i| i.attempt)))]
 pub async fn preprocess(
     conn: &mut PgConnection,
@@ -234,21 +304,34 @@ pub async fn preprocess(
              SELECT b.culprit FROM sign_blames b
              LEFT JOIN batches ba ON b.kind = 'batch' AND ba.id = b.id
              LEFT JOIN plans p ON b.kind = 'plan' AND p.seq = b.id
-             WHERE b.culprit IS NOT NULL AND COALESCE(ba.session, p.session) = $5)
-         ORDER BY received LIMIT $4",
+             WHERE b.culprit IS NOT NULL AND COALESCE(ba.session, p.session) = $4)
+         ORDER BY received",
     )
     .bind(kind)
     .bind(key)
     .bind(a.attempt)
-    .bind(i64::from(a.threshold))
     .bind(a.session)
     .fetch_all(&mut *conn)
     .await?;
-    if rows.len() < usize::try_from(a.threshold).unwrap_or(usize::MAX) {
+    let arrived: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+    let disputes = disputed_pairs(conn, a.session).await?;
+    let t = usize::try_from(a.threshold).unwrap_or(usize::MAX);
+    let Some(signers) = choose_signers(&arrived, t, &disputes) else {
+        if arrived.len() >= t {
+            info!(
+                kind,
+                key,
+                attempt = a.attempt,
+                ?arrived,
+                ?disputes,
+                "no t signers without a disputed pair yet: waiting for more preprocesses"
+            );
+        }
         return Ok(());
-    }
+    };
     let chosen: HashMap<u32, Vec<u8>> = rows
         .iter()
+        .filter(|r| signers.contains(&r.get::<i32, _>(0)))
         .map(|r| {
             (
                 u32::try_from(r.get::<i32, _>(0)).unwrap_or(0),
@@ -256,7 +339,6 @@ pub async fn preprocess(
             )
         })
         .collect();
-    let signers: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
     sqlx::query(
         "UPDATE sign_attempts SET status = 'sharing', signers = $4 WHERE kind = $1 AND id = $2 AND attempt = $3",
     )
@@ -368,9 +450,11 @@ pub enum Verdict {
     /// what was relayed: the accuser is at fault.
     Refused(String),
     /// Accuser and accused proposed different batches: neither is proven
-    /// at fault by this blame.
+    /// at fault by this blame, and the two are never chosen together again
+    /// for this key.
     Disputed,
-    /// A CLSAG share, which the coordinator cannot check: nobody is banned.
+    /// A CLSAG share, which the coordinator cannot check: nobody is banned,
+    /// and the two are never chosen together again for this key.
     Unverified,
 }
 
@@ -594,10 +678,14 @@ pub async fn blame(
             format!("refused: {why}; {processor} is never chosen again for this key")
         }
         Verdict::Disputed => {
-            format!("{processor} and {accused} proposed different batches: nobody is banned for it")
+            format!(
+                "{processor} and {accused} proposed different batches: nobody is banned for it; the two are never chosen together again for this key"
+            )
         }
         Verdict::Unverified => {
-            "a CLSAG share cannot be checked by the coordinator: nobody is banned for it".into()
+            format!(
+                "a CLSAG share cannot be checked by the coordinator: nobody is banned for it; {processor} and {accused} are never chosen together again for this key"
+            )
         }
     };
     warn!(kind, key, attempt = id.attempt, accuser = processor, %accused, verdict = verdict.name(), "signer blamed: {}; {detail}", m.reason);
@@ -728,4 +816,59 @@ pub async fn reattempt_stalled(pool: &PgPool, timeout: Duration) -> Result<usize
     }
     tx.commit().await?;
     Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::choose_signers;
+
+    #[test]
+    fn without_disputes_the_first_t_to_arrive_sign() {
+        assert_eq!(choose_signers(&[3, 1, 2], 2, &[]), Some(vec![3, 1]));
+        assert_eq!(choose_signers(&[3], 2, &[]), None);
+        assert_eq!(choose_signers(&[3, 1], 0, &[]), None);
+    }
+
+    #[test]
+    fn a_disputed_pair_is_never_chosen_together() {
+        // 1 is faulty and always first: disputed with 2, the next arrival
+        // goes in its place; disputed with both, the honest pair signs.
+        assert_eq!(choose_signers(&[1, 2, 3], 2, &[(2, 1)]), Some(vec![1, 3]));
+        assert_eq!(
+            choose_signers(&[1, 2, 3], 2, &[(2, 1), (1, 3)]),
+            Some(vec![2, 3])
+        );
+        // Only the disputed pair has arrived: wait for more.
+        assert_eq!(choose_signers(&[1, 2], 2, &[(1, 2)]), None);
+    }
+
+    #[test]
+    fn the_search_backtracks_past_an_early_choice() {
+        // Greedy would take 1 and 2 and then find nothing compatible with
+        // both; 1, 3, 4 is the earliest valid set.
+        let disputes = [(2, 3), (2, 4)];
+        assert_eq!(
+            choose_signers(&[1, 2, 3, 4], 3, &disputes),
+            Some(vec![1, 3, 4])
+        );
+        // Every honest member of a large set stays compatible however many
+        // disputes the faulty ones (1..=33) caused among themselves and with
+        // them.
+        let arrived: Vec<i32> = (1..=100).collect();
+        let mut disputes = Vec::new();
+        for f in 1..=33 {
+            for other in 1..=100 {
+                if other != f && other % 7 == 0 {
+                    disputes.push((f, other));
+                }
+            }
+        }
+        let chosen = choose_signers(&arrived, 67, &disputes).expect("67 compatible exist");
+        assert_eq!(chosen.len(), 67);
+        for (i, a) in chosen.iter().enumerate() {
+            for b in &chosen[i + 1..] {
+                assert!(!disputes.contains(&(*a, *b)) && !disputes.contains(&(*b, *a)));
+            }
+        }
+    }
 }

@@ -264,6 +264,80 @@ async fn a_leader_proposing_a_tampered_decoy_is_refused_and_payouts_continue() {
     );
 }
 
+/// One participant (validator-1) answers every plan attempt with an invalid
+/// CLSAG share and withholds the transaction, and its preprocess always
+/// arrives first (the others' are slowed). The coordinator cannot check a
+/// CLSAG share, so its blame is `unverified` and bans nobody. Before, the
+/// first t to preprocess signed, so validator-1 was in every attempt and the
+/// burn was never paid. Now an unverified blame makes accuser and accused a
+/// pair never chosen together again: validator-1 is in at most one attempt
+/// with each honest signer, the honest pair signs, the burn is paid once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signer_sending_invalid_clsag_shares_cannot_stall_payouts() {
+    let setup = Setup::start_with("byzclsag", 2, SCHEDULER, |i| {
+        Some(if i == 0 {
+            "plan-signer-corrupt-share=return"
+        } else {
+            "plan-signer-slow-preprocess=return(1500)"
+        })
+    })
+    .await;
+    let pool = setup.cluster.coordinator.pool.clone();
+    let index: i32 = sqlx::query_scalar(
+        "SELECT idx FROM keygen_participants WHERE processor = 'validator-1'
+         ORDER BY session DESC LIMIT 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let (to, minor) = user_subaddress(&setup).await;
+    let amount = 220_000_000_000;
+    fund(&setup, &[("burn-clsag", &to, amount)]).await;
+    let (_, tx_hash) = mine_until(
+        &setup,
+        "the burn paid by the honest signers",
+        Duration::from_secs(480),
+        || completed_paying(&pool, "burn-clsag"),
+    )
+    .await;
+    setup.monerod.mine(&elsewhere(), 2).await;
+    assert_eq!(
+        received(&setup, minor).await,
+        vec![(hex::encode(tx_hash), amount)]
+    );
+
+    // Its invalid shares were caught by the honest signers, as unverified
+    // blame naming it; nobody was banned for them.
+    let blames: Vec<(String, i32, String, Option<i32>)> = sqlx::query_as(
+        "SELECT accuser, accused, verdict, culprit FROM sign_blames WHERE kind = 'plan'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(
+        blames
+            .iter()
+            .any(|(_, accused, verdict, _)| *accused == index && verdict == "unverified"),
+        "an honest signer blamed validator-1's CLSAG share: {blames:?}"
+    );
+    assert!(
+        blames.iter().all(|(_, _, _, culprit)| culprit.is_none()),
+        "an unverifiable blame bans nobody: {blames:?}"
+    );
+    // Each honest signer shared at most one attempt with it.
+    let with_it: i64 = scalar_i64(
+        &pool,
+        &format!(
+            "SELECT count(*) FROM sign_attempts WHERE kind = 'plan' AND {index} = ANY(signers)"
+        ),
+    )
+    .await;
+    assert!(
+        (1..=2).contains(&with_it),
+        "validator-1 signs in one attempt per honest partner at most, not {with_it}"
+    );
+}
+
 /// The lifetime rule on its own, on a real database: at the block that ends
 /// a window's lifetime every plan of it that is not final ends, in the same
 /// way whatever this processor's timing; one that was being signed here

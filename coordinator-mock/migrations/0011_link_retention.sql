@@ -1,0 +1,1 @@
+../../migrations/0013_link_retention.sql
