@@ -177,29 +177,38 @@ impl CoordinatorAdmin for Admin {
         &self,
         _request: Request<ListPlansRequest>,
     ) -> Result<Response<PlanList>, Status> {
-        let rows = crate::payouts::list_plans(&self.coordinator.pool)
+        let pool = &self.coordinator.pool;
+        let rows = crate::payouts::list_plans(pool)
             .await
             .map_err(CoordinatorError::from)?;
-        Ok(Response::new(PlanList {
-            plans: rows
-                .into_iter()
-                .map(|p| PlanView {
-                    plan_id: hex::encode(&p.plan_id),
-                    session: p.session,
-                    window: p.window,
-                    leader: p.leader,
-                    burn_ids: p.burn_ids,
-                    status: p.status.as_str().to_owned(),
-                    tx_hash: p.tx_hash.map(hex::encode).unwrap_or_default(),
-                    completions: p
-                        .completions
-                        .into_iter()
-                        .map(|(k, v)| (k, hex::encode(v)))
-                        .collect(),
-                    attempts: p.attempts,
-                })
-                .collect(),
-        }))
+        let mut plans = Vec::with_capacity(rows.len());
+        for p in rows {
+            let attempts = crate::signing::db::attempt_count(
+                pool,
+                crate::signing::Procedure {
+                    kind: crate::signing::ProcedureKind::Plan,
+                    key: p.seq,
+                },
+            )
+            .await
+            .map_err(CoordinatorError::from)?;
+            plans.push(PlanView {
+                plan_id: hex::encode(&p.plan_id),
+                session: p.session,
+                window: p.window,
+                leader: p.leader,
+                burn_ids: p.burn_ids,
+                status: p.status.as_str().to_owned(),
+                tx_hash: p.tx_hash.map(hex::encode).unwrap_or_default(),
+                completions: p
+                    .completions
+                    .into_iter()
+                    .map(|(k, v)| (k, hex::encode(v)))
+                    .collect(),
+                attempts: u32::try_from(attempts).unwrap_or(0),
+            });
+        }
+        Ok(Response::new(PlanList { plans }))
     }
 
     async fn list_faults(

@@ -52,7 +52,7 @@ impl Handler for ProcessorHandler {
                         signing::finish(
                             conn,
                             signing::Procedure {
-                                kind: "plan",
+                                kind: signing::ProcedureKind::Plan,
                                 key: seq,
                             },
                         )
@@ -70,7 +70,7 @@ impl Handler for ProcessorHandler {
                         signing::finish(
                             conn,
                             signing::Procedure {
-                                kind: "batch",
+                                kind: signing::ProcedureKind::Batch,
                                 key: id,
                             },
                         )

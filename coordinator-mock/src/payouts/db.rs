@@ -64,8 +64,6 @@ pub struct PlanRow {
     pub status: PlanStatus,
     /// The transaction that completed it.
     pub tx_hash: Option<Vec<u8>>,
-    /// Its signing attempts so far.
-    pub attempts: i64,
 }
 
 /// A fault for the admin API.
@@ -314,9 +312,8 @@ pub async fn take_burns(
 /// Every plan, oldest first.
 pub async fn plans(pool: &PgPool) -> Result<Vec<PlanRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT p.seq, p.plan_id, p.session, p.\"window\", p.leader, p.burn_ids, p.status, p.tx_hash,
-                (SELECT count(*) FROM sign_attempts a WHERE a.kind = 'plan' AND a.id = p.seq) AS attempts
-         FROM plans p ORDER BY p.seq",
+        "SELECT seq, plan_id, session, \"window\", leader, burn_ids, status, tx_hash
+         FROM plans ORDER BY seq",
     )
     .fetch_all(pool)
     .await

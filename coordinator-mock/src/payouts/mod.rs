@@ -237,6 +237,8 @@ pub async fn take_for_block(
 /// A plan for the admin API.
 #[derive(Debug, Clone)]
 pub struct PlanView {
+    /// Its sequence number (the signing procedure's key).
+    pub seq: i64,
     /// Id.
     pub plan_id: Vec<u8>,
     /// Session.
@@ -253,8 +255,6 @@ pub struct PlanView {
     pub tx_hash: Option<Vec<u8>>,
     /// processor -> tx hash.
     pub completions: HashMap<String, Vec<u8>>,
-    /// Attempts.
-    pub attempts: u32,
 }
 
 /// Every plan, oldest first.
@@ -264,6 +264,7 @@ pub async fn list_plans(pool: &PgPool) -> Result<Vec<PlanView>, sqlx::Error> {
     for r in rows {
         let completions = db::completions(pool, &r.plan_id).await?;
         plans.push(PlanView {
+            seq: r.seq,
             plan_id: r.plan_id,
             session: to_u64(r.session),
             window: to_u64(r.window),
@@ -272,7 +273,6 @@ pub async fn list_plans(pool: &PgPool) -> Result<Vec<PlanView>, sqlx::Error> {
             status: r.status,
             tx_hash: r.tx_hash,
             completions,
-            attempts: u32::try_from(r.attempts).unwrap_or(u32::MAX),
         });
     }
     Ok(plans)
