@@ -7,42 +7,23 @@
 //! proven at fault (an invalid share, or a false accusation) is never
 //! chosen again for that key. Blame is checked before it counts.
 
+pub mod db;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
-use prost::Message as _;
 use proto::processor_v1::{
-    CoordinatorMessage, SignBlame, SignId, SignKind, SignPreprocess, SignPreprocesses,
-    SignReattempt, SignShare, SignShares, coordinator_message::Kind,
+    SignBlame, SignId, SignKind, SignPreprocess, SignPreprocesses, SignReattempt, SignShare,
+    SignShares, coordinator_message::Kind,
 };
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool};
 use tracing::{info, warn};
 
-use processor::link::{self, HandleError, OutMessage};
+use processor::link::{self, HandleError};
 
-fn out(uid: String, kind: &'static str, message: Kind) -> OutMessage {
-    OutMessage {
-        uid,
-        kind,
-        payload: CoordinatorMessage {
-            kind: Some(message),
-        }
-        .encode_to_vec(),
-    }
-}
-
-fn i64_of(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-/// One signing procedure: a batch (by id) or a plan (by its seq).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Procedure {
-    /// "batch" or "plan".
-    pub kind: &'static str,
-    /// Batch id or plan seq.
-    pub key: i64,
-}
+use crate::common::{out, to_i32, to_i64, to_u32, to_u64};
+use db::{AttemptStatus, VerdictKind};
+pub use db::{Procedure, ProcedureKind};
 
 /// The procedure a sign id names, if this coordinator knows it.
 async fn procedure_of(conn: &mut PgConnection, id: &SignId) -> Result<Procedure, HandleError> {
@@ -54,22 +35,22 @@ async fn procedure_of(conn: &mut PgConnection, id: &SignId) -> Result<Procedure,
                 .try_into()
                 .map_err(|_| HandleError::Rejected("a batch id is 8 bytes".into()))?;
             Ok(Procedure {
-                kind: "batch",
-                key: i64_of(u64::from_be_bytes(bytes)),
+                kind: ProcedureKind::Batch,
+                key: to_i64(u64::from_be_bytes(bytes)),
             })
         }
         Ok(SignKind::Plan) => {
-            let seq: Option<i64> = sqlx::query_scalar("SELECT seq FROM plans WHERE plan_id = $1")
-                .bind(&id.id)
-                .fetch_optional(&mut *conn)
-                .await?;
+            let seq = crate::payouts::db::seq_of(conn, &id.id).await?;
             let key = seq.ok_or_else(|| {
                 HandleError::Rejected(format!(
                     "signing message for unknown plan {}",
                     hex::encode(&id.id)
                 ))
             })?;
-            Ok(Procedure { kind: "plan", key })
+            Ok(Procedure {
+                kind: ProcedureKind::Plan,
+                key,
+            })
         }
         _ => Err(HandleError::Rejected("sign id without a known kind".into())),
     }
@@ -81,37 +62,14 @@ async fn index_of(
     session: i64,
     processor: &str,
 ) -> Result<(i32, i32), HandleError> {
-    let row = sqlx::query(
-        "SELECT p.idx, s.threshold FROM keygen_participants p JOIN keygen_sessions s USING (session)
-         WHERE p.session = $1 AND p.processor = $2",
-    )
-    .bind(session)
-    .bind(processor)
-    .fetch_optional(&mut *conn)
-    .await?
-    .ok_or_else(|| HandleError::Rejected(format!("{processor} holds no share of key {session}")))?;
-    Ok((row.get(0), row.get(1)))
+    crate::keygen::db::index_and_threshold(conn, session, processor)
+        .await?
+        .ok_or_else(|| {
+            HandleError::Rejected(format!("{processor} holds no share of key {session}"))
+        })
 }
 
-/// Link ids of the given indices of a session (all if `None`), sorted
-/// (lock order).
-pub async fn links(
-    conn: &mut PgConnection,
-    session: i64,
-    indices: Option<&[i32]>,
-) -> Result<Vec<(i32, String)>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT idx, processor FROM keygen_participants
-         WHERE session = $1 AND ($2::int[] IS NULL OR idx = ANY($2)) ORDER BY processor",
-    )
-    .bind(session)
-    .bind(indices.map(<[i32]>::to_vec))
-    .fetch_all(conn)
-    .await?;
-    Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
-}
-
-fn uid(what: &str, kind: &str, id: &SignId) -> String {
+fn uid(what: &str, kind: ProcedureKind, id: &SignId) -> String {
     format!(
         "{what}/{}/{kind}/{}/{}",
         id.session,
@@ -126,38 +84,15 @@ async fn lock_attempt(
     conn: &mut PgConnection,
     procedure: Procedure,
     attempt: i32,
-) -> Result<Option<(String, Vec<i32>)>, sqlx::Error> {
-    let exists: bool = match procedure.kind {
-        "batch" => sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM batches WHERE id = $1)"),
-        _ => sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM plans WHERE seq = $1)"),
-    }
-    .bind(procedure.key)
-    .fetch_one(&mut *conn)
-    .await?;
-    if !exists {
+) -> Result<Option<db::AttemptRow>, sqlx::Error> {
+    if !db::procedure_exists(conn, procedure).await? {
         return Ok(None);
     }
-    let created = sqlx::query(
-        "INSERT INTO sign_attempts (kind, id, attempt) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-    )
-    .bind(procedure.kind)
-    .bind(procedure.key)
-    .bind(attempt)
-    .execute(&mut *conn)
-    .await?;
-    if created.rows_affected() > 0 {
-        metrics::counter!(processor::metrics::SIGN_ATTEMPTS, "kind" => procedure.kind).increment(1);
+    if db::insert_attempt(conn, procedure, attempt).await? {
+        metrics::counter!(processor::metrics::SIGN_ATTEMPTS, "kind" => procedure.kind.as_str())
+            .increment(1);
     }
-    let row = sqlx::query(
-        "SELECT status, signers FROM sign_attempts WHERE kind = $1 AND id = $2 AND attempt = $3
-         FOR NO KEY UPDATE",
-    )
-    .bind(procedure.kind)
-    .bind(procedure.key)
-    .bind(attempt)
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(Some((row.get(0), row.get(1))))
+    db::lock_attempt(conn, procedure, attempt).await
 }
 
 /// A signing attempt as a message from `processor` refers to it.
@@ -167,7 +102,7 @@ struct Attempt {
     index: i32,
     threshold: i32,
     attempt: i32,
-    status: String,
+    status: AttemptStatus,
     signers: Vec<i32>,
 }
 
@@ -179,10 +114,10 @@ async fn open_attempt(
 ) -> Result<(SignId, Attempt), HandleError> {
     let id = id.ok_or_else(|| HandleError::Rejected("no sign id".into()))?;
     let procedure = procedure_of(conn, &id).await?;
-    let session = i64_of(id.session);
+    let session = to_i64(id.session);
     let (index, threshold) = index_of(conn, session, processor).await?;
-    let attempt = i32::try_from(id.attempt).unwrap_or(i32::MAX);
-    let (status, signers) = lock_attempt(conn, procedure, attempt)
+    let attempt = to_i32(id.attempt);
+    let db::AttemptRow { status, signers } = lock_attempt(conn, procedure, attempt)
         .await?
         .ok_or_else(|| {
             HandleError::Rejected(format!(
@@ -202,29 +137,6 @@ async fn open_attempt(
             signers,
         },
     ))
-}
-
-/// Pairs of a key's participants that accused one another in a way nobody
-/// could settle: a CLSAG share the coordinator cannot check (`unverified`),
-/// or two different batches (`disputed`). Each pair holds at least one
-/// faulty participant (an honest signer neither sends an invalid share nor
-/// accuses falsely), so never choosing both again costs an honest signer
-/// nothing it needs: the honest ones, at least t of them, stay compatible.
-async fn disputed_pairs(
-    conn: &mut PgConnection,
-    session: i64,
-) -> Result<Vec<(i32, i32)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT DISTINCT p.idx, b.accused FROM sign_blames b
-         JOIN keygen_participants p ON p.session = $1 AND p.processor = b.accuser
-         LEFT JOIN batches ba ON b.kind = 'batch' AND ba.id = b.id
-         LEFT JOIN plans pl ON b.kind = 'plan' AND pl.seq = b.id
-         WHERE b.verdict IN ('disputed', 'unverified')
-           AND COALESCE(ba.session, pl.session) = $1",
-    )
-    .bind(session)
-    .fetch_all(conn)
-    .await
 }
 
 /// How many subsets [`choose_signers`] may try before it waits for more
@@ -273,7 +185,7 @@ pub fn choose_signers(arrived: &[i32], t: usize, disputes: &[(i32, i32)]) -> Opt
 }
 
 /// `SignPreprocess`: collect; the first t to arrive of whom no two are a
-/// disputed pair become the signers (see [`disputed_pairs`]).
+/// disputed pair become the signers (see [`choose_signers`]).
 #[tracing::instrument(name = "sign.preprocess", skip_all, fields(processor = %processor, session = m.sign_id.as_ref().map(|i| i.session), attempt = m.sign_id.as_ref().map(|i| i.attempt)))]
 pub async fn preprocess(
     conn: &mut PgConnection,
@@ -282,44 +194,20 @@ pub async fn preprocess(
 ) -> Result<(), HandleError> {
     let (id, a) = open_attempt(conn, processor, m.sign_id).await?;
     let Procedure { kind, key } = a.procedure;
-    sqlx::query(
-        "INSERT INTO sign_preprocesses (kind, id, attempt, idx, preprocess) VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(kind)
-    .bind(key)
-    .bind(a.attempt)
-    .bind(a.index)
-    .bind(&m.preprocess)
-    .execute(&mut *conn)
-    .await?;
-    if a.status != "collecting" {
+    db::insert_preprocess(conn, a.procedure, a.attempt, a.index, &m.preprocess).await?;
+    if a.status != AttemptStatus::Collecting {
         return Ok(());
     }
     // A participant proven at fault in any signing of this key (its share
     // was invalid, or it accused falsely) is never chosen again.
-    let rows = sqlx::query(
-        "SELECT idx, preprocess FROM sign_preprocesses WHERE kind = $1 AND id = $2 AND attempt = $3
-           AND idx NOT IN (
-             SELECT b.culprit FROM sign_blames b
-             LEFT JOIN batches ba ON b.kind = 'batch' AND ba.id = b.id
-             LEFT JOIN plans p ON b.kind = 'plan' AND p.seq = b.id
-             WHERE b.culprit IS NOT NULL AND COALESCE(ba.session, p.session) = $4)
-         ORDER BY received",
-    )
-    .bind(kind)
-    .bind(key)
-    .bind(a.attempt)
-    .bind(a.session)
-    .fetch_all(&mut *conn)
-    .await?;
-    let arrived: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
-    let disputes = disputed_pairs(conn, a.session).await?;
+    let rows = db::eligible_preprocesses(conn, a.procedure, a.attempt, a.session).await?;
+    let arrived: Vec<i32> = rows.iter().map(|r| r.idx).collect();
+    let disputes = db::disputed_pairs(conn, a.session).await?;
     let t = usize::try_from(a.threshold).unwrap_or(usize::MAX);
     let Some(signers) = choose_signers(&arrived, t, &disputes) else {
         if arrived.len() >= t {
             info!(
-                kind,
+                kind = kind.as_str(),
                 key,
                 attempt = a.attempt,
                 ?arrived,
@@ -330,32 +218,19 @@ pub async fn preprocess(
         return Ok(());
     };
     let chosen: HashMap<u32, Vec<u8>> = rows
-        .iter()
-        .filter(|r| signers.contains(&r.get::<i32, _>(0)))
-        .map(|r| {
-            (
-                u32::try_from(r.get::<i32, _>(0)).unwrap_or(0),
-                r.get::<Vec<u8>, _>(1),
-            )
-        })
+        .into_iter()
+        .filter(|r| signers.contains(&r.idx))
+        .map(|r| (to_u32(r.idx), r.bytes))
         .collect();
-    sqlx::query(
-        "UPDATE sign_attempts SET status = 'sharing', signers = $4 WHERE kind = $1 AND id = $2 AND attempt = $3",
-    )
-    .bind(kind)
-    .bind(key)
-    .bind(a.attempt)
-    .bind(&signers)
-    .execute(&mut *conn)
-    .await?;
+    db::choose(conn, a.procedure, a.attempt, &signers).await?;
     let message = Kind::SignPreprocesses(SignPreprocesses {
         sign_id: Some(id.clone()),
         preprocesses: chosen,
     });
-    for (_, link_id) in links(conn, a.session, Some(&signers)).await? {
+    for p in crate::keygen::db::participant_links(conn, a.session, Some(&signers)).await? {
         link::enqueue(
             conn,
-            &link_id,
+            &p.processor,
             &[out(
                 uid("sign-preprocesses", kind, &id),
                 "sign_preprocesses",
@@ -364,7 +239,13 @@ pub async fn preprocess(
         )
         .await?;
     }
-    info!(kind, key, attempt = a.attempt, ?signers, "signers chosen");
+    info!(
+        kind = kind.as_str(),
+        key,
+        attempt = a.attempt,
+        ?signers,
+        "signers chosen"
+    );
     Ok(())
 }
 
@@ -376,57 +257,26 @@ pub async fn share(
     m: SignShare,
 ) -> Result<(), HandleError> {
     let (id, a) = open_attempt(conn, processor, m.sign_id).await?;
-    let Procedure { kind, key } = a.procedure;
-    if a.status != "sharing" || !a.signers.contains(&a.index) {
+    let kind = a.procedure.kind;
+    if a.status != AttemptStatus::Sharing || !a.signers.contains(&a.index) {
         return Ok(());
     }
-    sqlx::query(
-        "INSERT INTO sign_shares (kind, id, attempt, idx, share) VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(kind)
-    .bind(key)
-    .bind(a.attempt)
-    .bind(a.index)
-    .bind(&m.share)
-    .execute(&mut *conn)
-    .await?;
-    let rows = sqlx::query(
-        "SELECT idx, share FROM sign_shares WHERE kind = $1 AND id = $2 AND attempt = $3",
-    )
-    .bind(kind)
-    .bind(key)
-    .bind(a.attempt)
-    .fetch_all(&mut *conn)
-    .await?;
+    db::insert_share(conn, a.procedure, a.attempt, a.index, &m.share).await?;
+    let rows = db::shares(conn, a.procedure, a.attempt).await?;
     if rows.len() < a.signers.len() {
         return Ok(());
     }
-    let shares: HashMap<u32, Vec<u8>> = rows
-        .iter()
-        .map(|r| {
-            (
-                u32::try_from(r.get::<i32, _>(0)).unwrap_or(0),
-                r.get::<Vec<u8>, _>(1),
-            )
-        })
-        .collect();
-    sqlx::query(
-        "UPDATE sign_attempts SET status = 'aggregating' WHERE kind = $1 AND id = $2 AND attempt = $3",
-    )
-    .bind(kind)
-    .bind(key)
-    .bind(a.attempt)
-    .execute(&mut *conn)
-    .await?;
+    let shares: HashMap<u32, Vec<u8>> =
+        rows.into_iter().map(|r| (to_u32(r.idx), r.bytes)).collect();
+    db::set_status(conn, a.procedure, a.attempt, AttemptStatus::Aggregating).await?;
     let message = Kind::SignShares(SignShares {
         sign_id: Some(id.clone()),
         shares,
     });
-    for (_, link_id) in links(conn, a.session, Some(&a.signers)).await? {
+    for p in crate::keygen::db::participant_links(conn, a.session, Some(&a.signers)).await? {
         link::enqueue(
             conn,
-            &link_id,
+            &p.processor,
             &[out(
                 uid("sign-shares", kind, &id),
                 "sign_shares",
@@ -459,44 +309,16 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    fn name(&self) -> &'static str {
+    /// Its column value.
+    pub fn kind(&self) -> VerdictKind {
         match self {
-            Self::Proven => "proven",
-            Self::False => "false",
-            Self::Refused(_) => "refused",
-            Self::Disputed => "disputed",
-            Self::Unverified => "unverified",
+            Self::Proven => VerdictKind::Proven,
+            Self::False => VerdictKind::False,
+            Self::Refused(_) => VerdictKind::Refused,
+            Self::Disputed => VerdictKind::Disputed,
+            Self::Unverified => VerdictKind::Unverified,
         }
     }
-}
-
-/// Index -> bytes of one attempt's rows of `sign_preprocesses` or
-/// `sign_shares`, for the given signers.
-async fn attempt_rows(
-    conn: &mut PgConnection,
-    table: &str,
-    procedure: Procedure,
-    attempt: i32,
-    signers: &[i32],
-) -> Result<std::collections::BTreeMap<u16, Vec<u8>>, sqlx::Error> {
-    let column = if table == "sign_shares" {
-        "share"
-    } else {
-        "preprocess"
-    };
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT idx, {column} FROM {table} WHERE kind = $1 AND id = $2 AND attempt = $3 AND idx = ANY($4)"
-    )))
-    .bind(procedure.kind)
-    .bind(procedure.key)
-    .bind(attempt)
-    .bind(signers)
-    .fetch_all(conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|r| Some((u16::try_from(r.get::<i32, _>(0)).ok()?, r.get(1))))
-        .collect())
 }
 
 /// Judges a blame against what this coordinator relayed. Public data only:
@@ -511,21 +333,11 @@ async fn judge(
     accused: i32,
     m: &SignBlame,
 ) -> Result<Verdict, HandleError> {
-    let attempt = i32::try_from(id.attempt).unwrap_or(i32::MAX);
-    let row = sqlx::query(
-        "SELECT signers FROM sign_attempts WHERE kind = $1 AND id = $2 AND attempt = $3
-         FOR NO KEY UPDATE",
-    )
-    .bind(procedure.kind)
-    .bind(procedure.key)
-    .bind(attempt)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some(row) = row else {
+    let attempt = to_i32(id.attempt);
+    // Empty until the signers are chosen.
+    let Some(signers) = db::lock_signers(conn, procedure, attempt).await? else {
         return Ok(Verdict::Refused("no such attempt".into()));
     };
-    // Empty until the signers are chosen.
-    let signers: Vec<i32> = row.get(0);
     if !signers.contains(&accuser.1) {
         return Ok(Verdict::Refused(format!(
             "the accuser was not a chosen signer of this attempt (signers {signers:?})"
@@ -536,10 +348,9 @@ async fn judge(
             "the accused was not another chosen signer of this attempt (signers {signers:?})"
         )));
     }
-    let preprocesses =
-        attempt_rows(conn, "sign_preprocesses", procedure, attempt, &signers).await?;
+    let preprocesses = db::preprocesses_of(conn, procedure, attempt, &signers).await?;
     // Shares are relayed exactly when every signer's is in.
-    let mut shares = attempt_rows(conn, "sign_shares", procedure, attempt, &signers).await?;
+    let mut shares = db::shares_of(conn, procedure, attempt, &signers).await?;
     if shares.len() < signers.len() {
         shares.clear();
     }
@@ -559,30 +370,15 @@ async fn judge(
             "the evidence's share is not the one relayed from the accused".into(),
         ));
     }
-    if procedure.kind == "plan" {
+    if procedure.kind == ProcedureKind::Plan {
         return Ok(Verdict::Unverified);
     }
     // The batch as each of them proposed it; the canonical (first) one for
     // a signer that proposed none.
-    let proposals: HashMap<String, Vec<u8>> =
-        sqlx::query("SELECT processor, encoded FROM batch_proposals WHERE id = $1")
-            .bind(procedure.key)
-            .fetch_all(&mut *conn)
-            .await?
-            .into_iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
-    let canonical: Vec<u8> = sqlx::query_scalar("SELECT encoded FROM batches WHERE id = $1")
-        .bind(procedure.key)
-        .fetch_one(&mut *conn)
-        .await?;
-    let accused_name: Option<String> = sqlx::query_scalar(
-        "SELECT processor FROM keygen_participants WHERE session = $1 AND idx = $2",
-    )
-    .bind(i64_of(id.session))
-    .bind(accused)
-    .fetch_optional(&mut *conn)
-    .await?;
+    let proposals = crate::batches::db::proposals(conn, procedure.key).await?;
+    let canonical = crate::batches::db::encoded_of(conn, procedure.key).await?;
+    let session = to_i64(id.session);
+    let accused_name = crate::keygen::db::participant_name(conn, session, accused).await?;
     let signed = proposals.get(accuser.0).unwrap_or(&canonical);
     let theirs = accused_name
         .and_then(|n| proposals.get(&n))
@@ -590,15 +386,12 @@ async fn judge(
     if signed != theirs {
         return Ok(Verdict::Disputed);
     }
-    let round1: Vec<(i32, Option<Vec<u8>>)> =
-        sqlx::query_as("SELECT idx, round1 FROM keygen_participants WHERE session = $1")
-            .bind(i64_of(id.session))
-            .fetch_all(&mut *conn)
-            .await?;
-    let round1: std::collections::BTreeMap<u16, Vec<u8>> = round1
-        .into_iter()
-        .filter_map(|(i, p)| Some((u16::try_from(i).ok()?, p?)))
-        .collect();
+    let round1: std::collections::BTreeMap<u16, Vec<u8>> =
+        crate::keygen::db::round1_packages(conn, session)
+            .await?
+            .into_iter()
+            .filter_map(|r| Some((u16::try_from(r.idx).ok()?, r.bytes?)))
+            .collect();
     let unverifiable = |e: processor::keystore::sign::SignError| {
         HandleError::Rejected(format!(
             "the blame cannot be checked against key {}: {e}",
@@ -645,16 +438,12 @@ pub async fn blame(
         .ok_or_else(|| HandleError::Rejected("no sign id".into()))?;
     let procedure = procedure_of(conn, &id).await?;
     let Procedure { kind, key } = procedure;
-    let (accuser_index, _) = index_of(conn, i64_of(id.session), processor).await?;
+    let session = to_i64(id.session);
+    let (accuser_index, _) = index_of(conn, session, processor).await?;
     let accused_index = i32::try_from(m.accused).unwrap_or(0);
-    let accused: String = sqlx::query_scalar(
-        "SELECT processor FROM keygen_participants WHERE session = $1 AND idx = $2",
-    )
-    .bind(i64_of(id.session))
-    .bind(accused_index)
-    .fetch_optional(&mut *conn)
-    .await?
-    .unwrap_or_else(|| format!("participant {}", m.accused));
+    let accused: String = crate::keygen::db::participant_name(conn, session, accused_index)
+        .await?
+        .unwrap_or_else(|| format!("participant {}", m.accused));
     let verdict = judge(
         conn,
         procedure,
@@ -688,52 +477,34 @@ pub async fn blame(
             )
         }
     };
-    warn!(kind, key, attempt = id.attempt, accuser = processor, %accused, verdict = verdict.name(), "signer blamed: {}; {detail}", m.reason);
-    metrics::counter!(processor::metrics::SIGN_BLAMES, "kind" => kind).increment(1);
-    sqlx::query(
-        "INSERT INTO sign_blames (kind, id, attempt, accuser, accused, reason, verdict, culprit, detail)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-         ON CONFLICT DO NOTHING",
+    warn!(kind = kind.as_str(), key, attempt = id.attempt, accuser = processor, %accused, verdict = verdict.kind().as_str(), "signer blamed: {}; {detail}", m.reason);
+    metrics::counter!(processor::metrics::SIGN_BLAMES, "kind" => kind.as_str()).increment(1);
+    db::insert_blame(
+        conn,
+        &db::NewBlame {
+            procedure,
+            attempt: to_i32(id.attempt),
+            accuser: processor,
+            accused: accused_index,
+            reason: &m.reason,
+            verdict: verdict.kind(),
+            culprit,
+            detail: &detail,
+        },
     )
-    .bind(kind)
-    .bind(key)
-    .bind(i32::try_from(id.attempt).unwrap_or(i32::MAX))
-    .bind(processor)
-    .bind(accused_index)
-    .bind(&m.reason)
-    .bind(verdict.name())
-    .bind(culprit)
-    .bind(&detail)
-    .execute(&mut *conn)
     .await?;
     Ok(())
 }
 
 /// Marks a procedure's attempts done (it completed).
 pub async fn finish(conn: &mut PgConnection, procedure: Procedure) -> Result<(), sqlx::Error> {
-    let seconds: Option<f64> = sqlx::query_scalar(
-        "SELECT extract(epoch FROM now() - min(started_at))::float8 FROM sign_attempts
-         WHERE kind = $1 AND id = $2",
-    )
-    .bind(procedure.kind)
-    .bind(procedure.key)
-    .fetch_one(&mut *conn)
-    .await?;
-    let finished = sqlx::query(
-        "UPDATE sign_attempts SET status = 'done'
-         WHERE kind = $1 AND id = $2 AND status NOT IN ('abandoned', 'done')",
-    )
-    .bind(procedure.kind)
-    .bind(procedure.key)
-    .execute(conn)
-    .await?;
+    let seconds = db::seconds_since_start(conn, procedure).await?;
     // Counted once: a second report of the same signature finds it done.
-    if finished.rows_affected() > 0 {
-        metrics::counter!(processor::metrics::SIGN_COMPLETED, "kind" => procedure.kind)
-            .increment(1);
+    if db::finish(conn, procedure).await? > 0 {
+        let kind = procedure.kind.as_str();
+        metrics::counter!(processor::metrics::SIGN_COMPLETED, "kind" => kind).increment(1);
         if let Some(seconds) = seconds {
-            metrics::histogram!(processor::metrics::SIGN_SECONDS, "kind" => procedure.kind)
-                .record(seconds);
+            metrics::histogram!(processor::metrics::SIGN_SECONDS, "kind" => kind).record(seconds);
         }
     }
     Ok(())
@@ -744,63 +515,37 @@ pub async fn finish(conn: &mut PgConnection, procedure: Procedure) -> Result<(),
 /// re-attempted.
 pub async fn reattempt_stalled(pool: &PgPool, timeout: Duration) -> Result<usize, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let rows = sqlx::query(
-        "SELECT a.kind, a.id, a.attempt, COALESCE(b.session, p.session), p.plan_id
-         FROM sign_attempts a
-         LEFT JOIN batches b ON a.kind = 'batch' AND b.id = a.id
-         LEFT JOIN plans p ON a.kind = 'plan' AND p.seq = a.id
-         WHERE a.status IN ('collecting', 'sharing', 'aggregating')
-           AND ((a.kind = 'batch' AND b.status = 'proposed') OR (a.kind = 'plan' AND p.status = 'signing'))
-           AND a.started_at < now() - $1::interval
-         FOR NO KEY UPDATE OF a SKIP LOCKED",
-    )
-    .bind(format!("{} milliseconds", timeout.as_millis()))
-    .fetch_all(&mut *tx)
-    .await?;
     let mut count = 0;
-    for row in rows {
-        let kind: String = row.get(0);
-        let (key, attempt, session): (i64, i32, i64) = (row.get(1), row.get(2), row.get(3));
-        let plan_id: Option<Vec<u8>> = row.get(4);
-        sqlx::query(
-            "UPDATE sign_attempts SET status = 'abandoned' WHERE kind = $1 AND id = $2 AND attempt = $3",
-        )
-        .bind(&kind)
-        .bind(key)
-        .bind(attempt)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO sign_attempts (kind, id, attempt) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-        )
-        .bind(&kind)
-        .bind(key)
-        .bind(attempt + 1)
-        .execute(&mut *tx)
-        .await?;
-        let (sign_kind, id_bytes, kind_name) = match plan_id {
-            Some(plan_id) => (SignKind::Plan, plan_id, "plan"),
-            None => (
-                SignKind::Batch,
-                u64::try_from(key).unwrap_or(0).to_be_bytes().to_vec(),
-                "batch",
-            ),
+    for stalled in db::lock_stalled(&mut tx, timeout).await? {
+        let db::Stalled {
+            kind,
+            id: key,
+            attempt,
+            session,
+            plan_id,
+        } = stalled;
+        let procedure = Procedure { kind, key };
+        db::set_status(&mut tx, procedure, attempt, AttemptStatus::Abandoned).await?;
+        db::insert_attempt(&mut tx, procedure, attempt + 1).await?;
+        let (sign_kind, id_bytes) = match kind {
+            ProcedureKind::Plan => (SignKind::Plan, plan_id.unwrap_or_default()),
+            ProcedureKind::Batch => (SignKind::Batch, to_u64(key).to_be_bytes().to_vec()),
         };
         let id = SignId {
-            session: u64::try_from(session).unwrap_or(0),
+            session: to_u64(session),
             kind: sign_kind.into(),
             id: id_bytes,
-            attempt: u32::try_from(attempt).unwrap_or(0),
+            attempt: to_u32(attempt),
         };
         let message = Kind::SignReattempt(SignReattempt {
             sign_id: Some(id.clone()),
         });
-        for (_, link_id) in links(&mut tx, session, None).await? {
+        for p in crate::keygen::db::participant_links(&mut tx, session, None).await? {
             link::enqueue(
                 &mut tx,
-                &link_id,
+                &p.processor,
                 &[out(
-                    uid("sign-reattempt", kind_name, &id),
+                    uid("sign-reattempt", kind, &id),
                     "sign_reattempt",
                     message.clone(),
                 )],
@@ -808,10 +553,11 @@ pub async fn reattempt_stalled(pool: &PgPool, timeout: Duration) -> Result<usize
             .await?;
         }
         warn!(
-            kind = kind_name,
+            kind = kind.as_str(),
             key, attempt, "signing attempt stalled; re-attempting"
         );
-        metrics::counter!(processor::metrics::SIGN_REATTEMPTS, "kind" => kind_name).increment(1);
+        metrics::counter!(processor::metrics::SIGN_REATTEMPTS, "kind" => kind.as_str())
+            .increment(1);
         count += 1;
     }
     tx.commit().await?;
