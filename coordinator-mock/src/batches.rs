@@ -8,7 +8,7 @@ use proto::processor_v1::{BatchProposal, BatchSigned};
 use sqlx::{PgConnection, Row};
 use tracing::{info, warn};
 
-use processor::link::HandleError;
+use link::HandleError;
 
 fn i64_of(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -133,7 +133,7 @@ pub async fn signed(
         processor,
         "batch signature verified: included"
     );
-    metrics::counter!(processor::metrics::BATCHES_SIGNED).increment(1);
+    metrics::counter!(service::metrics::BATCHES_SIGNED).increment(1);
     Ok(())
 }
 

@@ -14,7 +14,7 @@ use proto::processor_v1::{
 use sqlx::{PgConnection, PgPool, Row};
 use tracing::{info, warn};
 
-use processor::link::{self, HandleError, OutMessage};
+use link::{HandleError, OutMessage};
 
 use crate::coordinator::CoordinatorError;
 
@@ -490,9 +490,9 @@ pub async fn generated(
     .bind(s.session)
     .fetch_optional(&mut *conn)
     .await?;
-    metrics::counter!(processor::metrics::KEYGEN_COMPLETED).increment(1);
+    metrics::counter!(service::metrics::KEYGEN_COMPLETED).increment(1);
     if let Some(seconds) = seconds {
-        metrics::histogram!(processor::metrics::KEYGEN_SECONDS).record(seconds);
+        metrics::histogram!(service::metrics::KEYGEN_SECONDS).record(seconds);
     }
     sqlx::query("UPDATE keygen_sessions SET status = 'confirmed', group_key = $2, monero_address = $3 WHERE session = $1")
         .bind(s.session)

@@ -5,7 +5,7 @@ use prost::Message as _;
 use proto::processor_v1::{CoordinatorMessage, SettlementBlock, coordinator_message};
 use sqlx::{PgConnection, PgPool, Row};
 
-use processor::link::{self, HandleError, OutMessage};
+use link::{HandleError, OutMessage};
 
 /// Advisory lock serializing settlement block production.
 const SETTLEMENT_NUMBERING_LOCK: i64 = 0x5345_5454_4C45_0001;

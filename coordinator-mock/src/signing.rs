@@ -17,7 +17,7 @@ use proto::processor_v1::{
 use sqlx::{PgConnection, PgPool, Row};
 use tracing::{info, warn};
 
-use processor::link::{self, HandleError, OutMessage};
+use link::{HandleError, OutMessage};
 
 fn out(uid: String, kind: &'static str, message: Kind) -> OutMessage {
     OutMessage {
@@ -145,7 +145,7 @@ async fn lock_attempt(
     .execute(&mut *conn)
     .await?;
     if created.rows_affected() > 0 {
-        metrics::counter!(processor::metrics::SIGN_ATTEMPTS, "kind" => procedure.kind).increment(1);
+        metrics::counter!(service::metrics::SIGN_ATTEMPTS, "kind" => procedure.kind).increment(1);
     }
     let row = sqlx::query(
         "SELECT status, signers FROM sign_attempts WHERE kind = $1 AND id = $2 AND attempt = $3
@@ -601,7 +601,7 @@ pub async fn blame(
         }
     };
     warn!(kind, key, attempt = id.attempt, accuser = processor, %accused, verdict = verdict.name(), "signer blamed: {}; {detail}", m.reason);
-    metrics::counter!(processor::metrics::SIGN_BLAMES, "kind" => kind).increment(1);
+    metrics::counter!(service::metrics::SIGN_BLAMES, "kind" => kind).increment(1);
     sqlx::query(
         "INSERT INTO sign_blames (kind, id, attempt, accuser, accused, reason, verdict, culprit, detail)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
@@ -641,10 +641,9 @@ pub async fn finish(conn: &mut PgConnection, procedure: Procedure) -> Result<(),
     .await?;
     // Counted once: a second report of the same signature finds it done.
     if finished.rows_affected() > 0 {
-        metrics::counter!(processor::metrics::SIGN_COMPLETED, "kind" => procedure.kind)
-            .increment(1);
+        metrics::counter!(service::metrics::SIGN_COMPLETED, "kind" => procedure.kind).increment(1);
         if let Some(seconds) = seconds {
-            metrics::histogram!(processor::metrics::SIGN_SECONDS, "kind" => procedure.kind)
+            metrics::histogram!(service::metrics::SIGN_SECONDS, "kind" => procedure.kind)
                 .record(seconds);
         }
     }
@@ -723,7 +722,7 @@ pub async fn reattempt_stalled(pool: &PgPool, timeout: Duration) -> Result<usize
             kind = kind_name,
             key, attempt, "signing attempt stalled; re-attempting"
         );
-        metrics::counter!(processor::metrics::SIGN_REATTEMPTS, "kind" => kind_name).increment(1);
+        metrics::counter!(service::metrics::SIGN_REATTEMPTS, "kind" => kind_name).increment(1);
         count += 1;
     }
     tx.commit().await?;
