@@ -20,7 +20,9 @@ use tonic::{Request, Response, Status};
 
 use primitives::amount::Amount;
 
-use crate::coordinator::{Coordinator, CoordinatorError};
+use crate::common::{to_i32, to_u64};
+use crate::coordinator::Coordinator;
+use crate::error::CoordinatorError;
 use crate::payouts::BurnError;
 use crate::settlement;
 
@@ -47,18 +49,13 @@ impl CoordinatorAdmin for Admin {
         let mut processors = Vec::with_capacity(c.peers.len());
         for peer in &c.peers {
             let link = peer.link.status().await.map_err(CoordinatorError::from)?;
-            let acked = settlement::acked_by(&c.pool, &peer.endpoint.name)
+            let acked = settlement::db::acked_by(&c.pool, &peer.endpoint.name)
                 .await
                 .map_err(CoordinatorError::from)?;
             let scan = scan_status(peer).await;
-            let faults: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM faults f JOIN keygen_participants k
-                 ON k.session = f.session AND k.idx = f.accused WHERE k.processor = $1",
-            )
-            .bind(&peer.endpoint.name)
-            .fetch_one(&c.pool)
-            .await
-            .map_err(CoordinatorError::from)?;
+            let faults = crate::payouts::db::faults_against(&c.pool, &peer.endpoint.name)
+                .await
+                .map_err(CoordinatorError::from)?;
             processors.push(ProcessorView {
                 scan,
                 faults: u32::try_from(faults).unwrap_or(u32::MAX),
@@ -75,7 +72,7 @@ impl CoordinatorAdmin for Admin {
                     .unwrap_or_default(),
             });
         }
-        let settlement_height = settlement::height(&c.pool)
+        let settlement_height = settlement::db::height(&c.pool)
             .await
             .map_err(CoordinatorError::from)?;
         Ok(Response::new(CoordinatorStatus {
@@ -180,29 +177,38 @@ impl CoordinatorAdmin for Admin {
         &self,
         _request: Request<ListPlansRequest>,
     ) -> Result<Response<PlanList>, Status> {
-        let rows = crate::payouts::list_plans(&self.coordinator.pool)
+        let pool = &self.coordinator.pool;
+        let rows = crate::payouts::list_plans(pool)
             .await
             .map_err(CoordinatorError::from)?;
-        Ok(Response::new(PlanList {
-            plans: rows
-                .into_iter()
-                .map(|p| PlanView {
-                    plan_id: hex::encode(&p.plan_id),
-                    session: p.session,
-                    window: p.window,
-                    leader: p.leader,
-                    burn_ids: p.burn_ids,
-                    status: p.status,
-                    tx_hash: p.tx_hash.map(hex::encode).unwrap_or_default(),
-                    completions: p
-                        .completions
-                        .into_iter()
-                        .map(|(k, v)| (k, hex::encode(v)))
-                        .collect(),
-                    attempts: p.attempts,
-                })
-                .collect(),
-        }))
+        let mut plans = Vec::with_capacity(rows.len());
+        for p in rows {
+            let attempts = crate::signing::db::attempt_count(
+                pool,
+                crate::signing::Procedure {
+                    kind: crate::signing::ProcedureKind::Plan,
+                    key: p.seq,
+                },
+            )
+            .await
+            .map_err(CoordinatorError::from)?;
+            plans.push(PlanView {
+                plan_id: hex::encode(&p.plan_id),
+                session: p.session,
+                window: p.window,
+                leader: p.leader,
+                burn_ids: p.burn_ids,
+                status: p.status.as_str().to_owned(),
+                tx_hash: p.tx_hash.map(hex::encode).unwrap_or_default(),
+                completions: p
+                    .completions
+                    .into_iter()
+                    .map(|(k, v)| (k, hex::encode(v)))
+                    .collect(),
+                attempts: u32::try_from(attempts).unwrap_or(0),
+            });
+        }
+        Ok(Response::new(PlanList { plans }))
     }
 
     async fn list_faults(
@@ -215,12 +221,12 @@ impl CoordinatorAdmin for Admin {
         Ok(Response::new(FaultList {
             faults: faults
                 .into_iter()
-                .map(|(reporter, session, accused, kind, detail)| FaultView {
-                    reporter,
-                    session,
-                    accused,
-                    kind,
-                    detail,
+                .map(|f| FaultView {
+                    reporter: f.reporter,
+                    session: to_u64(f.session),
+                    accused: f.accused,
+                    kind: f.kind.as_str().to_owned(),
+                    detail: f.detail,
                 })
                 .collect(),
             rejected_burns,
@@ -237,21 +243,16 @@ impl CoordinatorAdmin for Admin {
                 "account 0 is the processors' own; deposit accounts start at 1",
             ));
         }
-        let row: Option<(i64, Option<Vec<u8>>)> = sqlx::query_as(
-            "SELECT session, group_key FROM keygen_sessions WHERE status = 'confirmed' ORDER BY session DESC LIMIT 1",
-        )
-        .fetch_optional(&self.coordinator.pool)
-        .await
-        .map_err(CoordinatorError::from)?;
+        let row = crate::keygen::db::newest_confirmed(&self.coordinator.pool)
+            .await
+            .map_err(CoordinatorError::from)?;
         let (session, key) =
             row.ok_or_else(|| Status::failed_precondition("no key is confirmed yet"))?;
         let key: [u8; 32] = key
             .and_then(|k| k.try_into().ok())
             .ok_or_else(|| Status::failed_precondition("the confirmed key has no group key"))?;
-        let registered: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM accounts WHERE account = $1)")
-                .bind(i32::try_from(account).unwrap_or(i32::MAX))
-                .fetch_one(&self.coordinator.pool)
+        let registered =
+            settlement::db::account_registered(&self.coordinator.pool, to_i32(account))
                 .await
                 .map_err(CoordinatorError::from)?;
         if !registered {
@@ -263,7 +264,7 @@ impl CoordinatorAdmin for Admin {
             .ok_or_else(|| Status::internal("the group key is not a valid point"))?;
         Ok(Response::new(DepositAddress {
             account,
-            session: u64::try_from(session).unwrap_or(0),
+            session: to_u64(session),
             address,
         }))
     }
@@ -272,31 +273,28 @@ impl CoordinatorAdmin for Admin {
         &self,
         _request: Request<ListBatchesRequest>,
     ) -> Result<Response<BatchList>, Status> {
-        let rows: Vec<(i64, i64, i64, Vec<u8>, String, Option<i64>)> = sqlx::query_as(
-            "SELECT id, session, block_height, encoded, status, settlement_block FROM batches ORDER BY id",
-        )
-        .fetch_all(&self.coordinator.pool)
-        .await
-        .map_err(CoordinatorError::from)?;
+        let rows = crate::batches::db::list(&self.coordinator.pool)
+            .await
+            .map_err(CoordinatorError::from)?;
         let batches = rows
             .into_iter()
-            .map(|(id, session, height, encoded, status, block)| {
+            .map(|b| {
                 let decoded =
-                    <proto::processor_v1::Batch as prost::Message>::decode(encoded.as_slice())
+                    <proto::processor_v1::Batch as prost::Message>::decode(b.encoded.as_slice())
                         .unwrap_or_default();
                 let total = Amount::sum(
-                    &format!("the total of batch {id}"),
+                    &format!("the total of batch {}", b.id),
                     decoded.instructions.iter().map(|i| i.amount),
                 )
                 .map_err(|e| Status::failed_precondition(e.to_string()))?;
                 Ok(BatchView {
-                    id: u64::try_from(id).unwrap_or(0),
-                    session: u64::try_from(session).unwrap_or(0),
-                    block_height: u64::try_from(height).unwrap_or(0),
+                    id: to_u64(b.id),
+                    session: to_u64(b.session),
+                    block_height: to_u64(b.block_height),
                     deposits: u32::try_from(decoded.instructions.len()).unwrap_or(u32::MAX),
                     total: total.piconero(),
-                    status,
-                    settlement_block: block.unwrap_or(-1),
+                    status: b.status.as_str().to_owned(),
+                    settlement_block: b.settlement_block.unwrap_or(-1),
                 })
             })
             .collect::<Result<_, Status>>()?;

@@ -5,9 +5,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use prost::Message as _;
 use proto::processor_v1::processor_client::ProcessorClient;
-use proto::processor_v1::{CoordinatorMessage, LinkProbe, coordinator_message};
+use proto::processor_v1::{LinkProbe, coordinator_message::Kind};
 use sqlx::PgPool;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -15,12 +14,14 @@ use tonic::transport::{ClientTlsConfig, Endpoint};
 
 use tracing::{Instrument, info, info_span, warn};
 
-use link::{CoordinatorSide, Link, OutMessage, SessionError};
 use service::db::{self, DbError, InstanceLock};
+use link::{CoordinatorSide, Link, SessionError};
 
 use crate::backoff::Backoff;
+use crate::common::out;
 use crate::config::{Config, ProcessorEndpoint, ReconnectConfig};
-use crate::inbound::ProcessorHandler;
+use crate::dispatch::ProcessorHandler;
+pub use crate::error::CoordinatorError;
 use crate::settlement;
 
 /// The coordinator's end of a link to one processor.
@@ -49,54 +50,6 @@ pub struct Peer {
     pub link: Arc<ProcessorLink>,
     /// Its dialer's state.
     pub dial: Arc<DialState>,
-}
-
-/// Why the coordinator could not do something.
-#[derive(Debug, thiserror::Error)]
-pub enum CoordinatorError {
-    /// No processor by that name is configured.
-    #[error("no processor named {0:?} is configured")]
-    UnknownProcessor(String),
-    /// A request value is out of range.
-    #[error("{0}")]
-    InvalidArgument(String),
-    /// The request cannot be served yet.
-    #[error("{0}")]
-    FailedPrecondition(String),
-    /// No such key generation session.
-    #[error("no key generation session {0}")]
-    UnknownSession(u64),
-    /// Postgres trouble.
-    #[error("database: {0}")]
-    Storage(#[from] sqlx::Error),
-}
-
-impl From<link::EnqueueError> for CoordinatorError {
-    fn from(e: link::EnqueueError) -> Self {
-        match e {
-            link::EnqueueError::TooLarge(t) => Self::InvalidArgument(t.to_string()),
-            link::EnqueueError::Storage(e) => Self::Storage(e),
-        }
-    }
-}
-
-impl From<CoordinatorError> for tonic::Status {
-    fn from(e: CoordinatorError) -> Self {
-        match &e {
-            CoordinatorError::UnknownProcessor(_) => tonic::Status::not_found(e.to_string()),
-            CoordinatorError::InvalidArgument(_) => tonic::Status::invalid_argument(e.to_string()),
-            CoordinatorError::FailedPrecondition(_) => {
-                tonic::Status::failed_precondition(e.to_string())
-            }
-            CoordinatorError::UnknownSession(_) => tonic::Status::not_found(e.to_string()),
-            CoordinatorError::Storage(inner) if let Some(t) = link::too_large(inner) => {
-                tonic::Status::invalid_argument(t.to_string())
-            }
-            CoordinatorError::Storage(_) => tonic::Status::unavailable(format!(
-                "the coordinator's database is unavailable ({e}); check Postgres and retry"
-            )),
-        }
-    }
 }
 
 /// Why the coordinator could not start.
@@ -175,6 +128,7 @@ impl Coordinator {
             )
             .await
             .map_err(DbError::from)?;
+            link.spawn_pruner();
             peers.push(Peer {
                 endpoint: endpoint.clone(),
                 tls: tls.clone(),
@@ -290,22 +244,12 @@ impl Coordinator {
                     "account {account} cannot be registered: accounts start at 1 (0 is the processors' own)"
                 ))
             })?;
-        let inserted =
-            sqlx::query("INSERT INTO accounts (account) VALUES ($1) ON CONFLICT DO NOTHING")
-                .bind(stored)
-                .execute(&self.pool)
-                .await?
-                .rows_affected()
-                == 1;
+        let inserted = settlement::db::insert_account(&self.pool, stored).await?;
         if inserted {
             self.emit().await?;
         }
-        let active_from: Option<i64> =
-            sqlx::query_scalar("SELECT active_from FROM accounts WHERE account = $1")
-                .bind(stored)
-                .fetch_one(&self.pool)
-                .await?;
-        let active_from = active_from
+        let active_from = settlement::db::account_active_from(&self.pool, stored)
+            .await?
             .and_then(|a| u64::try_from(a).ok())
             .ok_or_else(|| {
                 CoordinatorError::FailedPrecondition(format!(
@@ -332,18 +276,15 @@ impl Coordinator {
         let nanos = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        let message = CoordinatorMessage {
-            kind: Some(coordinator_message::Kind::LinkProbe(LinkProbe { payload })),
-        };
         let mut tx = self.pool.begin().await?;
         let ids = link::enqueue(
             &mut tx,
             peer.link.link_id(),
-            &[OutMessage {
-                uid: format!("link-probe/{nanos}"),
-                kind: "link_probe",
-                payload: message.encode_to_vec(),
-            }],
+            &[out(
+                format!("link-probe/{nanos}"),
+                "link_probe",
+                Kind::LinkProbe(LinkProbe { payload }),
+            )],
         )
         .await?;
         tx.commit().await?;
@@ -386,10 +327,7 @@ async fn keygen_timer(
             Err(e) => warn!("checking signing timeouts failed: {e}"),
         }
         if let Some(threshold) = auto {
-            let existing: Result<i64, _> =
-                sqlx::query_scalar("SELECT count(*) FROM keygen_sessions")
-                    .fetch_one(&coordinator.pool)
-                    .await;
+            let existing = crate::keygen::db::session_count(&coordinator.pool).await;
             if existing.is_ok_and(|n| n > 0) {
                 auto = None;
                 continue;

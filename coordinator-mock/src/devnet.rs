@@ -14,10 +14,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::{Connection as _, PgConnection, PgPool, Row as _};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_util::sync::CancellationToken;
 
 use crate::coordinator::Coordinator;
+
+pub mod prerequisites;
+
+use prerequisites::Package;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -186,37 +189,42 @@ impl Drop for Child {
     }
 }
 
-/// One JSON-RPC call over plain HTTP (monerod and monero-wallet-rpc).
-async fn json_rpc(
-    port: u16,
-    method: &str,
-    params: serde_json::Value,
-) -> Result<serde_json::Value, DevnetError> {
-    let body = serde_json::json!({"jsonrpc": "2.0", "id": "0", "method": method, "params": params})
-        .to_string();
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    let request = format!(
-        "POST /json_rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
-         Connection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await?;
-    let text = String::from_utf8_lossy(&response);
-    let json = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .ok_or_else(|| failed(format!("{method}: no HTTP body")))?;
-    let value: serde_json::Value = serde_json::from_str(json)
-        .map_err(|e| failed(format!("{method}: answer is not JSON: {e}")))?;
-    if let Some(error) = value.get("error") {
-        return Err(failed(format!("{method}: {error}")));
+/// The user's wallet (monero-wallet-rpc) and monerod's regtest calls, through
+/// monero-rpc.
+struct Rpc {
+    wallet: monero_rpc::WalletClient,
+    monerod: monero_rpc::RegtestDaemonJsonRpcClient,
+}
+
+impl Rpc {
+    fn new(wallet_port: u16, monerod_port: u16) -> Result<Self, DevnetError> {
+        let client = |port: u16| {
+            monero_rpc::RpcClientBuilder::new()
+                // A wallet refresh over the devnet's few hundred blocks is quick.
+                .timeout(Duration::from_secs(120))
+                .build(format!("http://127.0.0.1:{port}"))
+                .map_err(|e| failed(format!("an RPC client for port {port}: {e:#}")))
+        };
+        Ok(Self {
+            wallet: client(wallet_port)?.wallet(),
+            monerod: client(monerod_port)?.daemon().regtest(),
+        })
     }
-    Ok(value["result"].clone())
+}
+
+/// A wallet or monerod call that failed, naming the call.
+fn rpc_failed(call: &'static str) -> impl FnOnce(anyhow::Error) -> DevnetError {
+    move |e| failed(format!("{call}: {e:#}"))
+}
+
+fn parse_address(address: &str) -> Result<monero_rpc::monero::Address, DevnetError> {
+    address
+        .parse()
+        .map_err(|e| failed(format!("{address} is not a Monero address: {e}")))
 }
 
 /// Progress lines with the elapsed time.
+#[derive(Debug, Clone, Copy)]
 struct Progress {
     started: Instant,
     verbose: bool,
@@ -255,6 +263,7 @@ struct Net {
     wallet_port: u16,
     monerod: Option<Child>,
     monerod_port: u16,
+    rpc: Rpc,
     dir: PathBuf,
 }
 
@@ -276,23 +285,18 @@ fn db_url(server: &str, db: &str) -> String {
     }
 }
 
-fn which(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
-}
-
 /// Checks the machine has what the devnet needs; names what is missing.
-pub async fn preflight(options: &Options) -> Result<(), DevnetError> {
-    let missing: Vec<&str> = ["monerod", "monero-wallet-rpc"]
-        .into_iter()
-        .filter(|t| !which(t))
-        .collect();
-    if !missing.is_empty() {
-        return Err(DevnetError::Missing(format!(
-            "{} not found on PATH: install Debian's `monero` package (sudo apt-get install monero)",
-            missing.join(" and ")
-        )));
-    }
+/// Debian's `monero` package is installed here if it is missing and this
+/// runs as root with apt-get (a progress line says so); otherwise the error
+/// names the command to run.
+async fn preflight(options: &Options, progress: Progress) -> Result<(), DevnetError> {
+    // apt-get takes a while and blocks: not on a runtime worker.
+    tokio::task::spawn_blocking(move || {
+        prerequisites::ensure(&[Package::Monero], &mut |line| progress.step(line))
+    })
+    .await
+    .map_err(|e| failed(format!("checking for the monero package: {e}")))?
+    .map_err(DevnetError::Missing)?;
     if PgConnection::connect(&options.database_url).await.is_err() {
         return Err(DevnetError::Missing(format!(
             "Postgres is not reachable at {} (set DATABASE_URL, or start it: \
@@ -309,11 +313,23 @@ pub async fn preflight(options: &Options) -> Result<(), DevnetError> {
     Ok(())
 }
 
+/// A Monero binary the preflight found (`MONERO_BIN_DIR` or PATH).
+fn monero_tool(name: &str) -> Result<PathBuf, DevnetError> {
+    prerequisites::monero_tool(name).ok_or_else(|| {
+        DevnetError::Missing(format!(
+            "{name} disappeared after the check; install Debian's `monero` package again"
+        ))
+    })
+}
+
 async fn wait_for<T, F, Fut>(
     what: &str,
     timeout: Duration,
     shutdown: &CancellationToken,
-    mine: Option<(u16, &str)>,
+    mine: Option<(
+        &monero_rpc::RegtestDaemonJsonRpcClient,
+        monero_rpc::monero::Address,
+    )>,
     mut check: F,
 ) -> Result<T, DevnetError>
 where
@@ -331,13 +347,8 @@ where
             )));
         }
         // Blocks come only when mined on regtest: one per poll.
-        if let Some((port, address)) = mine {
-            let _ = json_rpc(
-                port,
-                "generateblocks",
-                serde_json::json!({"amount_of_blocks": 1, "wallet_address": address}),
-            )
-            .await;
+        if let Some((monerod, address)) = mine {
+            let _ = monerod.generate_blocks(1, address).await;
         }
         tokio::select! {
             () = shutdown.cancelled() => return Err(DevnetError::Interrupted),
@@ -348,21 +359,12 @@ where
 
 impl Net {
     async fn mine(&self, address: &str, blocks: u64) -> Result<(), DevnetError> {
-        json_rpc(
-            self.monerod_port,
-            "generateblocks",
-            serde_json::json!({"amount_of_blocks": blocks, "wallet_address": address}),
-        )
-        .await?;
+        self.rpc
+            .monerod
+            .generate_blocks(blocks, parse_address(address)?)
+            .await
+            .map_err(rpc_failed("generateblocks"))?;
         Ok(())
-    }
-
-    async fn wallet(
-        &self,
-        method: &str,
-        params: serde_json::Value,
-    ) -> Result<serde_json::Value, DevnetError> {
-        json_rpc(self.wallet_port, method, params).await
     }
 }
 
@@ -381,13 +383,14 @@ pub async fn run(options: Options, interrupt: CancellationToken) -> Result<Summa
         verbose: options.verbose,
     };
     progress.step("checking the machine (monerod, monero-wallet-rpc, Postgres)");
-    preflight(&options).await?;
+    preflight(&options, progress).await?;
     let telemetry = options
         .otlp_endpoint
         .as_deref()
         .map(|e| service::telemetry::init_export_only(e, "coordinator-mock", "devnet"));
     let dir = tempfile::Builder::new().prefix("devnet-").tempdir()?;
     let keep = dir.path().to_path_buf();
+    let (wallet_port, monerod_port) = (free_port(), free_port());
     let mut net = Net {
         processors: Vec::new(),
         processor_args: Vec::new(),
@@ -397,9 +400,10 @@ pub async fn run(options: Options, interrupt: CancellationToken) -> Result<Summa
         coordinator_port: free_port(),
         shutdown: CancellationToken::new(),
         wallet: None,
-        wallet_port: free_port(),
+        wallet_port,
         monerod: None,
-        monerod_port: free_port(),
+        monerod_port,
+        rpc: Rpc::new(wallet_port, monerod_port)?,
         dir: keep.clone(),
     };
     let result = scenario(&options, &progress, &mut net, &interrupt).await;
@@ -609,140 +613,20 @@ async fn port_open(port: u16) -> bool {
         .is_ok()
 }
 
-#[allow(clippy::too_many_lines)]
-async fn scenario(
-    options: &Options,
-    progress: &Progress,
-    net: &mut Net,
-    interrupt: &CancellationToken,
-) -> Result<Summary, DevnetError> {
-    let started = Instant::now();
-    let n = options.n;
-    let stop = interrupt.clone();
-
-    // Databases: one per processor, one for the coordinator.
-    let mut names: Vec<String> = (1..=n)
-        .map(|i| format!("{}_processor_{i}", options.db_prefix))
-        .collect();
-    names.push(format!("{}_coordinator", options.db_prefix));
-    progress.step(&format!(
-        "creating databases {}_processor_1..{n} and {}_coordinator (files in {})",
-        options.db_prefix,
-        options.db_prefix,
-        net.dir.display()
-    ));
-    create_databases(options, &names).await?;
-    net.processor_dbs = names[..n]
+/// The coordinator's settings: every processor, the chain, fast rounds.
+fn coordinator_config(net: &Net, db: &str) -> Result<crate::config::Config, DevnetError> {
+    let processors: String = net
+        .processor_ports
         .iter()
-        .map(|d| db_url(&options.database_url, d))
-        .collect();
-
-    // monerod and the user's wallet.
-    progress.step("starting monerod --regtest");
-    net.monerod = Some(Child::spawn(
-        "monerod",
-        Path::new("monerod"),
-        &monerod_args(net),
-        &[],
-        net.dir.join("monerod.log"),
-    )?);
-    let daemon = processor::monero::Daemon::new(format!("http://127.0.0.1:{}", net.monerod_port));
-    wait_for(
-        "monerod to answer",
-        Duration::from_secs(60),
-        &stop,
-        None,
-        || async { Ok(daemon.tip().await.ok()) },
-    )
-    .await?;
-    progress.step("starting the user's wallet (monero-wallet-rpc)");
-    std::fs::create_dir_all(net.dir.join("wallets"))?;
-    net.wallet = Some(Child::spawn(
-        "monero-wallet-rpc",
-        Path::new("monero-wallet-rpc"),
-        &wallet_args(net),
-        &[],
-        net.dir.join("wallet-rpc.log"),
-    )?);
-    let wallet_port = net.wallet_port;
-    wait_for(
-        "monero-wallet-rpc to answer",
-        Duration::from_secs(60),
-        &stop,
-        None,
-        || async {
-            Ok(json_rpc(wallet_port, "get_version", serde_json::json!({}))
-                .await
-                .ok())
-        },
-    )
-    .await?;
-    net.wallet(
-        "create_wallet",
-        serde_json::json!({"filename": "user", "language": "English"}),
-    )
-    .await?;
-    let user = net
-        .wallet("get_address", serde_json::json!({"account_index": 0}))
-        .await?["address"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    progress.done(&format!(
-        "monerod and the user's wallet are up; user address {}",
-        short(&user)
-    ));
-
-    // Processors (child processes) and the coordinator (here).
-    progress.step(&format!(
-        "starting {n} processors, each with its own database"
-    ));
-    net.processor_ports = (0..n).map(|_| free_port()).collect();
-    for i in 0..n {
-        let kek = net.dir.join(format!("kek-{}.hex", i + 1));
-        std::fs::write(
-            &kek,
-            processor::keystore::Kek::generate().to_hex().as_bytes(),
-        )?;
-        let config = net.dir.join(format!("processor-{}.toml", i + 1));
-        std::fs::write(
-            &config,
-            processor_config(net, i, &net.processor_dbs[i], &kek),
-        )?;
-        let args = vec![
-            "processor".to_owned(),
-            "--config".to_owned(),
-            config.display().to_string(),
-        ];
-        net.processors.push(Some(Child::spawn(
-            &format!("validator-{}", i + 1),
-            &options.processor_exe,
-            &args,
-            &options.processor_env(),
-            net.dir.join(format!("validator-{}.log", i + 1)),
-        )?));
-        net.processor_args.push(args);
-    }
-    for (i, &port) in net.processor_ports.clone().iter().enumerate() {
-        wait_for(
-            &format!("validator-{} to listen", i + 1),
-            Duration::from_secs(60),
-            &stop,
-            None,
-            || async { Ok(port_open(port).await.then_some(())) },
-        )
-        .await?;
-    }
-    let processors: String = (0..n)
-        .map(|i| {
+        .enumerate()
+        .map(|(i, port)| {
             format!(
-                "[[processors]]\nname = \"validator-{}\"\nendpoint = \"http://127.0.0.1:{}\"\n",
+                "[[processors]]\nname = \"validator-{}\"\nendpoint = \"http://127.0.0.1:{port}\"\n",
                 i + 1,
-                net.processor_ports[i]
             )
         })
         .collect();
-    let config = crate::config::Config::from_toml(&format!(
+    crate::config::Config::from_toml(&format!(
         r#"listen = "127.0.0.1:{port}"
 database_url = "{db}"
 {processors}
@@ -763,278 +647,612 @@ heartbeat_interval = "1s"
 peer_timeout = "5s"
 "#,
         port = net.coordinator_port,
-        db = db_url(&options.database_url, &names[n]),
         monerod = net.monerod_port,
     ))
-    .map_err(|e| failed(format!("coordinator config: {e}")))?;
-    let coordinator = Coordinator::start(&config, net.shutdown.clone())
-        .await
-        .map_err(|e| failed(format!("starting the coordinator: {e}")))?;
-    net.coordinator = Some(coordinator.clone());
-    {
-        let coordinator = coordinator.clone();
-        let shutdown = net.shutdown.clone();
-        tokio::spawn(async move {
-            if let Err(e) = crate::run::serve(coordinator, &config, shutdown).await {
-                tracing::error!("coordinator admin API: {e}");
-            }
-        });
-    }
-    progress.done(&format!(
-        "{n} processors and the coordinator are up (admin API on 127.0.0.1:{})",
-        net.coordinator_port
-    ));
+    .map_err(|e| failed(format!("coordinator config: {e}")))
+}
 
-    // Key generation.
-    progress.step(&format!(
-        "key generation: FROST DKG {}-of-{n} through the coordinator",
-        options.t
-    ));
-    let pool = coordinator.pool.clone();
-    wait_for(
-        "every processor to connect and announce its identity key",
-        Duration::from_secs(60),
-        &stop,
-        None,
-        || async {
-            let known: i64 = sqlx::query_scalar("SELECT count(*) FROM processor_identities")
-                .fetch_one(&pool)
-                .await?;
-            Ok((usize::try_from(known).unwrap_or(0) >= n).then_some(()))
-        },
-    )
-    .await?;
-    let session = coordinator
-        .start_keygen(options.t, &[])
-        .await
-        .map_err(|e| failed(format!("starting key generation: {e}")))?;
-    let key = wait_for(
-        "the group key",
-        Duration::from_secs(120),
-        &stop,
-        None,
-        || async {
-            let status = crate::keygen::status(&pool, Some(session)).await?;
-            match status.first() {
-                Some(s) if s.status == "confirmed" => Ok(Some(s.clone())),
-                Some(s) if s.status == "failed" => {
-                    Err(failed(format!("key generation failed: {}", s.failure)))
-                }
-                _ => Ok(None),
-            }
-        },
-    )
-    .await?;
-    let group_key: [u8; 32] = hex::decode(&key.group_key)
-        .ok()
-        .and_then(|k| k.try_into().ok())
-        .ok_or_else(|| failed("the group key is not 32 bytes"))?;
-    progress.done(&format!(
-        "group key confirmed; Monero address {}",
-        short(&key.monero_address)
-    ));
-    for &i in &options.offline {
-        if let Some(mut p) = net.processors.get_mut(i).and_then(Option::take) {
-            p.stop();
-            progress.done(&format!(
-                "validator-{} stopped; it stays offline from here on",
-                i + 1
-            ));
-        }
+/// The scenario's steps, in the README's order; each one prints its lines.
+async fn scenario(
+    options: &Options,
+    progress: &Progress,
+    net: &mut Net,
+    interrupt: &CancellationToken,
+) -> Result<Summary, DevnetError> {
+    let mut s = Scenario {
+        started: Instant::now(),
+        options,
+        progress,
+        net,
+        stop: interrupt.clone(),
+    };
+    let coordinator_db = s.create_databases().await?;
+    let user = s.start_monerod_and_the_wallet().await?;
+    let coordinator = s.start_processors_and_coordinator(&coordinator_db).await?;
+    let key = s.generate_the_key(&coordinator).await?;
+    s.fund_the_user(&user).await?;
+    s.register_accounts(&coordinator).await?;
+    let deposited = s.deposit(&key.group_key).await?;
+    let batches = s.sign_and_include_the_batch(&coordinator).await?;
+    let burns = s.burn_back_to_the_user(&coordinator).await?;
+    let payout = s.pay_out(&coordinator, &burns).await?;
+    let checked = s.final_checks(deposited, &burns, &payout).await?;
+    Ok(s.summary(key, batches, &burns, payout, checked))
+}
+
+/// What one run of the scenario shares between its steps.
+struct Scenario<'a> {
+    started: Instant,
+    options: &'a Options,
+    progress: &'a Progress,
+    net: &'a mut Net,
+    stop: CancellationToken,
+}
+
+/// The confirmed key.
+struct GroupKey {
+    group_key: [u8; 32],
+    monero_address: String,
+}
+
+/// A burn back to the user: amount, and the user's subaddress (address,
+/// minor index) it pays.
+struct Burn {
+    amount: u64,
+    address: String,
+    minor: u32,
+}
+
+/// The final payout's transaction.
+struct Payout {
+    tx_hash: String,
+}
+
+/// What the final checks found.
+struct Checked {
+    received: u64,
+    accounting: Vec<(String, u64, u64, u64, u64)>,
+}
+
+/// The user's deposits: 3 XMR to account 1 and 2 XMR to account 2.
+const DEPOSITS: [(u32, u64); 2] = [(1, 3_000_000_000_000), (2, 2_000_000_000_000)];
+/// The burns back to the user.
+const BURNS: [u64; 2] = [1_250_000_000_000, 750_000_000_000];
+
+impl Scenario<'_> {
+    fn n(&self) -> usize {
+        self.options.n
     }
 
-    // Funds for the user, accounts, deposits.
-    progress.step("mining 130 blocks to the user (coinbase matures after 60)");
-    net.mine(&user, 130).await?;
-    net.mine(&nobody(), 10).await?;
-    wait_for(
-        "the user's wallet to see its coins",
-        Duration::from_secs(120),
-        &stop,
-        None,
-        || async {
-            let _ = net.wallet("refresh", serde_json::json!({})).await;
-            let balance = net
-                .wallet("get_balance", serde_json::json!({"account_index": 0}))
-                .await?;
-            Ok(
-                (balance["unlocked_balance"].as_u64().unwrap_or(0) > 10_000_000_000_000)
-                    .then_some(()),
-            )
-        },
-    )
-    .await?;
-    for account in [1, 2] {
-        coordinator
-            .register_account(account)
-            .await
-            .map_err(|e| failed(format!("registering account {account}: {e}")))?;
-    }
-    let one = processor::accounts::deposit_address(&group_key, 1).unwrap_or_default();
-    let two = processor::accounts::deposit_address(&group_key, 2).unwrap_or_default();
-    let (d1, d2) = (3_000_000_000_000_u64, 2_000_000_000_000_u64);
-    progress.step(&format!(
-        "the user deposits {} XMR to account 1 and {} XMR to account 2",
-        xmr(d1),
-        xmr(d2)
-    ));
-    net.wallet(
-        "transfer",
-        serde_json::json!({"destinations": [{"amount": d1, "address": one}, {"amount": d2, "address": two}]}),
-    )
-    .await?;
-    net.mine(&nobody(), 1).await?;
-    if let Some(r) = options.restart {
-        if let Some(p) = net.processors.get_mut(r).and_then(Option::as_mut) {
-            p.kill9();
-            progress.done(&format!("validator-{} killed with SIGKILL mid-scan", r + 1));
-        }
-        net.mine(&nobody(), 2).await?;
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        net.processors[r] = Some(Child::spawn(
-            &format!("validator-{}", r + 1),
-            &options.processor_exe,
-            &net.processor_args[r],
-            &options.processor_env(),
-            net.dir.join(format!("validator-{}.log", r + 1)),
-        )?);
-        progress.done(&format!("validator-{} restarted", r + 1));
-    }
-    let nobody = nobody();
-    let mine_one = Some((net.monerod_port, nobody.as_str()));
-    progress.step("mining until the deposit block is final and its batch signed and included");
-    let batches = wait_for(
-        "the batch to be included",
-        Duration::from_secs(240),
-        &stop,
-        mine_one,
-        || async {
-            let rows = sqlx::query(
-                "SELECT id, encoded FROM batches WHERE status = 'included' ORDER BY id",
-            )
-            .fetch_all(&pool)
-            .await?;
-            let batches: Vec<(u64, u64)> = rows
-                .iter()
-                .filter_map(|r| {
-                    let batch = <proto::processor_v1::Batch as prost::Message>::decode(
-                        r.get::<Vec<u8>, _>(1).as_slice(),
-                    )
-                    .ok()?;
-                    Some((batch.id, batch.instructions.iter().map(|i| i.amount).sum()))
-                })
-                .collect();
-            Ok((!batches.is_empty()).then_some(batches))
-        },
-    )
-    .await?;
-    progress.done(&format!(
-        "batch {} signed (FROST Ed25519 {}-of-{n}), verified by the coordinator and included",
-        batches[0].0, options.t
-    ));
-
-    // Burns back to the user.
-    let mut destinations = Vec::new();
-    for _ in 0..2 {
-        let made = net
-            .wallet("create_address", serde_json::json!({"account_index": 0}))
-            .await?;
-        destinations.push((
-            made["address"].as_str().unwrap_or_default().to_owned(),
-            made["address_index"].as_u64().unwrap_or(0),
+    /// Databases: one per processor, one for the coordinator (dropped first
+    /// if they exist). Returns the coordinator's URL.
+    async fn create_databases(&mut self) -> Result<String, DevnetError> {
+        let (options, n) = (self.options, self.n());
+        let mut names: Vec<String> = (1..=n)
+            .map(|i| format!("{}_processor_{i}", options.db_prefix))
+            .collect();
+        names.push(format!("{}_coordinator", options.db_prefix));
+        self.progress.step(&format!(
+            "creating databases {}_processor_1..{n} and {}_coordinator (files in {})",
+            options.db_prefix,
+            options.db_prefix,
+            self.net.dir.display()
         ));
+        create_databases(options, &names).await?;
+        self.net.processor_dbs = names[..n]
+            .iter()
+            .map(|d| db_url(&options.database_url, d))
+            .collect();
+        Ok(db_url(&options.database_url, &names[n]))
     }
-    let burns = [
-        (1_250_000_000_000_u64, &destinations[0]),
-        (750_000_000_000_u64, &destinations[1]),
-    ];
-    for (i, (amount, (address, _))) in burns.iter().enumerate() {
-        crate::payouts::submit_burn(&pool, &format!("devnet-burn-{}", i + 1), address, *amount)
-            .await
-            .map_err(|e| failed(format!("submitting a burn: {e}")))?;
-    }
-    let burned: u64 = burns.iter().map(|b| b.0).sum();
-    progress.step(&format!(
-        "burns of {} and {} XMR back to the user; mining until a window's leader plans, \
-         the signers sign (FROST-CLSAG) and the payout is final",
-        xmr(burns[0].0),
-        xmr(burns[1].0)
-    ));
-    let online = n - options.offline.len();
-    let (tx_hash, reporters) = wait_for(
-        "the payout to be final",
-        Duration::from_secs(300),
-        &stop,
-        mine_one,
-        || async {
-            let row = sqlx::query(
-            "SELECT p.tx_hash, (SELECT count(*) FROM plan_completions c WHERE c.plan_id = p.plan_id)
-             FROM plans p WHERE p.status = 'completed' ORDER BY p.seq LIMIT 1",
-        )
-        .fetch_optional(&pool)
-        .await?;
-            Ok(row.and_then(|r| {
-                let reporters: i64 = r.get(1);
-                (usize::try_from(reporters).unwrap_or(0) >= online)
-                    .then(|| (hex::encode(r.get::<Vec<u8>, _>(0)), reporters))
-            }))
-        },
-    )
-    .await?;
-    progress.done(&format!(
-        "payout {} final; {reporters} processors report it completed",
-        short(&tx_hash)
-    ));
 
-    // The user's wallet, and the books of every online processor.
-    progress.step("checking the user's wallet and every processor's accounting");
-    let mut received = 0;
-    for (amount, (_, minor)) in &burns {
-        let got = wait_for(
-            "the user's wallet to see the payout",
+    /// A regtest monerod and the user's wallet; returns the user's address.
+    async fn start_monerod_and_the_wallet(&mut self) -> Result<String, DevnetError> {
+        let (progress, net) = (self.progress, &mut *self.net);
+        progress.step("starting monerod --regtest");
+        net.monerod = Some(Child::spawn(
+            "monerod",
+            &monero_tool("monerod")?,
+            &monerod_args(net),
+            &[],
+            net.dir.join("monerod.log"),
+        )?);
+        let daemon =
+            processor::monero::Daemon::new(format!("http://127.0.0.1:{}", net.monerod_port));
+        wait_for(
+            "monerod to answer",
             Duration::from_secs(60),
-            &stop,
+            &self.stop,
+            None,
+            || async { Ok(daemon.tip().await.ok()) },
+        )
+        .await?;
+        progress.step("starting the user's wallet (monero-wallet-rpc)");
+        std::fs::create_dir_all(net.dir.join("wallets"))?;
+        net.wallet = Some(Child::spawn(
+            "monero-wallet-rpc",
+            &monero_tool("monero-wallet-rpc")?,
+            &wallet_args(net),
+            &[],
+            net.dir.join("wallet-rpc.log"),
+        )?);
+        let wallet = &net.rpc.wallet;
+        wait_for(
+            "monero-wallet-rpc to answer",
+            Duration::from_secs(60),
+            &self.stop,
+            None,
+            || async { Ok(wallet.get_version().await.ok()) },
+        )
+        .await?;
+        wallet
+            .create_wallet("user".to_owned(), None, "English".to_owned())
+            .await
+            .map_err(rpc_failed("create_wallet"))?;
+        let user = wallet
+            .get_address(0, None)
+            .await
+            .map_err(rpc_failed("get_address"))?
+            .address
+            .to_string();
+        progress.done(&format!(
+            "monerod and the user's wallet are up; user address {}",
+            short(&user)
+        ));
+        Ok(user)
+    }
+
+    /// The processors (child processes) and the coordinator (here).
+    async fn start_processors_and_coordinator(
+        &mut self,
+        coordinator_db: &str,
+    ) -> Result<Arc<Coordinator>, DevnetError> {
+        let (options, progress, n) = (self.options, self.progress, self.n());
+        let net = &mut *self.net;
+        progress.step(&format!(
+            "starting {n} processors, each with its own database"
+        ));
+        net.processor_ports = (0..n).map(|_| free_port()).collect();
+        for i in 0..n {
+            let kek = net.dir.join(format!("kek-{}.hex", i + 1));
+            std::fs::write(
+                &kek,
+                processor::keystore::Kek::generate().to_hex().as_bytes(),
+            )?;
+            let config = net.dir.join(format!("processor-{}.toml", i + 1));
+            std::fs::write(
+                &config,
+                processor_config(net, i, &net.processor_dbs[i], &kek),
+            )?;
+            let args = vec![
+                "processor".to_owned(),
+                "--config".to_owned(),
+                config.display().to_string(),
+            ];
+            net.processors.push(Some(Child::spawn(
+                &format!("validator-{}", i + 1),
+                &options.processor_exe,
+                &args,
+                &options.processor_env(),
+                net.dir.join(format!("validator-{}.log", i + 1)),
+            )?));
+            net.processor_args.push(args);
+        }
+        for (i, &port) in net.processor_ports.iter().enumerate() {
+            wait_for(
+                &format!("validator-{} to listen", i + 1),
+                Duration::from_secs(60),
+                &self.stop,
+                None,
+                || async { Ok(port_open(port).await.then_some(())) },
+            )
+            .await?;
+        }
+        let config = coordinator_config(net, coordinator_db)?;
+        let coordinator = Coordinator::start(&config, net.shutdown.clone())
+            .await
+            .map_err(|e| failed(format!("starting the coordinator: {e}")))?;
+        net.coordinator = Some(coordinator.clone());
+        {
+            let coordinator = coordinator.clone();
+            let shutdown = net.shutdown.clone();
+            tokio::spawn(async move {
+                if let Err(e) = crate::run::serve(coordinator, &config, shutdown).await {
+                    tracing::error!("coordinator admin API: {e}");
+                }
+            });
+        }
+        progress.done(&format!(
+            "{n} processors and the coordinator are up (admin API on 127.0.0.1:{})",
+            net.coordinator_port
+        ));
+        Ok(coordinator)
+    }
+
+    /// FROST DKG through the coordinator; then the processors meant to be
+    /// offline are stopped.
+    async fn generate_the_key(
+        &mut self,
+        coordinator: &Coordinator,
+    ) -> Result<GroupKey, DevnetError> {
+        let (options, progress, n) = (self.options, self.progress, self.n());
+        progress.step(&format!(
+            "key generation: FROST DKG {}-of-{n} through the coordinator",
+            options.t
+        ));
+        let pool = &coordinator.pool;
+        wait_for(
+            "every processor to connect and announce its identity key",
+            Duration::from_secs(60),
+            &self.stop,
             None,
             || async {
-                let _ = net.wallet("refresh", serde_json::json!({})).await;
-                let transfers = net
-                .wallet(
-                    "get_transfers",
-                    serde_json::json!({"in": true, "account_index": 0, "subaddr_indices": [minor]}),
-                )
-                .await?;
-                let got: Vec<(String, u64)> = transfers["in"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(|e| {
-                                (
-                                    e["txid"].as_str().unwrap_or_default().to_owned(),
-                                    e["amount"].as_u64().unwrap_or(0),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                Ok((!got.is_empty()).then_some(got))
+                let known: i64 = sqlx::query_scalar("SELECT count(*) FROM processor_identities")
+                    .fetch_one(pool)
+                    .await?;
+                Ok((usize::try_from(known).unwrap_or(0) >= n).then_some(()))
             },
         )
         .await?;
-        if got != vec![(tx_hash.clone(), *amount)] {
-            return Err(failed(format!(
-                "the user's subaddress {minor} received {got:?}, expected {} in {tx_hash}",
-                xmr(*amount)
-            )));
+        let session = coordinator
+            .start_keygen(options.t, &[])
+            .await
+            .map_err(|e| failed(format!("starting key generation: {e}")))?;
+        let key = wait_for(
+            "the group key",
+            Duration::from_secs(120),
+            &self.stop,
+            None,
+            || async {
+                let status = crate::keygen::status(pool, Some(session)).await?;
+                match status.first() {
+                    Some(s) if s.status == "confirmed" => Ok(Some(s.clone())),
+                    Some(s) if s.status == "failed" => {
+                        Err(failed(format!("key generation failed: {}", s.failure)))
+                    }
+                    _ => Ok(None),
+                }
+            },
+        )
+        .await?;
+        let group_key: [u8; 32] = hex::decode(&key.group_key)
+            .ok()
+            .and_then(|k| k.try_into().ok())
+            .ok_or_else(|| failed("the group key is not 32 bytes"))?;
+        progress.done(&format!(
+            "group key confirmed; Monero address {}",
+            short(&key.monero_address)
+        ));
+        for &i in &options.offline {
+            if let Some(mut p) = self.net.processors.get_mut(i).and_then(Option::take) {
+                p.stop();
+                progress.done(&format!(
+                    "validator-{} stopped; it stays offline from here on",
+                    i + 1
+                ));
+            }
         }
-        received += amount;
+        Ok(GroupKey {
+            group_key,
+            monero_address: key.monero_address,
+        })
     }
-    let mut accounting = Vec::new();
-    for i in 0..n {
-        if options.offline.contains(&i) {
-            continue;
+
+    /// Coinbase for the user, matured until the wallet can spend it.
+    async fn fund_the_user(&mut self, user: &str) -> Result<(), DevnetError> {
+        self.progress
+            .step("mining 130 blocks to the user (coinbase matures after 60)");
+        self.net.mine(user, 130).await?;
+        self.net.mine(&nobody(), 10).await?;
+        let wallet = &self.net.rpc.wallet;
+        wait_for(
+            "the user's wallet to see its coins",
+            Duration::from_secs(120),
+            &self.stop,
+            None,
+            || async {
+                let _ = wallet.refresh(None).await;
+                let balance = wallet
+                    .get_balance(0, None)
+                    .await
+                    .map_err(rpc_failed("get_balance"))?;
+                Ok((balance.unlocked_balance.as_pico() > 10_000_000_000_000).then_some(()))
+            },
+        )
+        .await
+    }
+
+    /// Accounts 1 and 2, registered in the next settlement block.
+    async fn register_accounts(&mut self, coordinator: &Coordinator) -> Result<(), DevnetError> {
+        for (account, _) in DEPOSITS {
+            coordinator
+                .register_account(account)
+                .await
+                .map_err(|e| failed(format!("registering account {account}: {e}")))?;
         }
-        let p = PgPool::connect(&net.processor_dbs[i]).await?;
-        let books = wait_for("the processor's books to settle", Duration::from_secs(60), &stop, None, || async {
+        Ok(())
+    }
+
+    /// The user pays both accounts in one transaction; with `--restart`, a
+    /// processor is killed mid-scan and restarted. Returns the total.
+    async fn deposit(&mut self, group_key: &[u8; 32]) -> Result<u64, DevnetError> {
+        let (options, progress) = (self.options, self.progress);
+        let net = &mut *self.net;
+        let [(_, d1), (_, d2)] = DEPOSITS;
+        progress.step(&format!(
+            "the user deposits {} XMR to account 1 and {} XMR to account 2",
+            xmr(d1),
+            xmr(d2)
+        ));
+        let mut destinations = std::collections::HashMap::new();
+        for (account, amount) in DEPOSITS {
+            let address =
+                processor::accounts::deposit_address(group_key, account).unwrap_or_default();
+            destinations.insert(
+                parse_address(&address)?,
+                monero_rpc::monero::Amount::from_pico(amount),
+            );
+        }
+        net.rpc
+            .wallet
+            .transfer(
+                destinations,
+                monero_rpc::TransferPriority::Default,
+                monero_rpc::TransferOptions::default(),
+            )
+            .await
+            .map_err(rpc_failed("transfer"))?;
+        net.mine(&nobody(), 1).await?;
+        if let Some(r) = options.restart {
+            if let Some(p) = net.processors.get_mut(r).and_then(Option::as_mut) {
+                p.kill9();
+                progress.done(&format!("validator-{} killed with SIGKILL mid-scan", r + 1));
+            }
+            net.mine(&nobody(), 2).await?;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            net.processors[r] = Some(Child::spawn(
+                &format!("validator-{}", r + 1),
+                &options.processor_exe,
+                &net.processor_args[r],
+                &options.processor_env(),
+                net.dir.join(format!("validator-{}.log", r + 1)),
+            )?);
+            progress.done(&format!("validator-{} restarted", r + 1));
+        }
+        Ok(d1 + d2)
+    }
+
+    /// Blocks are mined (one per poll, to an address nobody scans) until
+    /// what `check` waits for holds.
+    fn mine_while_waiting(
+        &self,
+    ) -> Result<
+        Option<(
+            &monero_rpc::RegtestDaemonJsonRpcClient,
+            monero_rpc::monero::Address,
+        )>,
+        DevnetError,
+    > {
+        Ok(Some((&self.net.rpc.monerod, parse_address(&nobody())?)))
+    }
+
+    /// Mining until the deposit block is final and its batch signed,
+    /// verified and included. Returns the included batches: (id, total).
+    async fn sign_and_include_the_batch(
+        &mut self,
+        coordinator: &Coordinator,
+    ) -> Result<Vec<(u64, u64)>, DevnetError> {
+        let (options, progress) = (self.options, self.progress);
+        progress.step("mining until the deposit block is final and its batch signed and included");
+        let pool = &coordinator.pool;
+        let batches = wait_for(
+            "the batch to be included",
+            Duration::from_secs(240),
+            &self.stop,
+            self.mine_while_waiting()?,
+            || async {
+                let rows = sqlx::query(
+                    "SELECT id, encoded FROM batches WHERE status = 'included' ORDER BY id",
+                )
+                .fetch_all(pool)
+                .await?;
+                let batches: Vec<(u64, u64)> = rows
+                    .iter()
+                    .filter_map(|r| {
+                        let batch = <proto::processor_v1::Batch as prost::Message>::decode(
+                            r.get::<Vec<u8>, _>(1).as_slice(),
+                        )
+                        .ok()?;
+                        Some((batch.id, batch.instructions.iter().map(|i| i.amount).sum()))
+                    })
+                    .collect();
+                Ok((!batches.is_empty()).then_some(batches))
+            },
+        )
+        .await?;
+        progress.done(&format!(
+            "batch {} signed (FROST Ed25519 {}-of-{}), verified by the coordinator and included",
+            batches[0].0,
+            options.t,
+            self.n()
+        ));
+        Ok(batches)
+    }
+
+    /// Burns to two fresh subaddresses of the user, submitted to the
+    /// settlement chain.
+    async fn burn_back_to_the_user(
+        &mut self,
+        coordinator: &Coordinator,
+    ) -> Result<Vec<Burn>, DevnetError> {
+        let mut burns = Vec::new();
+        for amount in BURNS {
+            let (address, minor) = self
+                .net
+                .rpc
+                .wallet
+                .create_address(0, None)
+                .await
+                .map_err(rpc_failed("create_address"))?;
+            burns.push(Burn {
+                amount,
+                address: address.to_string(),
+                minor,
+            });
+        }
+        for (i, burn) in burns.iter().enumerate() {
+            crate::payouts::submit_burn(
+                &coordinator.pool,
+                &format!("devnet-burn-{}", i + 1),
+                &burn.address,
+                burn.amount,
+            )
+            .await
+            .map_err(|e| failed(format!("submitting a burn: {e}")))?;
+        }
+        Ok(burns)
+    }
+
+    /// Mining until a window's leader plans the payout, the signers sign it
+    /// (FROST-CLSAG), it is published and every online processor reports it
+    /// final.
+    async fn pay_out(
+        &mut self,
+        coordinator: &Coordinator,
+        burns: &[Burn],
+    ) -> Result<Payout, DevnetError> {
+        let (options, progress) = (self.options, self.progress);
+        progress.step(&format!(
+            "burns of {} and {} XMR back to the user; mining until a window's leader plans, \
+             the signers sign (FROST-CLSAG) and the payout is final",
+            xmr(burns[0].amount),
+            xmr(burns[1].amount)
+        ));
+        let online = self.n() - options.offline.len();
+        let pool = &coordinator.pool;
+        let (tx_hash, reporters) = wait_for(
+            "the payout to be final",
+            Duration::from_secs(300),
+            &self.stop,
+            self.mine_while_waiting()?,
+            || async {
+                let row = sqlx::query(
+                    "SELECT p.tx_hash, (SELECT count(*) FROM plan_completions c WHERE c.plan_id = p.plan_id)
+                     FROM plans p WHERE p.status = 'completed' ORDER BY p.seq LIMIT 1",
+                )
+                .fetch_optional(pool)
+                .await?;
+                Ok(row.and_then(|r| {
+                    let reporters: i64 = r.get(1);
+                    (usize::try_from(reporters).unwrap_or(0) >= online)
+                        .then(|| (hex::encode(r.get::<Vec<u8>, _>(0)), reporters))
+                }))
+            },
+        )
+        .await?;
+        progress.done(&format!(
+            "payout {} final; {reporters} processors report it completed",
+            short(&tx_hash)
+        ));
+        Ok(Payout { tx_hash })
+    }
+
+    /// The user's wallet received exactly the burned amounts, in the
+    /// payout; on every online processor deposits = payouts + fees +
+    /// unspent.
+    async fn final_checks(
+        &mut self,
+        deposited: u64,
+        burns: &[Burn],
+        payout: &Payout,
+    ) -> Result<Checked, DevnetError> {
+        let (options, progress) = (self.options, self.progress);
+        progress.step("checking the user's wallet and every processor's accounting");
+        let received = self.check_the_wallet(burns, payout).await?;
+        let burned: u64 = burns.iter().map(|b| b.amount).sum();
+        let mut accounting = Vec::new();
+        for i in 0..self.n() {
+            if options.offline.contains(&i) {
+                continue;
+            }
+            let books = self.check_the_books(i, burned).await?;
+            if books.0 != deposited {
+                return Err(failed(format!(
+                    "validator-{} counts {} XMR of deposits, expected {}",
+                    i + 1,
+                    xmr(books.0),
+                    xmr(deposited)
+                )));
+            }
+            accounting.push((
+                format!("validator-{}", i + 1),
+                books.0,
+                books.1,
+                books.2,
+                books.3,
+            ));
+        }
+        progress.done("the user received exactly the burned amounts; deposits = payouts + fees + unspent on every processor");
+        Ok(Checked {
+            received,
+            accounting,
+        })
+    }
+
+    /// Each burn's subaddress received exactly its amount in the payout.
+    async fn check_the_wallet(&self, burns: &[Burn], payout: &Payout) -> Result<u64, DevnetError> {
+        let wallet = &self.net.rpc.wallet;
+        let tx_hash = &payout.tx_hash;
+        let mut received = 0;
+        for burn in burns {
+            let minor = burn.minor;
+            let got = wait_for(
+                "the user's wallet to see the payout",
+                Duration::from_secs(60),
+                &self.stop,
+                None,
+                || async {
+                    let _ = wallet.refresh(None).await;
+                    let mut transfers = wallet
+                        .get_transfers(monero_rpc::GetTransfersSelector {
+                            category_selector: [(monero_rpc::GetTransfersCategory::In, true)]
+                                .into(),
+                            account_index: Some(0),
+                            subaddr_indices: Some(vec![minor]),
+                            block_height_filter: None,
+                        })
+                        .await
+                        .map_err(rpc_failed("get_transfers"))?;
+                    let got: Vec<(String, u64)> = transfers
+                        .remove(&monero_rpc::GetTransfersCategory::In)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|e| (hex::encode(e.txid.0), e.amount.as_pico()))
+                        .collect();
+                    Ok((!got.is_empty()).then_some(got))
+                },
+            )
+            .await?;
+            if got != vec![(tx_hash.clone(), burn.amount)] {
+                return Err(failed(format!(
+                    "the user's subaddress {minor} received {got:?}, expected {} in {tx_hash}",
+                    xmr(burn.amount)
+                )));
+            }
+            received += burn.amount;
+        }
+        Ok(received)
+    }
+
+    /// Processor `i`'s books once they settle: (deposits, paid, fees,
+    /// unspent), with deposits = paid + fees + unspent and paid = `burned`.
+    async fn check_the_books(
+        &self,
+        i: usize,
+        burned: u64,
+    ) -> Result<(u64, u64, u64, u64), DevnetError> {
+        let p = PgPool::connect(&self.net.processor_dbs[i]).await?;
+        let books = wait_for("the processor's books to settle", Duration::from_secs(60), &self.stop, None, || async {
             let sum = |sql: &'static str| {
                 let p = p.clone();
                 async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(&p).await }
@@ -1051,35 +1269,31 @@ peer_timeout = "5s"
             Ok((deposits == paid + fees + unspent && as_u64(paid) == burned)
                 .then(|| (as_u64(deposits), as_u64(paid), as_u64(fees), as_u64(unspent))))
         })
-        .await?;
+        .await;
         p.close().await;
-        if books.0 != d1 + d2 {
-            return Err(failed(format!(
-                "validator-{} counts {} XMR of deposits, expected {}",
-                i + 1,
-                xmr(books.0),
-                xmr(d1 + d2)
-            )));
-        }
-        accounting.push((
-            format!("validator-{}", i + 1),
-            books.0,
-            books.1,
-            books.2,
-            books.3,
-        ));
+        books
     }
-    progress.done("the user received exactly the burned amounts; deposits = payouts + fees + unspent on every processor");
-    let fee = accounting.first().map_or(0, |a| a.3);
-    Ok(Summary {
-        group_address: key.monero_address,
-        batches,
-        payouts: vec![(tx_hash, fee)],
-        received,
-        burned,
-        accounting,
-        elapsed: started.elapsed(),
-    })
+
+    /// What the run produced.
+    fn summary(
+        &self,
+        key: GroupKey,
+        batches: Vec<(u64, u64)>,
+        burns: &[Burn],
+        payout: Payout,
+        checked: Checked,
+    ) -> Summary {
+        let fee = checked.accounting.first().map_or(0, |a| a.3);
+        Summary {
+            group_address: key.monero_address,
+            batches,
+            payouts: vec![(payout.tx_hash, fee)],
+            received: checked.received,
+            burned: burns.iter().map(|b| b.amount).sum(),
+            accounting: checked.accounting,
+            elapsed: self.started.elapsed(),
+        }
+    }
 }
 
 /// The start and end of a long hex string or address.

@@ -1,5 +1,5 @@
 //! The coordinator's gauges read from its database; the metric names and
-//! the exporter are shared with the processor (`processor::metrics`).
+//! the exporter are shared with the processor (`service::metrics`).
 
 use service::metrics::{BACKLOG_GAUGE, BATCHES, DbGauge, PLANS};
 
@@ -14,17 +14,17 @@ pub fn db_gauges() -> Vec<DbGauge> {
         DbGauge {
             name: BATCHES,
             label: "status",
-            query: "SELECT status, count(*) FROM batches GROUP BY status",
+            query: crate::batches::db::COUNT_BY_STATUS,
         },
         DbGauge {
             name: PLANS,
             label: "status",
-            query: "SELECT status, count(*) FROM plans GROUP BY status",
+            query: crate::payouts::db::COUNT_BY_STATUS,
         },
         DbGauge {
             name: KEYGEN_SESSIONS,
             label: "status",
-            query: "SELECT status, count(*) FROM keygen_sessions GROUP BY status",
+            query: crate::keygen::db::COUNT_BY_STATUS,
         },
     ]
 }

@@ -49,12 +49,6 @@ fn payment(inputs: usize) -> u64 {
     (inputs as u64 - 1) * UNIT + UNIT / 2
 }
 
-async fn call(wallet: &WalletRpc, method: &str, params: serde_json::Value) -> serde_json::Value {
-    let answer = wallet.call(method, params).await;
-    assert!(answer.get("error").is_none(), "{method}: {answer}");
-    answer["result"].clone()
-}
-
 fn median(times: &[Duration]) -> Duration {
     let mut sorted = times.to_vec();
     sorted.sort();
@@ -132,49 +126,41 @@ impl Multisig {
             let own = dir.join(format!("multisig{i}"));
             let wallet = WalletRpc::start_with(&own, Some(daemon)).await;
             let name = format!("m{i}");
-            call(
-                &wallet,
-                "create_wallet",
-                serde_json::json!({"filename": name, "language": "English"}),
-            )
-            .await;
+            wallet.create_wallet(&name).await;
             // wallet-rpc 0.18 refuses multisig key exchange unless the keys
             // file says `enable-multisig-experimental`; only the CLI sets it.
-            call(&wallet, "close_wallet", serde_json::json!({})).await;
-            let mut cli = std::process::Command::new("monero-wallet-cli")
-                .arg("--offline")
-                .arg("--wallet-file")
-                .arg(own.join("wallets").join(&name))
-                .args(["--password", ""])
-                .arg("--log-file")
-                .arg(own.join("wallet-cli.log"))
-                .args(["--command", "set", "enable-multisig-experimental", "1"])
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("monero-wallet-cli from the Debian `monero` package");
+            wallet.client.close_wallet().await.unwrap();
+            let mut cli =
+                std::process::Command::new(common::tools::monero_tool("monero-wallet-cli"))
+                    .arg("--offline")
+                    .arg("--wallet-file")
+                    .arg(own.join("wallets").join(&name))
+                    .args(["--password", ""])
+                    .arg("--log-file")
+                    .arg(own.join("wallet-cli.log"))
+                    .args(["--command", "set", "enable-multisig-experimental", "1"])
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .expect("monero-wallet-cli from the Debian `monero` package");
             // It asks for the (empty) password once more.
             cli.stdin.take().unwrap().write_all(b"\n").unwrap();
             assert!(cli.wait().unwrap().success(), "monero-wallet-cli set");
-            call(
-                &wallet,
-                "open_wallet",
-                serde_json::json!({"filename": name, "password": ""}),
-            )
-            .await;
-            call(
-                &wallet,
-                "auto_refresh",
-                serde_json::json!({"enable": false}),
-            )
-            .await;
+            wallet
+                .client
+                .open_wallet(name.clone(), Some(String::new()))
+                .await
+                .unwrap();
+            wallet
+                .call("auto_refresh", serde_json::json!({"enable": false}))
+                .await;
             wallets.push(wallet);
         }
         let mut messages = Vec::new();
         for wallet in &wallets {
             messages.push(
-                call(wallet, "prepare_multisig", serde_json::json!({})).await["multisig_info"]
+                wallet.call("prepare_multisig", serde_json::json!({})).await["multisig_info"]
                     .as_str()
                     .unwrap()
                     .to_owned(),
@@ -191,12 +177,12 @@ impl Multisig {
         let mut next = Vec::new();
         for (i, wallet) in wallets.iter().enumerate() {
             next.push(
-                call(
-                    wallet,
-                    "make_multisig",
-                    serde_json::json!({"multisig_info": others(&messages, i), "threshold": 2, "password": ""}),
-                )
-                .await["multisig_info"]
+                wallet
+                    .call(
+                        "make_multisig",
+                        serde_json::json!({"multisig_info": others(&messages, i), "threshold": 2, "password": ""}),
+                    )
+                    .await["multisig_info"]
                     .as_str()
                     .unwrap()
                     .to_owned(),
@@ -206,7 +192,7 @@ impl Multisig {
         for _ in 0..5 {
             let mut ready = true;
             for wallet in &wallets {
-                ready &= call(wallet, "is_multisig", serde_json::json!({})).await["ready"]
+                ready &= wallet.call("is_multisig", serde_json::json!({})).await["ready"]
                     .as_bool()
                     .unwrap();
             }
@@ -216,12 +202,12 @@ impl Multisig {
             let mut next = Vec::new();
             for (i, wallet) in wallets.iter().enumerate() {
                 next.push(
-                    call(
-                        wallet,
-                        "exchange_multisig_keys",
-                        serde_json::json!({"multisig_info": others(&messages, i), "password": ""}),
-                    )
-                    .await["multisig_info"]
+                    wallet
+                        .call(
+                            "exchange_multisig_keys",
+                            serde_json::json!({"multisig_info": others(&messages, i), "password": ""}),
+                        )
+                        .await["multisig_info"]
                         .as_str()
                         .unwrap_or_default()
                         .to_owned(),
@@ -233,15 +219,7 @@ impl Multisig {
     }
 
     async fn address(&self) -> String {
-        call(
-            &self.wallets[0],
-            "get_address",
-            serde_json::json!({"account_index": 0}),
-        )
-        .await["address"]
-            .as_str()
-            .unwrap()
-            .to_owned()
+        self.wallets[0].address().await
     }
 
     /// `count` new subaddresses (the same on every wallet).
@@ -249,12 +227,12 @@ impl Multisig {
         let mut made = Vec::new();
         for wallet in &self.wallets {
             made.push(
-                call(
-                    wallet,
-                    "create_address",
-                    serde_json::json!({"account_index": 0, "count": count}),
-                )
-                .await["addresses"]
+                wallet
+                    .call(
+                        "create_address",
+                        serde_json::json!({"account_index": 0, "count": count}),
+                    )
+                    .await["addresses"]
                     .clone(),
             );
         }
@@ -272,9 +250,11 @@ impl Multisig {
     async fn sync(&self) {
         let mut infos = Vec::new();
         for wallet in &self.wallets {
-            call(wallet, "refresh", serde_json::json!({})).await;
+            wallet.refresh().await;
             infos.push(
-                call(wallet, "export_multisig_info", serde_json::json!({})).await["info"]
+                wallet
+                    .call("export_multisig_info", serde_json::json!({}))
+                    .await["info"]
                     .as_str()
                     .unwrap()
                     .to_owned(),
@@ -287,12 +267,9 @@ impl Multisig {
                 .filter(|(j, _)| *j != i)
                 .map(|(_, x)| x)
                 .collect();
-            call(
-                wallet,
-                "import_multisig_info",
-                serde_json::json!({"info": others}),
-            )
-            .await;
+            wallet
+                .call("import_multisig_info", serde_json::json!({"info": others}))
+                .await;
         }
     }
 }
@@ -432,25 +409,25 @@ async fn wallet_payout(
 ) -> (Duration, usize, [u8; 32]) {
     let (a, b) = (&multisig.wallets[0], &multisig.wallets[1]);
     let start = Instant::now();
-    let made = call(
-        a,
-        "transfer",
-        serde_json::json!({"destinations": [{"amount": amount, "address": to}],
+    let made = a
+        .call(
+            "transfer",
+            serde_json::json!({"destinations": [{"amount": amount, "address": to}],
             "account_index": 0, "subaddr_indices": [index]}),
-    )
-    .await;
-    let signed = call(
-        b,
-        "sign_multisig",
-        serde_json::json!({"tx_data_hex": made["multisig_txset"]}),
-    )
-    .await;
-    let submitted = call(
-        b,
-        "submit_multisig",
-        serde_json::json!({"tx_data_hex": signed["tx_data_hex"]}),
-    )
-    .await;
+        )
+        .await;
+    let signed = b
+        .call(
+            "sign_multisig",
+            serde_json::json!({"tx_data_hex": made["multisig_txset"]}),
+        )
+        .await;
+    let submitted = b
+        .call(
+            "submit_multisig",
+            serde_json::json!({"tx_data_hex": signed["tx_data_hex"]}),
+        )
+        .await;
     let elapsed = start.elapsed();
     let inputs = made["spent_key_images"]["key_images"]
         .as_array()
@@ -493,22 +470,10 @@ async fn main() {
 
     // The user: mined coinbase pays for the funding.
     let user = WalletRpc::start_with(&dir.path().join("user"), Some(&monerod.url)).await;
-    call(
-        &user,
-        "create_wallet",
-        serde_json::json!({"filename": "user", "language": "English"}),
-    )
-    .await;
-    call(&user, "auto_refresh", serde_json::json!({"enable": false})).await;
-    let user_address = call(
-        &user,
-        "get_address",
-        serde_json::json!({"account_index": 0}),
-    )
-    .await["address"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    user.create_wallet("user").await;
+    user.call("auto_refresh", serde_json::json!({"enable": false}))
+        .await;
+    let user_address = user.address().await;
     monerod.mine(&user_address, 150).await;
 
     // Funding: 1 XMR outputs, as many as each run of each case spends.
@@ -521,20 +486,23 @@ async fn main() {
             }
         }
     }
-    call(&user, "refresh", serde_json::json!({})).await;
+    user.refresh().await;
     for chunk in destinations.chunks(15) {
         let to: Vec<serde_json::Value> = chunk
             .iter()
             .map(|a| serde_json::json!({"amount": UNIT, "address": a}))
             .collect();
+        // Repeated addresses, which monero-rpc's `transfer` (a map of
+        // destinations) cannot express.
         let sent = user
-            .call("transfer", serde_json::json!({"destinations": to}))
+            .try_call("transfer", serde_json::json!({"destinations": to}))
             .await;
-        if sent.get("error").is_some() {
+        if sent.is_err() {
             // Out of unlocked coinbase: mature some more and retry once.
             monerod.mine(&user_address, 70).await;
-            call(&user, "refresh", serde_json::json!({})).await;
-            call(&user, "transfer", serde_json::json!({"destinations": to})).await;
+            user.refresh().await;
+            user.call("transfer", serde_json::json!({"destinations": to}))
+                .await;
         }
     }
     monerod.mine(&elsewhere(), 11).await;
@@ -561,12 +529,9 @@ async fn main() {
 
     // The wallets' outputs and their multisig info.
     multisig.sync().await;
-    let balance = call(
-        &multisig.wallets[0],
-        "get_balance",
-        serde_json::json!({"account_index": 0}),
-    )
-    .await["unlocked_balance"]
+    let balance = multisig.wallets[0]
+        .call("get_balance", serde_json::json!({"account_index": 0}))
+        .await["unlocked_balance"]
         .as_u64()
         .unwrap();
     assert_eq!(

@@ -34,14 +34,6 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let monerod = Monerod::start(dir.path()).await;
     let wallet = WalletRpc::start_with(dir.path(), Some(&monerod.url)).await;
-    let call = |method: &'static str, params: serde_json::Value| {
-        let wallet = &wallet;
-        async move {
-            let answer = wallet.call(method, params).await;
-            assert!(answer.get("error").is_none(), "{method}: {answer}");
-            answer
-        }
-    };
 
     // The scanned address: a group-like key with the processors' view key.
     let key = curve25519_dalek::EdwardsPoint::mul_base_clamped(rand::random::<[u8; 32]>())
@@ -52,32 +44,23 @@ async fn main() {
 
     // Build the chain: a funded user, `txs` payments to the address.
     println!("building a regtest chain: {txs} payments, then up to {blocks} blocks (not timed)...");
-    call(
-        "create_wallet",
-        serde_json::json!({"filename": "user", "language": "English"}),
-    )
-    .await;
-    let user =
-        call("get_address", serde_json::json!({"account_index": 0})).await["result"]["address"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-    call("auto_refresh", serde_json::json!({"enable": false})).await;
+    wallet.create_wallet("user").await;
+    let user = wallet.address().await;
+    wallet
+        .call("auto_refresh", serde_json::json!({"enable": false}))
+        .await;
     monerod.mine(&user, 320).await;
     let mut made = 0;
     while made < txs {
-        call("refresh", serde_json::json!({})).await;
+        wallet.refresh().await;
         for _ in 0..50 {
             if made == txs {
                 break;
             }
             let sent = wallet
-                .call(
-                    "transfer",
-                    serde_json::json!({"destinations": [{"amount": 10_000_000_000_u64, "address": address}]}),
-                )
+                .transfer(&[(&address, 10_000_000_000_u64)], Default::default())
                 .await;
-            if sent.get("error").is_some() {
+            if sent.is_err() {
                 break; // out of unlocked outputs until the next blocks
             }
             made += 1;
@@ -112,6 +95,7 @@ async fn main() {
     )
     .unwrap();
     let scanner = Scanner::new(pair);
+    let filter = processor::scanner::prefilter::ViewTagFilter::new(view.clone());
     let daemon = std::sync::Arc::new(daemon);
     let range = processor::scanner::FETCH_CHUNK;
     let fetch = |from: u64| {
@@ -134,7 +118,7 @@ async fn main() {
             pending = Some(fetch(next));
         }
         let scanned = Instant::now();
-        found += processor::scanner::scan_all(&scanner, blocks, false)
+        found += processor::scanner::scan_all(&scanner, &filter, blocks, false)
             .unwrap()
             .iter()
             .map(|b| b.outputs.len())
@@ -144,20 +128,33 @@ async fn main() {
     let ours = start.elapsed();
 
     // monero-wallet-rpc: a view-only wallet for the same address, from 0.
-    call("close_wallet", serde_json::json!({})).await;
-    call(
-        "generate_from_keys",
-        serde_json::json!({"filename": "view", "address": address, "viewkey": hex::encode(view.to_bytes()), "password": "", "restore_height": 0, "autosave_current": false}),
-    )
-    .await;
-    call("auto_refresh", serde_json::json!({"enable": false})).await;
+    wallet.client.close_wallet().await.unwrap();
+    wallet
+        .client
+        .generate_from_keys(monero_rpc::GenerateFromKeysArgs {
+            restore_height: Some(0),
+            filename: "view".to_owned(),
+            address: address.parse().unwrap(),
+            spendkey: None,
+            viewkey: monero_rpc::monero::PrivateKey::from_slice(&view.to_bytes()).unwrap(),
+            password: String::new(),
+            autosave_current: Some(false),
+        })
+        .await
+        .unwrap();
+    wallet
+        .call("auto_refresh", serde_json::json!({"enable": false}))
+        .await;
     let start = Instant::now();
-    call("refresh", serde_json::json!({"start_height": 0})).await;
+    wallet.client.refresh(Some(0)).await.unwrap();
     let theirs = start.elapsed();
-    let balance =
-        call("get_balance", serde_json::json!({"account_index": 0})).await["result"]["balance"]
-            .as_u64()
-            .unwrap_or(0);
+    let balance = wallet
+        .client
+        .get_balance(0, None)
+        .await
+        .unwrap()
+        .balance
+        .as_pico();
     let seen = usize::try_from(balance / 10_000_000_000).unwrap_or(0);
 
     // The floor: monerod serving the same blocks, nothing scanned, every

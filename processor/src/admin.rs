@@ -1,4 +1,5 @@
-//! `ProcessorAdmin`: read-only queries for operators.
+//! `ProcessorAdmin`: queries for operators, and resolving a quarantined
+//! message.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -7,8 +8,9 @@ use proto::processor_v1::processor_admin_server::ProcessorAdmin;
 use proto::processor_v1::{
     BatchEntry, BatchPage, DepositAddress, DepositAddressRequest, GetScanStatusRequest,
     GetStatusRequest, InboxEntry, InboxPage, KeyInfo, KeyList, ListKeysRequest, ListRequest,
-    OutputEntry, OutputPage, ProcessorStatus, QuarantineEntry, QuarantinePage, ScanStatus,
-    SendLogEntry, SendLogPage, SettlementBlockEntry, SettlementBlockPage,
+    OutputEntry, OutputPage, ProcessorStatus, QuarantineEntry, QuarantinePage,
+    ResolveQuarantineRequest, ResolveQuarantineResponse, ScanStatus, SendLogEntry, SendLogPage,
+    SettlementBlockEntry, SettlementBlockPage,
 };
 use proto::processor_v1::{BurnEntry, GetScheduleRequest, PlanEntry, Schedule, WindowEntry};
 use sqlx::PgPool;
@@ -149,18 +151,56 @@ impl ProcessorAdmin for Admin {
                 .await
                 .map_err(ServiceError::from)?;
         Ok(Response::new(QuarantinePage {
-            entries: rows
-                .into_iter()
-                .map(|r| QuarantineEntry {
-                    id: r.id,
-                    uid: r.uid,
-                    code: r.code,
-                    reason: r.reason,
-                    payload: r.payload,
-                    quarantined_unix_ms: r.quarantined_unix_ms,
-                })
-                .collect(),
+            entries: rows.into_iter().map(quarantine_entry).collect(),
         }))
+    }
+
+    async fn resolve_quarantine(
+        &self,
+        request: Request<ResolveQuarantineRequest>,
+    ) -> Result<Response<ResolveQuarantineResponse>, Status> {
+        let request = request.into_inner();
+        let note = request.note.trim();
+        if note.is_empty() {
+            return Err(Status::invalid_argument(
+                "note is required: say what was done about the message (e.g. \"replayed by hand\", \"peer bug, harmless\")",
+            ));
+        }
+        if note.len() > MAX_RESOLUTION_NOTE {
+            return Err(Status::invalid_argument(format!(
+                "note is {} bytes; at most {MAX_RESOLUTION_NOTE}",
+                note.len()
+            )));
+        }
+        let found = self
+            .link
+            .resolve_quarantine(request.id, note)
+            .await
+            .map_err(ServiceError::from)?;
+        if !found {
+            return Err(Status::not_found(format!(
+                "no quarantined message {} on this link (ListQuarantine lists them; a resolved one may already be pruned)",
+                request.id
+            )));
+        }
+        let entry = link_db::list_quarantine(
+            &self.pool,
+            self.link.link_id(),
+            request.id.saturating_sub(1),
+            1,
+        )
+        .await
+        .map_err(ServiceError::from)?
+        .into_iter()
+        .next()
+        .filter(|r| r.id == request.id)
+        .map(quarantine_entry);
+        tracing::info!(
+            id = request.id,
+            note,
+            "quarantined message resolved by an operator"
+        );
+        Ok(Response::new(ResolveQuarantineResponse { entry }))
     }
 
     async fn list_settlement_blocks(
@@ -402,5 +442,21 @@ impl ProcessorAdmin for Admin {
             spendable: view.spendable.piconero(),
             reserved: view.reserved.piconero(),
         }))
+    }
+}
+
+/// The longest note `ResolveQuarantine` accepts.
+const MAX_RESOLUTION_NOTE: usize = 1024;
+
+fn quarantine_entry(r: link_db::QuarantineView) -> QuarantineEntry {
+    QuarantineEntry {
+        id: r.id,
+        uid: r.uid,
+        code: r.code,
+        reason: r.reason,
+        payload: r.payload,
+        quarantined_unix_ms: r.quarantined_unix_ms,
+        resolved_unix_ms: r.resolved_unix_ms,
+        resolution: r.resolution,
     }
 }

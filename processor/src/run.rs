@@ -146,6 +146,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     )
     .await
     .map_err(DbError::from)?;
+    link.spawn_pruner();
     // The coordinator needs our identity key before it can start a DKG.
     let mut tx = pool.begin().await.map_err(DbError::from)?;
     keygen::announce_identity(&mut tx, COORDINATOR_LINK, &keystore)

@@ -264,6 +264,184 @@ async fn a_leader_proposing_a_tampered_decoy_is_refused_and_payouts_continue() {
     );
 }
 
+/// One participant (validator-1) answers every plan attempt with an invalid
+/// CLSAG share and withholds the transaction, and its preprocess always
+/// arrives first (the others' are slowed). The coordinator cannot check a
+/// CLSAG share, so its blame is `unverified` and bans nobody. Before, the
+/// first t to preprocess signed, so validator-1 was in every attempt and the
+/// burn was never paid. Now an unverified blame makes accuser and accused a
+/// pair never chosen together again: validator-1 is in at most one attempt
+/// with each honest signer, the honest pair signs, the burn is paid once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signer_sending_invalid_clsag_shares_cannot_stall_payouts() {
+    let setup = Setup::start_with("byzclsag", 2, SCHEDULER, |i| {
+        Some(if i == 0 {
+            "plan-signer-corrupt-share=return"
+        } else {
+            "plan-signer-slow-preprocess=return(1500)"
+        })
+    })
+    .await;
+    let pool = setup.cluster.coordinator.pool.clone();
+    let index: i32 = sqlx::query_scalar(
+        "SELECT idx FROM keygen_participants WHERE processor = 'validator-1'
+         ORDER BY session DESC LIMIT 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let (to, minor) = user_subaddress(&setup).await;
+    let amount = 220_000_000_000;
+    fund(&setup, &[("burn-clsag", &to, amount)]).await;
+    let (_, tx_hash) = mine_until(
+        &setup,
+        "the burn paid by the honest signers",
+        Duration::from_secs(480),
+        || completed_paying(&pool, "burn-clsag"),
+    )
+    .await;
+    setup.monerod.mine(&elsewhere(), 2).await;
+    assert_eq!(
+        received(&setup, minor).await,
+        vec![(hex::encode(tx_hash), amount)]
+    );
+
+    // Its invalid shares were caught by the honest signers, as unverified
+    // blame naming it; nobody was banned for them.
+    let blames: Vec<(String, i32, String, Option<i32>)> = sqlx::query_as(
+        "SELECT accuser, accused, verdict, culprit FROM sign_blames WHERE kind = 'plan'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(
+        blames
+            .iter()
+            .any(|(_, accused, verdict, _)| *accused == index && verdict == "unverified"),
+        "an honest signer blamed validator-1's CLSAG share: {blames:?}"
+    );
+    assert!(
+        blames.iter().all(|(_, _, _, culprit)| culprit.is_none()),
+        "an unverifiable blame bans nobody: {blames:?}"
+    );
+    // Each honest signer shared at most one attempt with it.
+    let with_it: i64 = scalar_i64(
+        &pool,
+        &format!(
+            "SELECT count(*) FROM sign_attempts WHERE kind = 'plan' AND {index} = ANY(signers)"
+        ),
+    )
+    .await;
+    assert!(
+        (1..=2).contains(&with_it),
+        "validator-1 signs in one attempt per honest partner at most, not {with_it}"
+    );
+}
+
+/// A leader relays a second, conflicting proposal for the window it already
+/// proposed (same burns, another plan id), as a Byzantine leader sending
+/// different proposals to different peers would look after its coordinator
+/// serialized them. Every processor decides both in relay order, the same
+/// way: the first is signed and paid, the second is never signed, with the
+/// same status and reason everywhere, and the burn is paid once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_conflicting_proposal_for_a_window_is_decided_alike_everywhere_and_never_signed() {
+    let setup = Setup::start_with("byztwice", 2, SCHEDULER, |_| None).await;
+    let pool = setup.cluster.coordinator.pool.clone();
+    let (to, minor) = user_subaddress(&setup).await;
+    let amount = 210_000_000_000;
+    fund(&setup, &[("burn-twice", &to, amount)]).await;
+
+    // The honest proposal, as the coordinator relayed it.
+    let (first, window, leader, signable): (Vec<u8>, i64, String, Vec<u8>) = mine_until(
+        &setup,
+        "the leader's proposal",
+        Duration::from_secs(240),
+        || async {
+            sqlx::query_as(
+                "SELECT plan_id, \"window\", leader, signable FROM plans
+                 WHERE 'burn-twice' = ANY(burn_ids) ORDER BY seq LIMIT 1",
+            )
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+        },
+    )
+    .await;
+    let index: i32 = sqlx::query_scalar(
+        "SELECT idx FROM keygen_participants WHERE processor = $1 ORDER BY session DESC LIMIT 1",
+    )
+    .bind(&leader)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let second = [0x2b_u8; 32];
+    let mut tx = pool.begin().await.unwrap();
+    coordinator_mock::payouts::proposal(
+        &mut tx,
+        &leader,
+        proto::processor_v1::PlanProposal {
+            window: u64::try_from(window).unwrap(),
+            leader_index: u32::try_from(index).unwrap(),
+            plan_id: second.to_vec(),
+            signable_transaction: signable,
+            burn_ids: vec!["burn-twice".into()],
+        },
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    let (paid, tx_hash) = mine_until(&setup, "the burn paid", Duration::from_secs(360), || {
+        completed_paying(&pool, "burn-twice")
+    })
+    .await;
+    assert_eq!(paid, first, "the proposal relayed first is the one paid");
+
+    // Decided alike everywhere, and never signed.
+    let mut outcomes = Vec::new();
+    for db in &setup.cluster.dbs {
+        let p = db.pool().await;
+        let outcome: (String, String) = eventually(
+            "the conflicting proposal decided here",
+            Duration::from_secs(30),
+            || async {
+                sqlx::query_as("SELECT status, reason FROM plans WHERE plan_id = $1")
+                    .bind(second.as_slice())
+                    .fetch_optional(&p)
+                    .await
+                    .unwrap()
+            },
+        )
+        .await;
+        outcomes.push(outcome);
+    }
+    assert!(
+        outcomes.windows(2).all(|w| w[0] == w[1]),
+        "every processor decides the second proposal the same way: {outcomes:?}"
+    );
+    assert!(
+        !["signing", "completed", "published"].contains(&outcomes[0].0.as_str()),
+        "the second proposal is never taken: {outcomes:?}"
+    );
+    let shared: i64 = scalar_i64(
+        &pool,
+        &format!(
+            "SELECT count(*) FROM sign_shares s JOIN plans p ON s.kind = 'plan' AND s.id = p.seq
+             WHERE p.plan_id = '\\x{}'",
+            hex::encode(second)
+        ),
+    )
+    .await;
+    assert_eq!(shared, 0, "nothing was signed for it");
+
+    setup.monerod.mine(&elsewhere(), 2).await;
+    assert_eq!(
+        received(&setup, minor).await,
+        vec![(hex::encode(tx_hash), amount)]
+    );
+}
+
 /// The lifetime rule on its own, on a real database: at the block that ends
 /// a window's lifetime every plan of it that is not final ends, in the same
 /// way whatever this processor's timing; one that was being signed here

@@ -133,14 +133,14 @@ async fn batches_are_identical_whatever_order_link_messages_arrive_in() {
             .await;
             setup.cluster.procs[late].as_mut().unwrap().kill9();
         }
-        let sent = setup
+        setup
             .wallet
-            .call(
-                "transfer",
-                serde_json::json!({"destinations": [{"amount": 1_000_000_000_000_u64 + u64::from(account), "address": address}]}),
+            .transfer(
+                &[(&address, 1_000_000_000_000_u64 + u64::from(account))],
+                Default::default(),
             )
-            .await;
-        assert!(sent.get("error").is_none(), "{sent}");
+            .await
+            .unwrap();
         // Many blocks: a processor that ran ahead of its link would have
         // scanned the deposit's block without the account.
         setup.monerod.mine(&elsewhere(), 12).await;
@@ -202,14 +202,17 @@ async fn a_timelocked_deposit_waits_for_its_unlock_on_every_processor() {
     let all = pools(&setup).await;
     let tip = setup.monerod.height().await;
     let unlock_at = tip + 20;
-    let sent = setup
+    setup
         .wallet
-        .call(
-            "transfer",
-            serde_json::json!({"destinations": [{"amount": 2_000_000_000_000_u64, "address": setup.one}], "unlock_time": unlock_at}),
+        .transfer(
+            &[(&setup.one, 2_000_000_000_000_u64)],
+            monero_rpc::TransferOptions {
+                unlock_time: Some(unlock_at),
+                ..Default::default()
+            },
         )
-        .await;
-    assert!(sent.get("error").is_none(), "{sent}");
+        .await
+        .unwrap();
     setup.monerod.mine(&elsewhere(), 6).await;
     for pool in &all {
         let locked: (i64, String, Option<i64>) = eventually(
@@ -558,14 +561,11 @@ async fn a_payment_to_the_main_address_is_reported_unattributed() {
     let key = group_key(&setup.cluster).await;
     let main = processor::keystore::dkg::monero_address(&key).unwrap();
     let amount = 1_234_000_000_000_u64;
-    let sent = setup
+    setup
         .wallet
-        .call(
-            "transfer",
-            serde_json::json!({"destinations": [{"amount": amount, "address": main}]}),
-        )
-        .await;
-    assert!(sent.get("error").is_none(), "{sent}");
+        .transfer(&[(&main, amount)], Default::default())
+        .await
+        .unwrap();
     setup.monerod.mine(&elsewhere(), 4).await;
     let included = setup.wait_included(1).await;
     assert_eq!(

@@ -101,9 +101,9 @@ async fn check_dkg(t: u32, n: usize, wallet: &WalletRpc) {
             serde_json::json!({"address": address, "any_net_type": true}),
         )
         .await;
-    assert_eq!(answer["result"]["valid"], true, "{answer}");
-    assert_eq!(answer["result"]["nettype"], "mainnet", "{answer}");
-    assert_eq!(answer["result"]["subaddress"], false, "{answer}");
+    assert_eq!(answer["valid"], true, "{answer}");
+    assert_eq!(answer["nettype"], "mainnet", "{answer}");
+    assert_eq!(answer["subaddress"], false, "{answer}");
     let mut broken = address.clone();
     broken.replace_range(10..11, if &address[10..11] == "a" { "b" } else { "a" });
     let answer = wallet
@@ -113,7 +113,7 @@ async fn check_dkg(t: u32, n: usize, wallet: &WalletRpc) {
         )
         .await;
     assert_eq!(
-        answer["result"]["valid"], false,
+        answer["valid"], false,
         "a corrupted address must be refused: {answer}"
     );
 
@@ -176,8 +176,8 @@ async fn check_dkg(t: u32, n: usize, wallet: &WalletRpc) {
                 serde_json::json!({"address": addresses[0], "any_net_type": true}),
             )
             .await;
-        assert_eq!(answer["result"]["valid"], true, "{answer}");
-        assert_eq!(answer["result"]["subaddress"], true, "{answer}");
+        assert_eq!(answer["valid"], true, "{answer}");
+        assert_eq!(answer["subaddress"], true, "{answer}");
         for db in &cluster.dbs {
             assert_eq!(
                 scalar_i64(&db.pool().await, "SELECT count(*) FROM accounts").await,
@@ -411,7 +411,7 @@ async fn a_false_dkg_accusation_blames_the_accuser() {
 }
 
 fn pg_dump(url: &str) -> Vec<u8> {
-    let out = std::process::Command::new("pg_dump")
+    let out = std::process::Command::new(common::tools::pg_dump())
         .args(["--data-only", "--inserts", url])
         .output()
         .expect("pg_dump (postgresql-client)");

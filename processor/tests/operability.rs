@@ -69,17 +69,11 @@ async fn admin_call(channel: Channel) -> Result<String, String> {
 
 /// GET /metrics, parsed into `name{labels}` -> value.
 async fn scrape(port: u16) -> BTreeMap<String, f64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+    let answer = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
         .await
         .expect("metrics port open");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await.unwrap();
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(answer.status(), reqwest::StatusCode::OK, "{answer:?}");
+    let text = answer.text().await.expect("a text body");
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .filter_map(|l| {

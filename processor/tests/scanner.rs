@@ -245,28 +245,15 @@ async fn the_fast_block_fetch_matches_the_librarys() {
     let chain = tempfile::tempdir().unwrap();
     let monerod = Monerod::start(chain.path()).await;
     let wallet = WalletRpc::start_with(chain.path(), Some(&monerod.url)).await;
-    wallet
-        .call(
-            "create_wallet",
-            serde_json::json!({"filename": "payer", "language": "English"}),
-        )
-        .await;
-    let payer = wallet
-        .call("get_address", serde_json::json!({"account_index": 0}))
-        .await["result"]["address"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    wallet.create_wallet("payer").await;
+    let payer = wallet.address().await;
     monerod.mine(&payer, 80).await;
-    wallet.call("refresh", serde_json::json!({})).await;
+    wallet.refresh().await;
     for _ in 0..3 {
-        let sent = wallet
-            .call(
-                "transfer",
-                serde_json::json!({"destinations": [{"amount": 1_000_000_000_u64, "address": elsewhere()}]}),
-            )
-            .await;
-        assert!(sent.get("error").is_none(), "{sent}");
+        wallet
+            .transfer(&[(&elsewhere(), 1_000_000_000_u64)], Default::default())
+            .await
+            .unwrap();
     }
     monerod.mine(&elsewhere(), 2).await;
     let daemon = processor::monero::Daemon::new(monerod.url.clone());

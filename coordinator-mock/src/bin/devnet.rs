@@ -29,6 +29,10 @@ struct Cli {
         default_value = "postgres://postgres@127.0.0.1:5432/postgres"
     )]
     database_url: String,
+    /// Prefix of the databases made (`<prefix>_processor_1`.., `<prefix>_coordinator`;
+    /// dropped first if they exist), so that two devnets can share a server.
+    #[arg(long, default_value = "devnet")]
+    db_prefix: String,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -69,7 +73,7 @@ fn main() -> ExitCode {
         n: cli.processors,
         t: cli.threshold,
         database_url: cli.database_url,
-        db_prefix: "devnet".into(),
+        db_prefix: cli.db_prefix,
         processor_exe,
         offline: Vec::new(),
         restart: None,

@@ -526,6 +526,10 @@ pub struct QuarantineView {
     pub payload: Vec<u8>,
     /// Quarantine time, Unix ms.
     pub quarantined_unix_ms: i64,
+    /// Resolution time, Unix ms (0: unresolved).
+    pub resolved_unix_ms: i64,
+    /// The operator's note resolving it.
+    pub resolution: String,
 }
 
 /// Lists quarantine rows after `after` (admin API).
@@ -536,7 +540,10 @@ pub async fn list_quarantine(
     limit: u32,
 ) -> Result<Vec<QuarantineView>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT id, uid, code, reason, payload, (extract(epoch from quarantined_at) * 1000)::bigint
+        "SELECT id, uid, code, reason, payload,
+                (extract(epoch from quarantined_at) * 1000)::bigint AS quarantined_ms,
+                COALESCE((extract(epoch from resolved_at) * 1000)::bigint, 0) AS resolved_ms,
+                resolution
          FROM quarantine WHERE link_id = $1 AND id > $2 ORDER BY id LIMIT $3",
     )
     .bind(link_id)
@@ -544,15 +551,148 @@ pub async fn list_quarantine(
     .bind(i64::from(limit))
     .fetch_all(pool)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| QuarantineView {
-            id: to_u64(r.get(0)),
-            uid: r.get(1),
-            code: r.get(2),
-            reason: r.get(3),
-            payload: r.get(4),
-            quarantined_unix_ms: r.get(5),
+    rows.into_iter()
+        .map(|r| {
+            Ok(QuarantineView {
+                id: to_u64(r.try_get("id")?),
+                uid: r.try_get("uid")?,
+                code: r.try_get("code")?,
+                reason: r.try_get("reason")?,
+                payload: r.try_get("payload")?,
+                quarantined_unix_ms: r.try_get("quarantined_ms")?,
+                resolved_unix_ms: r.try_get("resolved_ms")?,
+                resolution: r.try_get("resolution")?,
+            })
         })
-        .collect())
+        .collect()
+}
+
+/// Rows one pruning pass deleted on a link.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Acknowledged send-log rows.
+    pub send_log: u64,
+    /// Inbox journal rows.
+    pub inbox: u64,
+    /// Resolved quarantine entries.
+    pub quarantine: u64,
+}
+
+impl Pruned {
+    /// Rows in all.
+    pub fn total(&self) -> u64 {
+        self.send_log + self.inbox + self.quarantine
+    }
+}
+
+/// Deletes at most `batch` rows of each pruned table on `link_id` older
+/// than `older_than_secs`, counting them in `link_state` in the same
+/// statement. A send-log row goes only once the peer acknowledged it (a
+/// peer resumes after its acknowledgement, never at or before it); a
+/// quarantine entry only once an operator resolved it.
+pub async fn prune_batch(
+    pool: &PgPool,
+    link_id: &str,
+    older_than_secs: f64,
+    batch: i64,
+) -> Result<Pruned, sqlx::Error> {
+    let row = sqlx::query(
+        "WITH sent AS (
+           DELETE FROM send_log WHERE link_id = $1 AND id IN (
+             SELECT s.id FROM send_log s JOIN link_state l USING (link_id)
+             WHERE s.link_id = $1 AND s.id <= l.acked_out
+               AND s.created_at < now() - make_interval(secs => $2)
+             ORDER BY s.id LIMIT $3)
+           RETURNING 1),
+         handled AS (
+           DELETE FROM inbox WHERE link_id = $1 AND id IN (
+             SELECT id FROM inbox WHERE link_id = $1
+               AND handled_at < now() - make_interval(secs => $2)
+             ORDER BY id LIMIT $3)
+           RETURNING 1),
+         resolved AS (
+           DELETE FROM quarantine WHERE link_id = $1 AND id IN (
+             SELECT id FROM quarantine WHERE link_id = $1
+               AND resolved_at < now() - make_interval(secs => $2)
+             ORDER BY id LIMIT $3)
+           RETURNING 1),
+         counted AS (
+           SELECT (SELECT count(*) FROM sent) AS sent,
+                  (SELECT count(*) FROM handled) AS handled,
+                  (SELECT count(*) FROM resolved) AS resolved)
+         UPDATE link_state SET
+           pruned_send_log = pruned_send_log + counted.sent,
+           pruned_inbox = pruned_inbox + counted.handled,
+           pruned_quarantine = pruned_quarantine + counted.resolved,
+           last_pruned_at = now()
+         FROM counted WHERE link_id = $1
+         RETURNING counted.sent, counted.handled, counted.resolved",
+    )
+    .bind(link_id)
+    .bind(older_than_secs)
+    .bind(batch)
+    .fetch_optional(pool)
+    .await?;
+    let Some(row) = row else {
+        return Ok(Pruned::default());
+    };
+    Ok(Pruned {
+        send_log: to_u64(row.try_get("sent")?),
+        inbox: to_u64(row.try_get("handled")?),
+        quarantine: to_u64(row.try_get("resolved")?),
+    })
+}
+
+/// What pruning removed on a link so far, and when it last ran.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PrunedTotals {
+    /// Rows deleted, by table.
+    pub rows: Pruned,
+    /// When a pass last ran on this link (Unix ms; 0: never).
+    pub last_pruned_unix_ms: i64,
+}
+
+/// Reads the pruning totals of a link.
+pub async fn pruned_totals(pool: &PgPool, link_id: &str) -> Result<PrunedTotals, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT pruned_send_log, pruned_inbox, pruned_quarantine,
+                COALESCE((extract(epoch from last_pruned_at) * 1000)::bigint, 0) AS last_ms
+         FROM link_state WHERE link_id = $1",
+    )
+    .bind(link_id)
+    .fetch_optional(pool)
+    .await?;
+    let Some(row) = row else {
+        return Ok(PrunedTotals::default());
+    };
+    Ok(PrunedTotals {
+        rows: Pruned {
+            send_log: to_u64(row.try_get("pruned_send_log")?),
+            inbox: to_u64(row.try_get("pruned_inbox")?),
+            quarantine: to_u64(row.try_get("pruned_quarantine")?),
+        },
+        last_pruned_unix_ms: row.try_get("last_ms")?,
+    })
+}
+
+/// Marks a quarantined message resolved with the operator's `note`; from
+/// then on it is pruned once older than the retention. `Ok(false)`: no such
+/// entry. Resolving again keeps the first resolution.
+pub async fn resolve_quarantine(
+    pool: &PgPool,
+    link_id: &str,
+    id: u64,
+    note: &str,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE quarantine SET resolved_at = COALESCE(resolved_at, now()),
+                resolution = CASE WHEN resolved_at IS NULL THEN $3 ELSE resolution END
+         WHERE link_id = $1 AND id = $2",
+    )
+    .bind(link_id)
+    .bind(to_i64(id))
+    .bind(pg_text(note).as_ref())
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() > 0)
 }

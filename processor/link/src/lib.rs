@@ -75,7 +75,26 @@ pub struct LinkConfig {
     /// the process dies, before the message is quarantined as
     /// `HANDLER_PANIC` (and acknowledged) so that later messages flow.
     pub max_handler_tries: u32,
+    /// How long acknowledged send-log rows, inbox journal rows and resolved
+    /// quarantine entries are kept before the pruning task deletes them. A
+    /// send-log row's `uid` deduplicates enqueues for as long as the row is
+    /// kept; every producer enqueues in the transaction of the state change
+    /// that causes the message, so a `uid` only recurs within a retry of that
+    /// transaction, far inside any sane retention.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// How often the pruning task runs.
+    #[serde(with = "humantime_serde")]
+    pub prune_interval: Duration,
+    /// Most rows of each table one pruning statement deletes; a pass repeats
+    /// statements until less than this went, so no statement holds locks
+    /// long.
+    pub prune_batch: u32,
 }
+
+/// The shortest `retention` accepted: far longer than any retry of the
+/// transaction that enqueues a message (so its `uid` still deduplicates).
+pub const MIN_RETENTION: Duration = Duration::from_secs(60);
 
 /// Room a data frame needs beyond its payload (id, uid, trace context,
 /// framing), added to `max_payload_bytes` to give the frame limit.
@@ -96,6 +115,9 @@ impl Default for LinkConfig {
             max_payload_bytes: 1024 * 1024,
             max_batch_bytes: 8 * 1024 * 1024,
             max_handler_tries: 3,
+            retention: Duration::from_secs(7 * 24 * 3600),
+            prune_interval: Duration::from_secs(600),
+            prune_batch: 1000,
         }
     }
 }
@@ -135,6 +157,18 @@ impl LinkConfig {
         }
         if self.max_handler_tries == 0 {
             return Err(format!("{prefix}.max_handler_tries must be at least 1"));
+        }
+        if self.retention < MIN_RETENTION {
+            return Err(format!(
+                "{prefix}.retention ({:?}) must be at least {MIN_RETENTION:?}: shorter, a message could be pruned while its enqueue is still being retried",
+                self.retention
+            ));
+        }
+        if self.prune_interval.is_zero() {
+            return Err(format!("{prefix}.prune_interval must be more than 0"));
+        }
+        if self.prune_batch == 0 {
+            return Err(format!("{prefix}.prune_batch must be at least 1"));
         }
         Ok(())
     }
@@ -458,6 +492,74 @@ impl<S: Side, H: Handler> Link<S, H> {
         }))
     }
 
+    /// Deletes what the retention allows on this link, in batches of
+    /// `prune_batch` rows per table, until a batch comes back short.
+    pub async fn prune(&self) -> Result<db::Pruned, sqlx::Error> {
+        let batch = i64::from(self.config.prune_batch);
+        let older_than = self.config.retention.as_secs_f64();
+        let mut total = db::Pruned::default();
+        loop {
+            let step = db::prune_batch(&self.pool, &self.link_id, older_than, batch).await?;
+            for (table, rows) in [
+                ("send_log", step.send_log),
+                ("inbox", step.inbox),
+                ("quarantine", step.quarantine),
+            ] {
+                if rows > 0 {
+                    metrics::counter!(service::metrics::LINK_PRUNED, "link" => self.link_id.clone(), "table" => table)
+                        .increment(rows);
+                }
+            }
+            total.send_log += step.send_log;
+            total.inbox += step.inbox;
+            total.quarantine += step.quarantine;
+            let full = |rows: u64| i64::try_from(rows).unwrap_or(i64::MAX) >= batch;
+            if !(full(step.send_log) || full(step.inbox) || full(step.quarantine)) {
+                return Ok(total);
+            }
+            if self.shutdown.is_cancelled() {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Runs [`Self::prune`] every `prune_interval` until shutdown. A failed
+    /// pass is logged and tried again at the next interval: pruning is
+    /// housekeeping, never a reason to stop the link.
+    pub fn spawn_pruner(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let link = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(link.config.prune_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = link.shutdown.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                match link.prune().await {
+                    Ok(p) if p.total() > 0 => info!(
+                        link = %link.link_id,
+                        send_log = p.send_log,
+                        inbox = p.inbox,
+                        quarantine = p.quarantine,
+                        retention = ?link.config.retention,
+                        "pruned link rows past their retention"
+                    ),
+                    Ok(_) => debug!(link = %link.link_id, "nothing to prune"),
+                    Err(e) => {
+                        warn!(link = %link.link_id, error = %e, "pruning failed; trying again at the next interval")
+                    }
+                }
+            }
+        })
+    }
+
+    /// Marks a quarantined inbound message resolved (admin API); it is
+    /// pruned once older than the retention. `Ok(false)`: no such entry.
+    pub async fn resolve_quarantine(&self, id: u64, note: &str) -> Result<bool, sqlx::Error> {
+        db::resolve_quarantine(&self.pool, &self.link_id, id, note).await
+    }
+
     /// The link's id (the peer's name on this side).
     pub fn link_id(&self) -> &str {
         &self.link_id
@@ -511,6 +613,7 @@ impl<S: Side, H: Handler> Link<S, H> {
         let counters = db::counters(&mut conn, &self.link_id).await?;
         drop(conn);
         let quarantined = db::quarantined_count(&self.pool, &self.link_id).await?;
+        let pruned = db::pruned_totals(&self.pool, &self.link_id).await?;
         let live = self.live_status();
         Ok(proto::processor_v1::LinkStatus {
             peer: live.peer,
@@ -523,6 +626,10 @@ impl<S: Side, H: Handler> Link<S, H> {
             connected_since_unix_ms: unix_ms(live.connected_since),
             last_heard_unix_ms: unix_ms(live.last_heard),
             fault: self.faults.borrow().describe(),
+            pruned_send_log: pruned.rows.send_log,
+            pruned_inbox: pruned.rows.inbox,
+            pruned_quarantine: pruned.rows.quarantine,
+            last_pruned_unix_ms: pruned.last_pruned_unix_ms,
         })
     }
 

@@ -38,6 +38,8 @@ pub const LINK_SESSIONS: &str = "custody_link_sessions_total";
 /// and `kind` (`local`: a local fault, retried; `panic`: the handler
 /// panicked; `crash`: an earlier process died while handling messages).
 pub const LINK_FAULTS: &str = "custody_link_handler_faults_total";
+/// Link rows deleted past their retention (labels: link, table).
+pub const LINK_PRUNED: &str = "custody_link_pruned_rows_total";
 
 /// The highest finalized (stored) block.
 pub const SCAN_FINALIZED: &str = "custody_scan_finalized_height";
@@ -136,6 +138,10 @@ fn describe() {
         (
             LINK_FAULTS,
             "inbound messages not handled because of a fault on this side (local, panic, crash)",
+        ),
+        (
+            LINK_PRUNED,
+            "link rows (send_log, inbox, resolved quarantine) deleted past link.retention",
         ),
         (SCAN_BLOCKS, "finalized blocks stored"),
         (SCAN_OUTPUTS, "outputs to the group key found"),

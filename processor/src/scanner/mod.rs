@@ -7,6 +7,7 @@
 //! depth is ever reported twice or falsely.
 
 pub mod db;
+pub mod prefilter;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -236,10 +237,11 @@ pub struct ScannedBlock {
 /// block that does not scan.
 pub fn scan_all(
     scanner: &Scanner,
+    filter: &prefilter::ViewTagFilter,
     blocks: Vec<monero_wallet::interface::ScannableBlock>,
     keep_transactions: bool,
 ) -> Result<Vec<ScannedBlock>, String> {
-    let scan_one = |scanner: &mut Scanner, block: monero_wallet::interface::ScannableBlock| {
+    let scan_one = |scanner: &mut Scanner, mut block: monero_wallet::interface::ScannableBlock| {
         let height = block.block.number() as u64;
         let hash = block.block.hash();
         let timestamp = block.block.header.timestamp;
@@ -247,6 +249,9 @@ pub fn scan_all(
             hashes: block.block.transactions.clone(),
             transactions: block.transactions.clone(),
         });
+        // After the transactions are kept: the filter empties the extra of
+        // those that cannot pay us, which the Scanner then skips.
+        filter.strip(&mut block);
         let outputs = scanner
             .scan(block)
             .map_err(|e| format!("block {height} does not scan: {e:?}"))?
@@ -515,10 +520,12 @@ pub async fn ingest(
         scanner.register_subaddress(index);
     }
     // Scanning is CPU work: off the async workers, on every core.
-    let scanned = tokio::task::spawn_blocking(move || scan_all(&scanner, blocks, watch_plans))
-        .await
-        .map_err(|e| StepError::Halt(format!("the scanning task failed: {e}")))?
-        .map_err(StepError::Halt)?;
+    let filter = prefilter::ViewTagFilter::new(crate::keystore::dkg::view_key(&key.key.group_key));
+    let scanned =
+        tokio::task::spawn_blocking(move || scan_all(&scanner, &filter, blocks, watch_plans))
+            .await
+            .map_err(|e| StepError::Halt(format!("the scanning task failed: {e}")))?
+            .map_err(StepError::Halt)?;
     let mut sched = context.scheduler.clone();
     sched.window_blocks = Some(key.key.chain.window_blocks);
     let mut tx = pool.begin().await?;

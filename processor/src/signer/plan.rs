@@ -53,6 +53,14 @@ pub async fn preprocess(
     let Some(plan) = signing(conn, id).await? else {
         return Ok(());
     };
+    // Fault injection for the Byzantine tests: an honest signer whose
+    // preprocess arrives late (`return(ms)`), so a faulty one is always among
+    // the first to preprocess.
+    if let Some(ms) = crate::failpoint::eval("plan-signer-slow-preprocess", |arg| {
+        arg.and_then(|a| a.parse::<u64>().ok()).unwrap_or(1_000)
+    }) {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
     let signable = SignableTransaction::read(&mut plan.signable.as_slice())
         .map_err(|e| HandleError::Local(format!("stored plan: {e}")))?;
     let (_, sealed, public) = key(conn, id.session).await?;
@@ -125,6 +133,25 @@ pub async fn preprocesses(
         std::future::pending::<()>().await;
     }
     let outcome = keystore.plan_sign(&attempt_key(&id), own, &chosen);
+    // Fault injection for the Byzantine tests: an invalid CLSAG share, which
+    // only the other signers can detect (the coordinator cannot check it).
+    let outcome = match outcome {
+        Ok(Some(mut share))
+            if crate::failpoint::eval("plan-signer-corrupt-share", |_| ()).is_some() =>
+        {
+            warn!(
+                attempt = id.attempt,
+                "fault injection: sending an invalid CLSAG share and withholding the transaction"
+            );
+            // A faulty signer would not publish what only it can complete.
+            keystore.abandon_attempt(&attempt_key(&id));
+            if let Some(byte) = share.first_mut() {
+                *byte ^= 1;
+            }
+            Ok(Some(share))
+        }
+        other => other,
+    };
     send_share(conn, link_id, &id, outcome, &m.preprocesses).await
 }
 

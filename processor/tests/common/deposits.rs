@@ -79,21 +79,10 @@ impl Setup {
         let one = processor::accounts::deposit_address(&key, 1).unwrap();
         let two = processor::accounts::deposit_address(&key, 2).unwrap();
         let wallet = WalletRpc::start_with(chain.path(), Some(&monerod.url)).await;
-        let created = wallet
-            .call(
-                "create_wallet",
-                serde_json::json!({"filename": "user", "language": "English"}),
-            )
-            .await;
-        assert!(created.get("error").is_none(), "{created}");
-        let user = wallet
-            .call("get_address", serde_json::json!({"account_index": 0}))
-            .await["result"]["address"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        wallet.create_wallet("user").await;
+        let user = wallet.address().await;
         monerod.mine(&user, 130).await;
-        wallet.call("refresh", serde_json::json!({})).await;
+        wallet.refresh().await;
         Self {
             monerod,
             cluster,
@@ -108,14 +97,10 @@ impl Setup {
     /// Pays `a1` to account 1 and `a2` to account 2 in one transaction and
     /// mines it into one block (not yet final).
     pub async fn deposit(&self, a1: u64, a2: u64) {
-        let sent = self
-            .wallet
-            .call(
-                "transfer",
-                serde_json::json!({"destinations": [{"amount": a1, "address": self.one}, {"amount": a2, "address": self.two}]}),
-            )
-            .await;
-        assert!(sent.get("error").is_none(), "{sent}");
+        self.wallet
+            .transfer(&[(&self.one, a1), (&self.two, a2)], Default::default())
+            .await
+            .unwrap();
         self.monerod.mine(&elsewhere(), 1).await;
     }
 

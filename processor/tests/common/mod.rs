@@ -10,6 +10,7 @@ pub mod monero;
 pub mod otlp;
 pub mod payouts;
 pub mod raw;
+pub mod tools;
 
 pub use otlp::venv;
 

@@ -5,7 +5,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use monero_wallet::address::{MoneroAddress, Network};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
 
@@ -43,7 +42,7 @@ impl Monerod {
             .append(true)
             .open(&log)
             .unwrap();
-        let mut command = std::process::Command::new("monerod");
+        let mut command = std::process::Command::new(super::tools::monerod());
         command
             .args([
                 "--regtest",
@@ -72,9 +71,7 @@ impl Monerod {
             // A regtest monerod deletes its chain at start unless told not to.
             command.arg("--keep-fakechain");
         }
-        let child = command
-            .spawn()
-            .expect("monerod from the Debian `monero` package (apt-get install monero)");
+        let child = command.spawn().expect("start monerod");
         self.proc = Some(Proc {
             child,
             log,
@@ -143,8 +140,14 @@ pub fn elsewhere() -> String {
 /// `validate_address`.
 pub struct WalletRpc {
     _proc: Proc,
-    port: u16,
+    /// The typed client (monero-rpc), for everything it has a call for.
+    pub client: monero_rpc::WalletClient,
+    url: String,
+    http: reqwest::Client,
 }
+
+/// How long one wallet call may take (a `refresh` over many blocks is slow).
+const WALLET_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl WalletRpc {
     pub async fn start(dir: &Path) -> Self {
@@ -158,7 +161,7 @@ impl WalletRpc {
         std::fs::create_dir_all(&wallets).unwrap();
         let log = dir.join("wallet-rpc.log");
         let file = std::fs::File::create(&log).unwrap();
-        let child = std::process::Command::new("monero-wallet-rpc")
+        let child = std::process::Command::new(super::tools::monero_wallet_rpc())
             .args([
                 "--rpc-bind-ip",
                 "127.0.0.1",
@@ -184,53 +187,110 @@ impl WalletRpc {
             .stdout(file.try_clone().unwrap())
             .stderr(file)
             .spawn()
-            .expect("monero-wallet-rpc from the Debian `monero` package (apt-get install monero)");
+            .expect("start monero-wallet-rpc");
         wait_port(port).await;
+        let url = format!("http://127.0.0.1:{port}");
         Self {
             _proc: Proc {
                 child,
                 log,
                 name: "monero-wallet-rpc".into(),
             },
-            port,
+            client: monero_rpc::RpcClientBuilder::new()
+                .timeout(WALLET_TIMEOUT)
+                .build(url.clone())
+                .expect("a client of a plain http URL builds")
+                .wallet(),
+            url,
+            http: reqwest::Client::builder()
+                .timeout(WALLET_TIMEOUT)
+                .build()
+                .expect("a client without TLS builds"),
         }
     }
 
-    pub async fn call(&self, method: &str, params: serde_json::Value) -> serde_json::Value {
-        let body =
-            serde_json::json!({"jsonrpc": "2.0", "id": "0", "method": method, "params": params})
-                .to_string();
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+    /// Creates and opens wallet `name` (in the wallet directory).
+    pub async fn create_wallet(&self, name: &str) {
+        self.client
+            .create_wallet(name.to_owned(), None, "English".to_owned())
             .await
-            .unwrap();
-        let request = format!(
-            "POST /json_rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
-             Connection: close\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        stream.write_all(request.as_bytes()).await.unwrap();
-        // `Connection: close`: the answer ends when the server closes.
-        let mut response = Vec::new();
-        tokio::time::timeout(Duration::from_secs(120), async {
-            stream.read_to_end(&mut response).await.unwrap();
-            let text = String::from_utf8_lossy(&response);
-            let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
-            let length: usize = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap())
-                })
-                .expect("a Content-Length");
-            assert!(
-                body.len() >= length,
-                "short answer: {} of {length} bytes",
-                body.len()
-            );
-            serde_json::from_str::<serde_json::Value>(&body[..length]).expect("JSON-RPC answer")
-        })
-        .await
-        .expect("monero-wallet-rpc answers within 120s")
+            .expect("create_wallet");
+    }
+
+    /// The open wallet's main address.
+    pub async fn address(&self) -> String {
+        self.client
+            .get_address(0, None)
+            .await
+            .expect("get_address")
+            .address
+            .to_string()
+    }
+
+    pub async fn refresh(&self) {
+        self.client.refresh(None).await.expect("refresh");
+    }
+
+    /// Pays `to` (distinct addresses) from account 0; the transaction's hash,
+    /// or the wallet's refusal (e.g. no unlocked outputs left).
+    pub async fn transfer(
+        &self,
+        to: &[(&str, u64)],
+        options: monero_rpc::TransferOptions,
+    ) -> Result<String, String> {
+        let destinations = to
+            .iter()
+            .map(|(address, amount)| {
+                (
+                    address.parse().expect("a Monero address"),
+                    monero_rpc::monero::Amount::from_pico(*amount),
+                )
+            })
+            .collect::<std::collections::HashMap<_, _>>();
+        assert_eq!(destinations.len(), to.len(), "distinct addresses");
+        self.client
+            .transfer(destinations, monero_rpc::TransferPriority::Default, options)
+            .await
+            .map(|sent| sent.tx_hash.to_string())
+            .map_err(|e| format!("transfer: {e:#}"))
+    }
+
+    /// A call monero-rpc has no typed method for (`validate_address`,
+    /// `auto_refresh`, multisig): its JSON-RPC envelope (jsonrpc-core, as
+    /// monero-rpc builds them) over reqwest. The `result`, or the error.
+    pub async fn try_call(
+        &self,
+        method: &str,
+        params: serde_json::Value,
+    ) -> Result<serde_json::Value, String> {
+        let serde_json::Value::Object(params) = params else {
+            panic!("{method}: wallet RPC parameters are an object");
+        };
+        let call = jsonrpc_core::MethodCall {
+            jsonrpc: Some(jsonrpc_core::Version::V2),
+            method: method.to_owned(),
+            params: jsonrpc_core::Params::Map(params),
+            id: jsonrpc_core::Id::Num(0),
+        };
+        let answer: jsonrpc_core::Output = self
+            .http
+            .post(format!("{}/json_rpc", self.url))
+            .json(&call)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| format!("{method}: {e}"))?
+            .json()
+            .await
+            .map_err(|e| format!("{method}: the answer is not JSON-RPC: {e}"))?;
+        jsonrpc_core::Result::<serde_json::Value>::from(answer)
+            .map_err(|e| format!("{method}: {} ({})", e.message, e.code.code()))
+    }
+
+    /// As `try_call`; the wallet refusing fails the test.
+    pub async fn call(&self, method: &str, params: serde_json::Value) -> serde_json::Value {
+        self.try_call(method, params)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 }

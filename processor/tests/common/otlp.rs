@@ -26,6 +26,10 @@ pub fn venv(name: &str, packages: &[&str]) -> PathBuf {
     if done.exists() {
         return venv;
     }
+    // python3 with venv (Debian python3-venv), installed here if need be.
+    coordinator_mock::devnet::prerequisites::ensure_or_exit(&[
+        coordinator_mock::devnet::prerequisites::Package::PythonVenv,
+    ]);
     let lock = target_dir().join(format!("{name}.lock"));
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {

@@ -29,38 +29,32 @@ where
 
 /// A fresh subaddress of the user's wallet: (address, minor index).
 pub async fn user_subaddress(setup: &Setup) -> (String, u64) {
-    let made = setup
+    let (address, minor) = setup
         .wallet
-        .call("create_address", serde_json::json!({"account_index": 0}))
-        .await;
-    (
-        made["result"]["address"].as_str().unwrap().to_owned(),
-        made["result"]["address_index"].as_u64().unwrap(),
-    )
+        .client
+        .create_address(0, None)
+        .await
+        .expect("create_address");
+    (address.to_string(), u64::from(minor))
 }
 
 /// What the user's wallet received at subaddress (0, minor): (txid, amount).
 pub async fn received(setup: &Setup, minor: u64) -> Vec<(String, u64)> {
-    setup.wallet.call("refresh", serde_json::json!({})).await;
-    let got = setup
+    setup.wallet.refresh().await;
+    let mut got = setup
         .wallet
-        .call(
-            "get_transfers",
-            serde_json::json!({"in": true, "account_index": 0, "subaddr_indices": [minor]}),
-        )
-        .await;
-    got["result"]["in"]
-        .as_array()
-        .map(|entries| {
-            entries
-                .iter()
-                .map(|e| {
-                    (
-                        e["txid"].as_str().unwrap().to_owned(),
-                        e["amount"].as_u64().unwrap(),
-                    )
-                })
-                .collect()
+        .client
+        .get_transfers(monero_rpc::GetTransfersSelector {
+            category_selector: [(monero_rpc::GetTransfersCategory::In, true)].into(),
+            account_index: Some(0),
+            subaddr_indices: Some(vec![u32::try_from(minor).expect("a subaddress index")]),
+            block_height_filter: None,
         })
+        .await
+        .expect("get_transfers");
+    got.remove(&monero_rpc::GetTransfersCategory::In)
         .unwrap_or_default()
+        .into_iter()
+        .map(|e| (hex::encode(e.txid.0), e.amount.as_pico()))
+        .collect()
 }

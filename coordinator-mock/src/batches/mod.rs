@@ -1,17 +1,28 @@
 //! Batches as the coordinator runs them: proposals, verification of the
 //! aggregated signature with ed25519-dalek against the group key, and
 //! inclusion in the next settlement block. The signing rounds themselves
-//! are in [`crate::signing`].
+//! are in [`crate::signing`], which [`crate::dispatch`] tells when a batch
+//! is included.
+
+pub mod db;
 
 use prost::Message as _;
 use proto::processor_v1::{BatchProposal, BatchSigned};
-use sqlx::{PgConnection, Row};
+use sqlx::PgConnection;
 use tracing::{info, warn};
 
 use link::HandleError;
 
-fn i64_of(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
+use crate::common::{to_i64, to_u64};
+use db::BatchStatus;
+
+/// What a verified `BatchSigned` changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signed {
+    /// The batch is included now: its signing is over.
+    Included(i64),
+    /// It was included before.
+    AlreadyIncluded,
 }
 
 /// `BatchProposal`: remember it (the first proposal defines the batch).
@@ -25,31 +36,21 @@ pub async fn proposal(
         .batch
         .ok_or_else(|| HandleError::Rejected("proposal without a batch".into()))?;
     let encoded = batch.encode_to_vec();
-    sqlx::query(
-        "INSERT INTO batches (id, session, block_height, encoded) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
+    let first = db::insert(
+        conn,
+        to_i64(batch.id),
+        to_i64(batch.session),
+        to_i64(batch.block_height),
+        &encoded,
     )
-    .bind(i64_of(batch.id))
-    .bind(i64_of(batch.session))
-    .bind(i64_of(batch.block_height))
-    .bind(&encoded)
-    .execute(&mut *conn)
     .await?;
-    let first: Vec<u8> = sqlx::query_scalar("SELECT encoded FROM batches WHERE id = $1")
-        .bind(i64_of(batch.id))
-        .fetch_one(&mut *conn)
-        .await?;
     if first != encoded {
         warn!(
             batch = batch.id,
             processor, "proposal differs from the first one received"
         );
     }
-    sqlx::query("INSERT INTO batch_proposals (id, processor, encoded) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-        .bind(i64_of(batch.id))
-        .bind(processor)
-        .bind(&encoded)
-        .execute(&mut *conn)
-        .await?;
+    db::insert_proposal(conn, to_i64(batch.id), processor, &encoded).await?;
     info!(
         batch = batch.id,
         block = batch.block_height,
@@ -66,22 +67,17 @@ pub async fn signed(
     conn: &mut PgConnection,
     processor: &str,
     m: BatchSigned,
-) -> Result<(), HandleError> {
+) -> Result<Signed, HandleError> {
     let batch = m
         .batch
         .ok_or_else(|| HandleError::Rejected("no batch".into()))?;
     let encoded = batch.encode_to_vec();
-    let row = sqlx::query(
-        "SELECT b.encoded, b.status, s.group_key FROM batches b JOIN keygen_sessions s ON s.session = b.session WHERE b.id = $1 FOR NO KEY UPDATE OF b",
-    )
-    .bind(i64_of(batch.id))
-    .fetch_optional(&mut *conn)
-    .await?
-    .ok_or_else(|| HandleError::Rejected(format!("signed batch {} was never proposed", batch.id)))?;
-    let stored: Vec<u8> = row.get(0);
-    let status: String = row.get(1);
-    let group_key: Option<Vec<u8>> = row.get(2);
-    if stored != encoded {
+    let id = to_i64(batch.id);
+    let stored = db::lock(conn, id).await?.ok_or_else(|| {
+        HandleError::Rejected(format!("signed batch {} was never proposed", batch.id))
+    })?;
+    let group_key = crate::keygen::db::group_key(conn, stored.session).await?;
+    if stored.encoded != encoded {
         return Err(HandleError::Rejected(format!(
             "{processor} signed a batch {} other than the one proposed",
             batch.id
@@ -109,24 +105,10 @@ pub async fn signed(
                 batch.id
             ))
         })?;
-    if status == "included" {
-        return Ok(());
+    if stored.status == BatchStatus::Included {
+        return Ok(Signed::AlreadyIncluded);
     }
-    sqlx::query(
-        "UPDATE batches SET status = 'included', signature = $2, included_at = now() WHERE id = $1",
-    )
-    .bind(i64_of(batch.id))
-    .bind(signature.as_slice())
-    .execute(&mut *conn)
-    .await?;
-    crate::signing::finish(
-        conn,
-        crate::signing::Procedure {
-            kind: "batch",
-            key: i64_of(batch.id),
-        },
-    )
-    .await?;
+    db::include(conn, id, signature.as_slice()).await?;
     info!(
         batch = batch.id,
         block = batch.block_height,
@@ -134,21 +116,16 @@ pub async fn signed(
         "batch signature verified: included"
     );
     metrics::counter!(service::metrics::BATCHES_SIGNED).increment(1);
-    Ok(())
+    Ok(Signed::Included(id))
 }
 
 /// Batches included but not yet in a settlement block: assigns them to
 /// block `number` and returns their ids.
 pub async fn take_for_block(conn: &mut PgConnection, number: i64) -> Result<Vec<u64>, sqlx::Error> {
-    let ids: Vec<i64> = sqlx::query_scalar(
-        "UPDATE batches SET settlement_block = $1 WHERE status = 'included' AND settlement_block IS NULL RETURNING id",
-    )
-    .bind(number)
-    .fetch_all(conn)
-    .await?;
-    let mut ids: Vec<u64> = ids
+    let mut ids: Vec<u64> = db::take_for_block(conn, number)
+        .await?
         .into_iter()
-        .filter_map(|i| u64::try_from(i).ok())
+        .map(to_u64)
         .collect();
     ids.sort_unstable();
     Ok(ids)

@@ -1,5 +1,8 @@
 //! What the coordinator does with each message from a processor, inside the
-//! link's transaction.
+//! link's transaction. The top of the procedures: it calls the role modules
+//! (keygen, batches, signing, payouts, settlement) and passes what one
+//! reports on to another (a batch included or a plan completed ends its
+//! signing); none of them calls back up.
 
 use proto::processor_v1::{ProcessorMessage, processor_message::Kind};
 use sqlx::PgConnection;
@@ -43,10 +46,40 @@ impl Handler for ProcessorHandler {
             Some(Kind::SignShare(m)) => signing::share(conn, inbound.link_id, m).await,
             Some(Kind::SignBlame(m)) => signing::blame(conn, inbound.link_id, m).await,
             Some(Kind::PlanProposal(m)) => payouts::proposal(conn, inbound.link_id, m).await,
-            Some(Kind::PlanCompleted(m)) => payouts::completed(conn, inbound.link_id, m).await,
+            Some(Kind::PlanCompleted(m)) => {
+                match payouts::completed(conn, inbound.link_id, m).await? {
+                    payouts::Completed::Now(seq) => {
+                        signing::finish(
+                            conn,
+                            signing::Procedure {
+                                kind: signing::ProcedureKind::Plan,
+                                key: seq,
+                            },
+                        )
+                        .await?;
+                    }
+                    payouts::Completed::Before => {}
+                }
+                Ok(())
+            }
             Some(Kind::Fault(m)) => payouts::fault(conn, inbound.link_id, m).await,
             Some(Kind::BurnRejected(m)) => payouts::burn_rejected(conn, inbound.link_id, m).await,
-            Some(Kind::BatchSigned(m)) => batches::signed(conn, inbound.link_id, m).await,
+            Some(Kind::BatchSigned(m)) => {
+                match batches::signed(conn, inbound.link_id, m).await? {
+                    batches::Signed::Included(id) => {
+                        signing::finish(
+                            conn,
+                            signing::Procedure {
+                                kind: signing::ProcedureKind::Batch,
+                                key: id,
+                            },
+                        )
+                        .await?;
+                    }
+                    batches::Signed::AlreadyIncluded => {}
+                }
+                Ok(())
+            }
             None => Err(HandleError::Rejected("message with no kind".into())),
         }
     }
