@@ -14,8 +14,8 @@ use tonic::transport::{ClientTlsConfig, Endpoint};
 
 use tracing::{Instrument, info, info_span, warn};
 
-use service::db::{self, DbError, InstanceLock};
 use link::{CoordinatorSide, Link, SessionError};
+use service::db::{self, DbError, InstanceLock};
 
 use crate::backoff::Backoff;
 use crate::common::out;

@@ -15,7 +15,7 @@ use proto::processor_v1::{
 use sqlx::{PgConnection, PgPool};
 use tracing::{info, warn};
 
-use link::{HandleError};
+use link::HandleError;
 
 use crate::common::{out, to_i32, to_i64, to_u32, to_u64};
 use crate::error::CoordinatorError;

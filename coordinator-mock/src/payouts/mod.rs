@@ -15,8 +15,8 @@ use proto::processor_v1::{
 use sqlx::{PgConnection, PgPool};
 use tracing::{info, warn};
 
+use link::HandleError;
 use primitives::amount::Amount;
-use link::{HandleError};
 use processor::scheduler::plan;
 
 use crate::common::{out, to_i64, to_u64};

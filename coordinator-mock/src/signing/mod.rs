@@ -19,7 +19,7 @@ use proto::processor_v1::{
 use sqlx::{PgConnection, PgPool};
 use tracing::{info, warn};
 
-use link::{HandleError};
+use link::HandleError;
 
 use crate::common::{out, to_i32, to_i64, to_u32, to_u64};
 use db::{AttemptStatus, VerdictKind};
@@ -556,8 +556,7 @@ pub async fn reattempt_stalled(pool: &PgPool, timeout: Duration) -> Result<usize
             kind = kind.as_str(),
             key, attempt, "signing attempt stalled; re-attempting"
         );
-        metrics::counter!(service::metrics::SIGN_REATTEMPTS, "kind" => kind.as_str())
-            .increment(1);
+        metrics::counter!(service::metrics::SIGN_REATTEMPTS, "kind" => kind.as_str()).increment(1);
         count += 1;
     }
     tx.commit().await?;
