@@ -18,7 +18,7 @@ use proto::coordinator_v1::{
 use proto::processor_v1::{DepositAddress, DepositAddressRequest};
 use tonic::{Request, Response, Status};
 
-use processor::amount::Amount;
+use primitives::amount::Amount;
 
 use crate::common::{to_i32, to_u64};
 use crate::coordinator::Coordinator;
@@ -322,7 +322,7 @@ async fn scan_status(peer: &crate::coordinator::Peer) -> Option<proto::processor
     ProcessorAdminClient::new(channel)
         .get_scan_status({
             let mut request = tonic::Request::new(proto::processor_v1::GetScanStatusRequest {});
-            processor::telemetry::inject(request.metadata_mut());
+            service::telemetry::inject(request.metadata_mut());
             request
         })
         .await

@@ -5,7 +5,7 @@
 use prost::Message as _;
 use proto::processor_v1::{CoordinatorMessage, coordinator_message::Kind};
 
-use processor::link::OutMessage;
+use link::OutMessage;
 
 /// A coordinator message ready for `link::enqueue`: `uid` makes it
 /// exactly-once on its link, `kind` names it in the send log.

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
-use processor::config::{AdminConfig, ConfigError, LogConfig, describe, redact_url};
-use processor::link::LinkConfig;
+use link::LinkConfig;
 use serde::Deserialize;
+use service::config::{AdminConfig, ConfigError, LogConfig, describe, redact_url};
 
 /// Everything the coordinator-mock needs to start.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
@@ -38,7 +38,7 @@ pub struct Config {
     /// unless `insecure = true` (then endpoints are `http://` and the admin
     /// API is plaintext).
     #[serde(default)]
-    pub tls: processor::tls::TlsConfig,
+    pub tls: service::tls::TlsConfig,
     /// Postgres URL of the coordinator's own database (not a processor's).
     pub database_url: String,
     /// Most connections in the Postgres pool.
@@ -331,7 +331,7 @@ impl Config {
             }
         }
         self.tls
-            .validate("tls", processor::tls::TlsSide::Coordinator)
+            .validate("tls", service::tls::TlsSide::Coordinator)
             .map_err(ConfigError::Invalid)?;
         self.link.validate("link").map_err(ConfigError::Invalid)?;
         let burns = self.settlement.max_burns_per_block;
@@ -419,7 +419,7 @@ mod tests {
             config.settlement.max_burns_per_block,
             SettlementConfig::default().max_burns_per_block
         );
-        assert_eq!(config.link, processor::link::LinkConfig::default());
+        assert_eq!(config.link, link::LinkConfig::default());
     }
 
     #[test]

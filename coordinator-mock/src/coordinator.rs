@@ -14,8 +14,8 @@ use tonic::transport::{ClientTlsConfig, Endpoint};
 
 use tracing::{Instrument, info, info_span, warn};
 
-use processor::db::{self, DbError, InstanceLock};
-use processor::link::{self, CoordinatorSide, Link, SessionError};
+use link::{CoordinatorSide, Link, SessionError};
+use service::db::{self, DbError, InstanceLock};
 
 use crate::backoff::Backoff;
 use crate::common::out;
@@ -60,7 +60,7 @@ pub enum StartError {
     Db(#[from] DbError),
     /// The TLS files cannot be used.
     #[error("TLS: {0}")]
-    Tls(#[from] processor::tls::TlsError),
+    Tls(#[from] service::tls::TlsError),
 }
 
 impl Peer {
@@ -108,13 +108,14 @@ impl Coordinator {
         )
         .await?;
         let pool = db::connect(&config.database_url, config.max_db_connections).await?;
-        sqlx::migrate!("./migrations")
-            .run(&pool)
-            .await
-            .map_err(|source| DbError::Migrate {
-                url: processor::config::redact_url(&config.database_url),
-                source,
-            })?;
+        // The link's tables (link::MIGRATOR, versions 1-99) and the
+        // coordinator's own (./migrations, 100-199), as one migrator.
+        db::migrate(
+            &pool,
+            &config.database_url,
+            &[&link::MIGRATOR, &sqlx::migrate!("./migrations")],
+        )
+        .await?;
         let mut peers = Vec::with_capacity(config.processors.len());
         for endpoint in &config.processors {
             let link = Link::new(
@@ -427,7 +428,7 @@ async fn dial_once(peer: &Peer, reconnect: &ReconnectConfig) -> Result<(), Sessi
         .clone()
         .dial(move |stream| async move {
             let mut request = tonic::Request::new(stream);
-            processor::telemetry::inject(request.metadata_mut());
+            service::telemetry::inject(request.metadata_mut());
             client.connect(request).await.map(|r| r.into_inner())
         })
         .await

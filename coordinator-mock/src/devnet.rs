@@ -387,7 +387,7 @@ pub async fn run(options: Options, interrupt: CancellationToken) -> Result<Summa
     let telemetry = options
         .otlp_endpoint
         .as_deref()
-        .map(|e| processor::telemetry::init_export_only(e, "coordinator-mock", "devnet"));
+        .map(|e| service::telemetry::init_export_only(e, "coordinator-mock", "devnet"));
     let dir = tempfile::Builder::new().prefix("devnet-").tempdir()?;
     let keep = dir.path().to_path_buf();
     let (wallet_port, monerod_port) = (free_port(), free_port());

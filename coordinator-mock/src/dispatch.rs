@@ -7,7 +7,7 @@
 use proto::processor_v1::{ProcessorMessage, processor_message::Kind};
 use sqlx::PgConnection;
 
-use processor::link::{HandleError, Handler, Inbound};
+use link::{HandleError, Handler, Inbound};
 
 use crate::{batches, keygen, payouts, settlement, signing};
 

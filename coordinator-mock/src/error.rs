@@ -3,7 +3,7 @@
 //! coordinator, its admin API and the procedures it starts all report with
 //! it.
 
-use processor::link;
+use link;
 
 /// Why the coordinator could not do something.
 #[derive(Debug, thiserror::Error)]

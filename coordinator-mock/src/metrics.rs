@@ -1,7 +1,7 @@
 //! The coordinator's gauges read from its database; the metric names and
-//! the exporter are shared with the processor (`processor::metrics`).
+//! the exporter are shared with the processor (`service::metrics`).
 
-use processor::metrics::{BACKLOG_GAUGE, BATCHES, DbGauge, PLANS};
+use service::metrics::{BACKLOG_GAUGE, BATCHES, DbGauge, PLANS};
 
 /// Key generation sessions by status.
 pub const KEYGEN_SESSIONS: &str = "custody_keygen_sessions";

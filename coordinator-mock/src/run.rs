@@ -9,9 +9,9 @@ use tokio_util::sync::CancellationToken;
 use tower::Layer;
 use tracing::{error, info, warn};
 
-use processor::auth::{Access, Role};
-use processor::db::DbError;
-use processor::server::{AdminGuardLayer, reflection_of, trace_call};
+use service::auth::{Access, Role};
+use service::db::DbError;
+use service::server::{AdminGuardLayer, reflection_of, trace_call};
 
 use crate::admin::Admin;
 use crate::config::Config;
@@ -28,7 +28,7 @@ pub enum RunError {
     Start(#[from] crate::coordinator::StartError),
     /// The metrics endpoint cannot start.
     #[error(transparent)]
-    Metrics(#[from] processor::metrics::MetricsError),
+    Metrics(#[from] service::metrics::MetricsError),
     /// A listen address cannot be bound.
     #[error("cannot listen on {addr} (config field `{field}`): {source}")]
     Bind {
@@ -44,7 +44,7 @@ pub enum RunError {
     Serve(#[from] tonic::transport::Error),
     /// A TLS certificate or key cannot be used.
     #[error("TLS: {0}")]
-    Tls(#[from] processor::tls::TlsError),
+    Tls(#[from] service::tls::TlsError),
     /// Reflection could not be built.
     #[error("gRPC reflection setup failed: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -59,7 +59,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         );
     }
     if let Some(addr) = config.metrics_listen {
-        processor::metrics::install(addr, "coordinator-mock")?;
+        service::metrics::install(addr, "coordinator-mock")?;
         info!(%addr, "serving Prometheus metrics at /metrics");
     }
     let coordinator = Coordinator::start(&config, shutdown.clone()).await?;
@@ -68,7 +68,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         "coordinator started; dialing processors"
     );
     if config.metrics_listen.is_some() {
-        processor::metrics::spawn_db_gauges(
+        service::metrics::spawn_db_gauges(
             coordinator.pool.clone(),
             crate::metrics::db_gauges(),
             shutdown.clone(),

@@ -6,13 +6,13 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 
 use crate::link::LinkConfig;
+pub use service::config::{AdminConfig, ConfigError, LogConfig, describe, redact_url};
 
 /// Everything a processor needs to start.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
@@ -91,59 +91,8 @@ pub struct KeystoreConfig {
     pub kek_file: std::path::PathBuf,
 }
 
-/// Limits of the admin/query API.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct AdminConfig {
-    /// A call that takes longer is cancelled with DEADLINE_EXCEEDED.
-    #[serde(with = "humantime_serde")]
-    pub request_timeout: Duration,
-    /// Most admin calls served at once; more wait.
-    pub concurrency_limit: usize,
-}
-
-impl Default for AdminConfig {
-    fn default() -> Self {
-        Self {
-            request_timeout: Duration::from_secs(5),
-            concurrency_limit: 16,
-        }
-    }
-}
-
-/// Log output.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogConfig {
-    /// `tracing` filter, e.g. "info" or "info,processor::link=debug";
-    /// `RUST_LOG` overrides it.
-    pub filter: String,
-    /// Emit JSON lines instead of human-readable text.
-    pub json: bool,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        Self {
-            filter: "info".into(),
-            json: false,
-        }
-    }
-}
-
 fn default_max_connections() -> u32 {
     10
-}
-
-/// A configuration that cannot be used; the message names the field.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file or environment does not parse into a configuration.
-    #[error("invalid configuration: {0}")]
-    Parse(String),
-    /// A value is out of range.
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
 }
 
 impl Config {
@@ -230,46 +179,10 @@ impl Config {
     }
 }
 
-/// Turns figment's error into one line that names the field and the source.
-pub fn describe(error: figment::Error) -> String {
-    error
-        .into_iter()
-        .map(|e| {
-            let path = e.path.join(".");
-            let source = e
-                .metadata
-                .as_ref()
-                .map(|m| match &m.source {
-                    Some(s) => format!(" (from {} {s})", m.name),
-                    None => format!(" (from {})", m.name),
-                })
-                .unwrap_or_default();
-            if path.is_empty() {
-                format!("{}{source}", e.kind)
-            } else {
-                format!("field `{path}`: {}{source}", e.kind)
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-/// A database URL with its password replaced, for logs and errors.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "<unparseable>".into();
-    };
-    match rest.split_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]

@@ -6,25 +6,23 @@
 
 pub mod accounts;
 pub mod admin;
-pub mod amount;
-pub mod auth;
 pub mod batch;
 pub mod config;
 pub mod db;
 pub mod error;
-pub mod failpoint;
 pub mod fuzzing;
 pub mod inbound;
 pub mod keygen;
 pub mod keystore;
-pub mod link;
-pub mod metrics;
 pub mod monero;
 pub mod run;
 pub mod scanner;
 pub mod scheduler;
-pub mod server;
 pub mod settlement;
 pub mod signer;
-pub mod telemetry;
-pub mod tls;
+
+// The role and infrastructure crates under the paths the processor has always
+// had, for the binary's modules, the tests, benches and fuzz targets.
+pub use link;
+pub use primitives::amount;
+pub use service::{auth, failpoint, metrics, server, telemetry, tls};

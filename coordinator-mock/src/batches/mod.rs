@@ -11,7 +11,7 @@ use proto::processor_v1::{BatchProposal, BatchSigned};
 use sqlx::PgConnection;
 use tracing::{info, warn};
 
-use processor::link::HandleError;
+use link::HandleError;
 
 use crate::common::{to_i64, to_u64};
 use db::BatchStatus;
@@ -115,7 +115,7 @@ pub async fn signed(
         processor,
         "batch signature verified: included"
     );
-    metrics::counter!(processor::metrics::BATCHES_SIGNED).increment(1);
+    metrics::counter!(service::metrics::BATCHES_SIGNED).increment(1);
     Ok(Signed::Included(id))
 }
 

@@ -15,7 +15,7 @@ use proto::processor_v1::{
 use sqlx::{PgConnection, PgPool};
 use tracing::{info, warn};
 
-use processor::link::{self, HandleError};
+use link::HandleError;
 
 use crate::common::{out, to_i32, to_i64, to_u32, to_u64};
 use crate::error::CoordinatorError;
@@ -345,9 +345,9 @@ pub async fn generated(
     }
     let group_key = first.group_key.unwrap_or_default();
     let seconds = db::age_seconds(conn, s.session).await?;
-    metrics::counter!(processor::metrics::KEYGEN_COMPLETED).increment(1);
+    metrics::counter!(service::metrics::KEYGEN_COMPLETED).increment(1);
     if let Some(seconds) = seconds {
-        metrics::histogram!(processor::metrics::KEYGEN_SECONDS).record(seconds);
+        metrics::histogram!(service::metrics::KEYGEN_SECONDS).record(seconds);
     }
     db::confirm(conn, s.session, &group_key, first.monero_address.as_deref()).await?;
     // KeyConfirmed leaves with the next settlement block, which fixes the

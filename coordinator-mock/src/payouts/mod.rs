@@ -15,8 +15,8 @@ use proto::processor_v1::{
 use sqlx::{PgConnection, PgPool};
 use tracing::{info, warn};
 
-use processor::amount::Amount;
-use processor::link::{self, HandleError};
+use link::HandleError;
+use primitives::amount::Amount;
 use processor::scheduler::plan;
 
 use crate::common::{out, to_i64, to_u64};
@@ -173,7 +173,7 @@ pub enum BurnError {
 
 /// Checks a burn as a caller submits it, before anything is stored: the
 /// address must be one the processors pay (network included) and the amount
-/// at least 1 piconero and at most [`MAX_BURN`](processor::amount::MAX_BURN).
+/// at least 1 piconero and at most [`MAX_BURN`](primitives::amount::MAX_BURN).
 /// Refused, never clamped.
 pub fn check_burn(address: &str, amount: u64) -> Result<Amount, BurnError> {
     plan::check_burn_address(address).map_err(BurnError::Invalid)?;

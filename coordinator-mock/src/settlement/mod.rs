@@ -6,7 +6,7 @@ pub mod db;
 use proto::processor_v1::{SettlementBlock, coordinator_message::Kind};
 use sqlx::{PgConnection, PgPool};
 
-use processor::link::{self, HandleError};
+use link::HandleError;
 
 use crate::common::{out, to_i64, to_u64};
 

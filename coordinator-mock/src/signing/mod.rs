@@ -19,7 +19,7 @@ use proto::processor_v1::{
 use sqlx::{PgConnection, PgPool};
 use tracing::{info, warn};
 
-use processor::link::{self, HandleError};
+use link::HandleError;
 
 use crate::common::{out, to_i32, to_i64, to_u32, to_u64};
 use db::{AttemptStatus, VerdictKind};
@@ -89,7 +89,7 @@ async fn lock_attempt(
         return Ok(None);
     }
     if db::insert_attempt(conn, procedure, attempt).await? {
-        metrics::counter!(processor::metrics::SIGN_ATTEMPTS, "kind" => procedure.kind.as_str())
+        metrics::counter!(service::metrics::SIGN_ATTEMPTS, "kind" => procedure.kind.as_str())
             .increment(1);
     }
     db::lock_attempt(conn, procedure, attempt).await
@@ -478,7 +478,7 @@ pub async fn blame(
         }
     };
     warn!(kind = kind.as_str(), key, attempt = id.attempt, accuser = processor, %accused, verdict = verdict.kind().as_str(), "signer blamed: {}; {detail}", m.reason);
-    metrics::counter!(processor::metrics::SIGN_BLAMES, "kind" => kind.as_str()).increment(1);
+    metrics::counter!(service::metrics::SIGN_BLAMES, "kind" => kind.as_str()).increment(1);
     db::insert_blame(
         conn,
         &db::NewBlame {
@@ -502,9 +502,9 @@ pub async fn finish(conn: &mut PgConnection, procedure: Procedure) -> Result<(),
     // Counted once: a second report of the same signature finds it done.
     if db::finish(conn, procedure).await? > 0 {
         let kind = procedure.kind.as_str();
-        metrics::counter!(processor::metrics::SIGN_COMPLETED, "kind" => kind).increment(1);
+        metrics::counter!(service::metrics::SIGN_COMPLETED, "kind" => kind).increment(1);
         if let Some(seconds) = seconds {
-            metrics::histogram!(processor::metrics::SIGN_SECONDS, "kind" => kind).record(seconds);
+            metrics::histogram!(service::metrics::SIGN_SECONDS, "kind" => kind).record(seconds);
         }
     }
     Ok(())
@@ -556,8 +556,7 @@ pub async fn reattempt_stalled(pool: &PgPool, timeout: Duration) -> Result<usize
             kind = kind.as_str(),
             key, attempt, "signing attempt stalled; re-attempting"
         );
-        metrics::counter!(processor::metrics::SIGN_REATTEMPTS, "kind" => kind.as_str())
-            .increment(1);
+        metrics::counter!(service::metrics::SIGN_REATTEMPTS, "kind" => kind.as_str()).increment(1);
         count += 1;
     }
     tx.commit().await?;

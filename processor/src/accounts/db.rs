@@ -15,8 +15,8 @@ pub async fn insert(
          ON CONFLICT DO NOTHING",
     )
     .bind(account)
-    .bind(crate::link::db::to_i64(active_from))
-    .bind(crate::link::db::to_i64(settlement_block))
+    .bind(service::db::to_i64(active_from))
+    .bind(service::db::to_i64(settlement_block))
     .execute(conn)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -28,7 +28,7 @@ pub async fn active_by(pool: &PgPool, height: u64) -> Result<Vec<(u32, u64)>, sq
     let rows = sqlx::query(
         "SELECT account, active_from FROM accounts WHERE active_from <= $1 ORDER BY account",
     )
-    .bind(crate::link::db::to_i64(height))
+    .bind(service::db::to_i64(height))
     .fetch_all(pool)
     .await?;
     let mut out = Vec::with_capacity(rows.len());
@@ -36,7 +36,7 @@ pub async fn active_by(pool: &PgPool, height: u64) -> Result<Vec<(u32, u64)>, sq
         let account: i32 = sqlx::Row::try_get(&r, "account")?;
         let from: i64 = sqlx::Row::try_get(&r, "active_from")?;
         if let Ok(account) = u32::try_from(account) {
-            out.push((account, crate::link::db::to_u64(from)));
+            out.push((account, service::db::to_u64(from)));
         }
     }
     Ok(out)

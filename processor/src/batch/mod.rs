@@ -9,9 +9,9 @@ use proto::processor_v1::{
 use sqlx::{PgConnection, PgPool, Row};
 
 use crate::keystore::Keystore;
-use crate::link::db::{to_i64, to_u64};
 use crate::link::{self, HandleError, OutMessage};
 use crate::signer;
+use service::db::{to_i64, to_u64};
 
 /// Domain separation of what the group signs for a batch.
 pub const BATCH_DOMAIN: &[u8] = b"monero-custody/batch/v1";

@@ -2,7 +2,7 @@
 
 use sqlx::{PgConnection, PgPool, Row};
 
-use crate::link::db::{to_i64, to_u64};
+use service::db::{to_i64, to_u64};
 
 /// A key's stored state.
 #[derive(Debug, Clone)]

@@ -2,7 +2,7 @@
 
 use sqlx::{PgConnection, PgPool, Row};
 
-use crate::link::db::{to_i64, to_u64};
+use service::db::{to_i64, to_u64};
 
 /// The cursor: next block to scan, and why scanning halted (if it did).
 pub async fn cursor(pool: &PgPool) -> Result<Option<(u64, Option<String>)>, sqlx::Error> {

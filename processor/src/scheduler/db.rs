@@ -4,7 +4,7 @@
 use sqlx::{PgConnection, PgExecutor, PgPool, Row};
 
 use crate::amount::{Amount, AmountError};
-use crate::link::db::{to_i64, to_u64};
+use service::db::{to_i64, to_u64};
 
 /// The active key as the scheduler needs it.
 #[derive(Debug, Clone)]

@@ -3,7 +3,7 @@
 use proto::processor_v1::{Burn, SettlementBlock};
 use sqlx::{PgConnection, PgPool, Row};
 
-use crate::link::db::{to_i64, to_u64};
+use service::db::{to_i64, to_u64};
 
 /// Whether block `number` is stored.
 pub async fn exists(conn: &mut PgConnection, number: u64) -> Result<bool, sqlx::Error> {

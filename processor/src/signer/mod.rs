@@ -20,8 +20,8 @@ use tracing::{info, warn};
 use crate::batch;
 use crate::keystore::Keystore;
 use crate::keystore::sign::{AttemptKey, SignError, aggregate};
-use crate::link::db::to_i64;
 use crate::link::{self, HandleError, OutMessage};
+use service::db::to_i64;
 
 fn kind_name(id: &SignId) -> &'static str {
     match SignKind::try_from(id.kind) {

@@ -13,11 +13,11 @@ use super::{attempt_key, blame, indexed, key, keystore_failure, out, send_share,
 use crate::keystore::Keystore;
 use crate::keystore::clsag::KeyShape;
 use crate::keystore::sign::SignError;
-use crate::link::db::to_i64;
 use crate::link::{self, HandleError};
 use crate::scheduler::db as sched;
 use monero_wallet::send::SignableTransaction;
 use proto::processor_v1::{SignPreprocess, processor_message::Kind};
+use service::db::to_i64;
 
 async fn shape(conn: &mut PgConnection, session: u64) -> Result<KeyShape, HandleError> {
     let row = sqlx::query(

@@ -2,8 +2,8 @@
 -- message in send_log, every inbound message handled in inbox, and inbound
 -- messages that could not be acted on in quarantine.
 --
--- This file is shared verbatim by coordinator-mock (its migrations/ links to
--- it), so both ends of a link keep the same bookkeeping.
+-- The link crate owns these tables; both ends apply its migrations to their
+-- own database (link::MIGRATOR), so both keep the same bookkeeping.
 
 CREATE TABLE link_state (
     -- The peer's name on this side ("coordinator" on a processor, the

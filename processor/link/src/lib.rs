@@ -13,9 +13,17 @@
 //!   `last_handled_id` on every new stream.
 //! * Heartbeats: a `Ping` every `heartbeat_interval`; a stream that hears
 //!   nothing for `peer_timeout` is dropped.
+//!
+//! The crate owns its tables (`link_state`, `send_log`, `inbox`,
+//! `quarantine`, `inbound_tries`; their SQL lives only in [`db`]) and their
+//! migrations ([`MIGRATOR`]), which both ends apply to their own database.
 
 pub mod db;
 pub mod frame;
+
+/// The link's migrations (`processor/link/migrations`, versions 1–99), applied
+/// by both ends together with their own through `service::db::migrate`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 use std::future::Future;
 use std::pin::pin;
@@ -498,7 +506,7 @@ impl<S: Side, H: Handler> Link<S, H> {
                 ("quarantine", step.quarantine),
             ] {
                 if rows > 0 {
-                    metrics::counter!(crate::metrics::LINK_PRUNED, "link" => self.link_id.clone(), "table" => table)
+                    metrics::counter!(service::metrics::LINK_PRUNED, "link" => self.link_id.clone(), "table" => table)
                         .increment(rows);
                 }
             }
@@ -629,7 +637,7 @@ impl<S: Side, H: Handler> Link<S, H> {
         self.acked.send_if_modified(|cur| {
             let newer = id > *cur;
             if newer {
-                metrics::counter!(crate::metrics::LINK_ACKED, "link" => self.link_id.clone())
+                metrics::counter!(service::metrics::LINK_ACKED, "link" => self.link_id.clone())
                     .increment(id - *cur);
                 *cur = id;
             }
@@ -749,7 +757,7 @@ impl<S: Side, H: Handler> Link<S, H> {
     /// arrived and checked out (contract version, ids): a stream that stays
     /// silent or greets wrongly is refused while the live one keeps
     /// flowing. (Who may open a stream at all is decided before this, by
-    /// the caller's certificate: [`crate::auth`].)
+    /// the caller's certificate: `service::auth`.)
     pub async fn accept<I>(self: Arc<Self>, mut inbound: I, out: mpsc::Sender<S::Outbound>)
     where
         I: Stream<Item = Result<S::Inbound, tonic::Status>> + Unpin + Send + 'static,
@@ -1002,9 +1010,9 @@ impl<S: Side, H: Handler> Link<S, H> {
             "stream up"
         );
         let now = SystemTime::now();
-        metrics::counter!(crate::metrics::LINK_SESSIONS, "link" => self.link_id.clone())
+        metrics::counter!(service::metrics::LINK_SESSIONS, "link" => self.link_id.clone())
             .increment(1);
-        metrics::gauge!(crate::metrics::LINK_CONNECTED, "link" => self.link_id.clone()).set(1.0);
+        metrics::gauge!(service::metrics::LINK_CONNECTED, "link" => self.link_id.clone()).set(1.0);
         self.set_live(|l| {
             l.peer = peer;
             l.connected = true;
@@ -1038,7 +1046,7 @@ impl<S: Side, H: Handler> Link<S, H> {
             () = token.cancelled() => Err(SessionError::Stopped),
         };
         token.cancel();
-        metrics::gauge!(crate::metrics::LINK_CONNECTED, "link" => self.link_id.clone()).set(0.0);
+        metrics::gauge!(service::metrics::LINK_CONNECTED, "link" => self.link_id.clone()).set(0.0);
         if let Err(e) = handler.await {
             warn!("inbound handler task failed: {e}");
         }
@@ -1228,7 +1236,7 @@ impl<S: Side, H: Handler> Link<S, H> {
             {
                 Ok(rows) => rows,
                 Err(e) => {
-                    crate::metrics::db_error("send_log_read");
+                    service::metrics::db_error("send_log_read");
                     warn!("reading send_log failed, retrying: {e}");
                     tokio::time::sleep(self.config.poll_interval).await;
                     continue;
@@ -1254,9 +1262,9 @@ impl<S: Side, H: Handler> Link<S, H> {
                 }
                 let first_send = self.max_sent.fetch_max(row.id, Ordering::Relaxed) < row.id;
                 let counter = if first_send {
-                    crate::metrics::LINK_SENT
+                    service::metrics::LINK_SENT
                 } else {
-                    crate::metrics::LINK_REDELIVERED
+                    service::metrics::LINK_REDELIVERED
                 };
                 metrics::counter!(counter, "link" => self.link_id.clone()).increment(1);
                 let mut data = Data {
@@ -1320,7 +1328,7 @@ impl<S: Side, H: Handler> Link<S, H> {
                         )));
                     }
                     Err(e) => {
-                        crate::metrics::db_error("ack");
+                        service::metrics::db_error("ack");
                         warn!("recording ack {id} failed, retrying: {e}");
                         tokio::time::sleep(delay).await;
                         delay = (delay * 2).min(Duration::from_secs(2));
@@ -1370,7 +1378,7 @@ impl<S: Side, H: Handler> Link<S, H> {
         let mut tries = match db::inbound_tries(&self.pool, &self.link_id, last_handled).await {
             Ok(t) => t,
             Err(e) => {
-                crate::metrics::db_error("inbound_tries");
+                service::metrics::db_error("inbound_tries");
                 warn!("reading failed handler tries failed, counting from zero: {e}");
                 Default::default()
             }
@@ -1405,7 +1413,7 @@ impl<S: Side, H: Handler> Link<S, H> {
             while let Some(item) = next.take() {
                 let expected = last_handled + batch.len() as u64 + 1;
                 if item.data.id < expected {
-                    metrics::counter!(crate::metrics::LINK_DEDUPLICATED, "link" => self.link_id.clone())
+                    metrics::counter!(service::metrics::LINK_DEDUPLICATED, "link" => self.link_id.clone())
                         .increment(1);
                 }
                 if item.data.id < expected && batch.is_empty() {
@@ -1467,7 +1475,7 @@ impl<S: Side, H: Handler> Link<S, H> {
             // Fault injection for crash tests: hold every later Ack back, as
             // a process stopped between commit and ack would. Awaiting (not
             // fail's blocking `pause`) keeps the runtime's threads free.
-            if crate::failpoint::eval("link-after-commit", |_| ()).is_some() {
+            if service::failpoint::eval("link-after-commit", |_| ()).is_some() {
                 warn!(id = to, "fault injection: committed, never acknowledging");
                 std::future::pending::<()>().await;
             }
@@ -1493,7 +1501,7 @@ impl<S: Side, H: Handler> Link<S, H> {
         let mark = match db::handling_mark(&self.pool, &self.link_id).await {
             Ok(m) => m,
             Err(e) => {
-                crate::metrics::db_error("handling_mark");
+                service::metrics::db_error("handling_mark");
                 warn!("reading the handling mark failed: {e}");
                 return 0;
             }
@@ -1503,7 +1511,7 @@ impl<S: Side, H: Handler> Link<S, H> {
         {
             return 0;
         }
-        metrics::counter!(crate::metrics::LINK_FAULTS, "link" => self.link_id.clone(), "kind" => "crash")
+        metrics::counter!(service::metrics::LINK_FAULTS, "link" => self.link_id.clone(), "kind" => "crash")
             .increment(1);
         if mark.from < mark.to {
             warn!(
@@ -1521,7 +1529,7 @@ impl<S: Side, H: Handler> Link<S, H> {
                 tries.insert(next, (n, failure.to_owned()));
             }
             Err(e) => {
-                crate::metrics::db_error("record_try");
+                service::metrics::db_error("record_try");
                 warn!("counting a try of message {next} failed: {e}");
             }
         }
@@ -1558,7 +1566,7 @@ impl<S: Side, H: Handler> Link<S, H> {
                 match db::mark_handling(&self.pool, &self.link_id, &mark).await {
                     Ok(()) => marked = true,
                     Err(e) => {
-                        crate::metrics::db_error("handling_mark");
+                        service::metrics::db_error("handling_mark");
                         warn!("marking batch {first}..={last} failed, retrying in {delay:?}: {e}");
                         if !self.back_off(&mut delay, token).await {
                             return None;
@@ -1590,7 +1598,7 @@ impl<S: Side, H: Handler> Link<S, H> {
                     continue;
                 }
                 Err(BatchError::Storage(e)) => {
-                    crate::metrics::db_error("inbound_batch");
+                    service::metrics::db_error("inbound_batch");
                     warn!(
                         first,
                         len, "handling batch failed, retrying in {delay:?}: {e}"
@@ -1605,7 +1613,7 @@ impl<S: Side, H: Handler> Link<S, H> {
                 }
                 Err(BatchError::Local { index, reason }) => {
                     let d = part[index];
-                    metrics::counter!(crate::metrics::LINK_FAULTS, "link" => self.link_id.clone(), "kind" => "local")
+                    metrics::counter!(service::metrics::LINK_FAULTS, "link" => self.link_id.clone(), "kind" => "local")
                         .increment(1);
                     let fault = format!(
                         "message {} ({}) not handled, retrying (not acknowledged): local fault: {reason}",
@@ -1616,13 +1624,13 @@ impl<S: Side, H: Handler> Link<S, H> {
                 }
                 Err(BatchError::Panicked { index, text }) => {
                     let d = part[index];
-                    metrics::counter!(crate::metrics::LINK_FAULTS, "link" => self.link_id.clone(), "kind" => "panic")
+                    metrics::counter!(service::metrics::LINK_FAULTS, "link" => self.link_id.clone(), "kind" => "panic")
                         .increment(1);
                     let failure = format!("the handler panicked: {text}");
                     let n = match db::record_try(&self.pool, &self.link_id, d.id, &failure).await {
                         Ok(n) => n,
                         Err(e) => {
-                            crate::metrics::db_error("record_try");
+                            service::metrics::db_error("record_try");
                             warn!("counting a try of message {} failed: {e}", d.id);
                             tries.get(&d.id).map_or(0, |t| t.0)
                         }
@@ -1759,7 +1767,7 @@ impl<S: Side, H: Handler> Link<S, H> {
                 uid = %data.uid,
                 kind,
             );
-            crate::telemetry::set_remote_parent(&span, &data.traceparent);
+            service::telemetry::set_remote_parent(&span, &data.traceparent);
             // A panic is caught and the transaction dropped (rolled back):
             // whatever the handler half-did is discarded with it.
             if careful {
@@ -1841,9 +1849,9 @@ impl<S: Side, H: Handler> Link<S, H> {
         )
         .await?;
         tx.commit().await?;
-        metrics::counter!(crate::metrics::LINK_HANDLED, "link" => self.link_id.clone())
+        metrics::counter!(service::metrics::LINK_HANDLED, "link" => self.link_id.clone())
             .increment(handled.len() as u64);
-        metrics::counter!(crate::metrics::LINK_QUARANTINED, "link" => self.link_id.clone())
+        metrics::counter!(service::metrics::LINK_QUARANTINED, "link" => self.link_id.clone())
             .increment(rejected.len() as u64);
         for (id, code, reason) in &rejected {
             warn!(id, code = code.as_str_name(), "quarantined: {reason}");
@@ -1858,7 +1866,7 @@ impl<S: Side, H: Handler> Link<S, H> {
 /// `return(KIND)`, on messages of that kind.
 async fn guarded<T>(kind: &str, handle: impl Future<Output = T>) -> Result<T, String> {
     use futures::FutureExt as _;
-    if let Some(only) = crate::failpoint::eval("link-handler-abort", |arg| arg)
+    if let Some(only) = service::failpoint::eval("link-handler-abort", |arg| arg)
         && only.as_deref().is_none_or(|k| k == kind)
     {
         // As an out-of-memory kill or a native crash would: no unwinding.
@@ -1866,7 +1874,7 @@ async fn guarded<T>(kind: &str, handle: impl Future<Output = T>) -> Result<T, St
         std::process::abort();
     }
     std::panic::AssertUnwindSafe(async move {
-        if let Some(only) = crate::failpoint::eval("link-handler-panic", |arg| arg)
+        if let Some(only) = service::failpoint::eval("link-handler-panic", |arg| arg)
             && only.as_deref().is_none_or(|k| k == kind)
         {
             panic!("fault injection: link-handler-panic on {kind}");

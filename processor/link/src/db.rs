@@ -1,6 +1,7 @@
-//! The link's tables (`migrations/0001_link.sql`): `link_state`, `send_log`,
-//! `inbox` and `quarantine`. Everything that reads or writes them is here.
+//! The link's tables (`processor/link/migrations`): `link_state`, `send_log`,
+//! `inbox`, `quarantine` and `inbound_tries`. Everything that reads or writes them is here.
 
+use service::db::{to_i64, to_u64};
 use sqlx::{PgConnection, PgPool, Row};
 
 /// A message to enqueue for a peer.
@@ -64,17 +65,6 @@ pub struct QuarantineRow<'a> {
     pub reason: &'a str,
     /// The raw payload.
     pub payload: &'a [u8],
-}
-
-pub(crate) fn to_i64(v: u64) -> i64 {
-    // Ids are assigned from 1 upwards by this code; 2^63 messages would take
-    // millennia, so the conversion saturating is unreachable in practice.
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-pub(crate) fn to_u64(v: i64) -> u64 {
-    // Columns holding ids carry CHECK (>= 0).
-    u64::try_from(v).unwrap_or(0)
 }
 
 /// Creates the link's row if it does not exist yet, and records the payload
@@ -169,7 +159,7 @@ pub async fn enqueue(
     .bind(&uids)
     .bind(&kinds)
     .bind(&payloads)
-    .bind(crate::telemetry::current_traceparent())
+    .bind(service::telemetry::current_traceparent())
     .fetch_all(&mut *conn)
     .await?;
     if ids.is_empty() {

@@ -1,6 +1,4 @@
--- Size limits and handler faults on the exactly-once link. Shared verbatim
--- with coordinator-mock (its migrations/ holds the same file), like
--- 0001_link.sql.
+-- Size limits and handler faults on the exactly-once link (both ends).
 
 -- The largest payload `enqueue` accepts on this link, written from the
 -- link's config (link.max_payload_bytes) at start, so every enqueuer checks

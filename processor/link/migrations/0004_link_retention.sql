@@ -1,5 +1,4 @@
--- Retention on the exactly-once link. Shared verbatim with coordinator-mock
--- (its migrations/ holds the same file), like 0001_link.sql.
+-- Retention on the exactly-once link (both ends).
 --
 -- A background task deletes, in bounded batches, rows older than
 -- link.retention that nobody can need again: send_log rows the peer

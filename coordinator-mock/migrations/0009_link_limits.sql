@@ -1,1 +1,0 @@
-../../migrations/0012_link_limits.sql
