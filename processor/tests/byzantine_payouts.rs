@@ -58,6 +58,17 @@ async fn completed_paying(pool: &PgPool, burn: &str) -> Option<(Vec<u8>, Vec<u8>
     .unwrap()
 }
 
+/// `processor`'s index in the newest key at the coordinator.
+async fn participant_index(pool: &PgPool, processor: &str) -> i32 {
+    sqlx::query_scalar(
+        "SELECT idx FROM keygen_participants WHERE processor = $1 ORDER BY session DESC LIMIT 1",
+    )
+    .bind(processor)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
 /// Faults at the coordinator: (reporter, accused processor, detail).
 async fn faults(pool: &PgPool, kind: &str) -> Vec<(String, String, String)> {
     sqlx::query_as(
@@ -283,13 +294,7 @@ async fn a_signer_sending_invalid_clsag_shares_cannot_stall_payouts() {
     })
     .await;
     let pool = setup.cluster.coordinator.pool.clone();
-    let index: i32 = sqlx::query_scalar(
-        "SELECT idx FROM keygen_participants WHERE processor = 'validator-1'
-         ORDER BY session DESC LIMIT 1",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let index = participant_index(&pool, "validator-1").await;
     let (to, minor) = user_subaddress(&setup).await;
     let amount = 220_000_000_000;
     fund(&setup, &[("burn-clsag", &to, amount)]).await;
@@ -368,13 +373,7 @@ async fn a_second_conflicting_proposal_for_a_window_is_decided_alike_everywhere_
         },
     )
     .await;
-    let index: i32 = sqlx::query_scalar(
-        "SELECT idx FROM keygen_participants WHERE processor = $1 ORDER BY session DESC LIMIT 1",
-    )
-    .bind(&leader)
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let index = participant_index(&pool, &leader).await;
     let second = [0x2b_u8; 32];
     let mut tx = pool.begin().await.unwrap();
     coordinator_mock::payouts::proposal(
@@ -579,13 +578,7 @@ async fn one_byzantine_participant_doing_everything_at_once_cannot_stop_the_othe
     })
     .await;
     let pool = setup.cluster.coordinator.pool.clone();
-    let index: i32 = sqlx::query_scalar(
-        "SELECT idx FROM keygen_participants WHERE processor = 'validator-1'
-         ORDER BY session DESC LIMIT 1",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let index = participant_index(&pool, "validator-1").await;
     let bogus = [0xb3_u8; 32];
     let mut tx = pool.begin().await.unwrap();
     coordinator_mock::payouts::proposal(
