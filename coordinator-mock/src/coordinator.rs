@@ -307,8 +307,11 @@ async fn keygen_timer(
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
-        if let Err(e) = crate::keygen::expire(&coordinator.pool, config.round_timeout).await {
-            warn!("checking key generation timeouts failed: {e}");
+        match crate::keygen::expire(&coordinator.pool, config.round_timeout).await {
+            Ok(0) => {}
+            // A re-attempt's KeyGenStart messages are waiting to leave.
+            Ok(_) => coordinator.wake_all(),
+            Err(e) => warn!("checking key generation timeouts failed: {e}"),
         }
         // A confirmed key or a registration takes effect with the next
         // settlement block: produce it now rather than at the next interval.

@@ -2,8 +2,13 @@
 //! a coordinator-mock sending to a processor over loopback gRPC, both sides
 //! persisting to the real Postgres (fsync as the server is configured).
 //!
-//! `cargo bench -p processor --bench link [-- --messages N --payload BYTES --batch N]`
+//! `cargo bench -p processor --bench link [-- --messages N --payload BYTES --batch N --in-flight K --skip-nats]`
 //! Defaults: 100,000 messages of 256 bytes, enqueued 1,000 per transaction.
+//! In the same run, the peer: NATS JetStream (file storage, duplicate
+//! window, a unique `Nats-Msg-Id` per message, K = 1,024 unacknowledged at
+//! most), once with its default sync (acknowledged before fsync) and once
+//! with `sync_interval: always` (fsync before the acknowledgement, as our
+//! commits); see `support/nats.rs`.
 //! Latency is per message: from the commit that enqueued it to the commit on
 //! the sender that recorded its acknowledgement (so it includes the
 //! receiver's commit and the ack's round trip).
@@ -20,12 +25,16 @@ use tokio_util::sync::CancellationToken;
 
 #[path = "support/db.rs"]
 mod db;
+#[path = "support/nats.rs"]
+mod nats;
 use db::{drop_db, fresh_db};
 
 struct Args {
     messages: u64,
     payload: usize,
     batch: u64,
+    in_flight: u64,
+    skip_nats: bool,
 }
 
 fn args() -> Args {
@@ -33,6 +42,8 @@ fn args() -> Args {
         messages: 100_000,
         payload: 256,
         batch: 1_000,
+        in_flight: 1_024,
+        skip_nats: false,
     };
     let argv: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -42,6 +53,12 @@ fn args() -> Args {
             ("--messages", Some(v)) => a.messages = v,
             ("--payload", Some(v)) => a.payload = usize::try_from(v).expect("payload size"),
             ("--batch", Some(v)) => a.batch = v.max(1),
+            ("--in-flight", Some(v)) => a.in_flight = v.max(1),
+            ("--skip-nats", _) => {
+                a.skip_nats = true;
+                i += 1;
+                continue;
+            }
             _ => {
                 i += 1;
                 continue;
@@ -191,23 +208,49 @@ async fn main() {
         "enqueue (sender commits): {:.2}s",
         enqueue_done.as_secs_f64()
     );
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
-        "acknowledged: {} messages in {:.2}s = {:.0} msgs/s (target 20,000)",
+        "ours: {} messages in {:.2}s = {:.0} msgs/s, ack latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         args.messages,
         elapsed.as_secs_f64(),
-        rate
+        rate,
+        ms(percentile(&latencies, 0.50)),
+        ms(percentile(&latencies, 0.99)),
+        ms(latencies.last().copied().unwrap_or_default())
     );
-    println!(
-        "ack latency: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
-        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
-        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3
-    );
-
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(15), processor).await;
     drop(peer);
     drop(coordinator);
     drop_db(&pdb).await;
     drop_db(&cdb).await;
+
+    if args.skip_nats {
+        return;
+    }
+    // The peer, on the same machine, in the same run, after ours has
+    // stopped (nothing of ours competes for the disk or the cores).
+    let k = usize::try_from(args.in_flight).unwrap_or(usize::MAX);
+    let body = vec![0xA5_u8; encoded.len()];
+    let mut rows = vec![("ours (fsync per commit)".to_owned(), rate)];
+    for (label, bin, always) in [
+        ("JetStream, sync_interval: always", nats::pypi_server(), true),
+        ("JetStream, default sync", nats::debian_server(), false),
+    ] {
+        let Some(bin) = bin else { continue };
+        let server = nats::Server::start(&bin, always).await;
+        let f = nats::run(&server.url, args.messages, &body, k).await;
+        println!(
+            "{label} (K={k}): {:.0} msgs/s, ack latency p50 {:.1} ms, p99 {:.1} ms",
+            f.rate,
+            ms(percentile(&f.latencies, 0.50)),
+            ms(percentile(&f.latencies, 0.99)),
+        );
+        rows.push((format!("{label} (K={k})"), f.rate));
+    }
+    println!("\n| link, {}-byte messages | msgs/s | ours / it |", encoded.len());
+    println!("|---|---:|---:|");
+    for (label, r) in &rows {
+        println!("| {label} | {r:.0} | {:.2}x |", rate / r);
+    }
 }

@@ -363,6 +363,15 @@ async fn a_corrupted_share_is_blamed_by_name() {
         .unwrap();
     assert_eq!(r.get::<String, _>(0), "failed");
     assert_eq!(r.get::<Option<i32>, _>(1), Some(3));
+    // The proven culprit is left out and the rest make the key 2-of-2.
+    let status = session_when(&cluster, session, "the re-attempt starts", |s| {
+        s.retried_by.is_some()
+    })
+    .await;
+    let confirmed = cluster
+        .wait_status(status.retried_by.unwrap(), "confirmed")
+        .await;
+    assert_eq!(confirmed.excluded, vec!["validator-3".to_string()]);
     for p in cluster.procs.iter_mut() {
         assert!(
             p.as_mut().unwrap().child.try_wait().unwrap().is_none(),
@@ -554,8 +563,123 @@ async fn a_silent_participant_is_reported_after_the_round_timeout() {
         "{}",
         status.failure
     );
+    // ... and the key generation goes on without it, 2-of-2.
+    let retry = status.retried_by.expect("re-attempted without the silent");
+    let confirmed = cluster.wait_status(retry, "confirmed").await;
+    assert_eq!(confirmed.excluded, vec!["validator-3".to_string()]);
+    assert_eq!(confirmed.participants.len(), 2);
     cluster.procs[2]
         .as_mut()
         .unwrap()
         .signal(nix::sys::signal::Signal::SIGCONT);
+}
+
+/// The status of `session` once `done` holds, polling the coordinator.
+async fn session_when(
+    cluster: &Cluster,
+    session: u64,
+    what: &str,
+    done: impl Fn(&proto::coordinator_v1::KeyGenStatus) -> bool,
+) -> proto::coordinator_v1::KeyGenStatus {
+    let pool = cluster.coordinator.pool.clone();
+    eventually(what, Duration::from_secs(60), || async {
+        let s = coordinator_mock::keygen::status(&pool, Some(session))
+            .await
+            .unwrap()
+            .pop()?;
+        done(&s).then_some(s)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dkg_missing_a_validator_is_reattempted_without_it() {
+    let mut cluster = Cluster::start_with(
+        "dkgretry",
+        4,
+        |_| vec![],
+        "[keygen]\nround_timeout = \"3s\"\n",
+    )
+    .await;
+    let session = cluster.coordinator.start_keygen(3, &[]).await.unwrap();
+    // validator-4 dies in round 1: the others wait for it until the timeout.
+    cluster.procs[3].as_mut().unwrap().kill9();
+    let failed = session_when(&cluster, session, "the first attempt fails", |s| {
+        s.status == "failed" && s.retried_by.is_some()
+    })
+    .await;
+    assert_eq!(failed.silent, vec!["validator-4".to_string()], "{failed:?}");
+    assert!(
+        failed.failure.contains("re-attempted without validator-4"),
+        "{}",
+        failed.failure
+    );
+    assert_eq!(failed.attempt, 1);
+    let retry = failed.retried_by.unwrap();
+    let confirmed = cluster.wait_status(retry, "confirmed").await;
+    assert_eq!(confirmed.retry_of, Some(session));
+    assert_eq!(confirmed.attempt, 2);
+    assert_eq!(confirmed.threshold, 3, "the threshold asked for is kept");
+    assert_eq!(confirmed.excluded, vec!["validator-4".to_string()]);
+    let names: Vec<&str> = confirmed
+        .participants
+        .iter()
+        .map(|p| p.processor.as_str())
+        .collect();
+    assert_eq!(names, ["validator-1", "validator-2", "validator-3"]);
+    // Every remaining validator holds the confirmed key of the re-attempt.
+    let retry_row = i64::try_from(retry).unwrap();
+    for db in &cluster.dbs[..3] {
+        let pool = db.pool().await;
+        eventually("confirmed on the processor", Duration::from_secs(20), || async {
+            (key_row(&pool, retry_row).await.0 == "confirmed").then_some(())
+        })
+        .await;
+        assert_eq!(
+            hex::encode(key_row(&pool, retry_row).await.1),
+            confirmed.group_key
+        );
+    }
+    // Nothing is re-attempted twice: the failed session has one successor.
+    let successors: i64 = sqlx::query_scalar("SELECT count(*) FROM keygen_sessions WHERE retry_of IS NOT NULL")
+        .fetch_one(&cluster.coordinator.pool)
+        .await
+        .unwrap();
+    assert_eq!(successors, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dkg_missing_too_many_validators_fails_naming_them() {
+    let mut cluster = Cluster::start_with(
+        "dkgtoofew",
+        4,
+        |_| vec![],
+        "[keygen]\nround_timeout = \"3s\"\n",
+    )
+    .await;
+    let session = cluster.coordinator.start_keygen(3, &[]).await.unwrap();
+    cluster.procs[2].as_mut().unwrap().kill9();
+    cluster.procs[3].as_mut().unwrap().kill9();
+    let failed = session_when(&cluster, session, "the key generation fails", |s| {
+        s.status == "failed"
+    })
+    .await;
+    assert_eq!(
+        failed.silent,
+        vec!["validator-3".to_string(), "validator-4".to_string()]
+    );
+    assert!(
+        failed.failure.contains("not re-attempted")
+            && failed.failure.contains("without validator-3, validator-4")
+            && failed.failure.contains("only 2 of the 3 needed"),
+        "{}",
+        failed.failure
+    );
+    assert_eq!(failed.retried_by, None);
+    // It stays that way: no later tick starts one.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let sessions = coordinator_mock::keygen::status(&cluster.coordinator.pool, None)
+        .await
+        .unwrap();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
 }

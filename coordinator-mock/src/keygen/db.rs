@@ -116,6 +116,14 @@ pub struct SessionView {
     pub failure: Option<String>,
     /// Who stayed silent past the timeout.
     pub silent: Vec<String>,
+    /// The failed session this one re-attempts.
+    pub retry_of: Option<i64>,
+    /// Left out of this attempt (and the ones before it).
+    pub excluded: Vec<String>,
+    /// The session re-attempting this one.
+    pub retried_by: Option<i64>,
+    /// 1 for a first attempt.
+    pub try_number: i32,
 }
 
 /// A participant's progress for the admin API.
@@ -211,23 +219,102 @@ pub async fn session_count(pool: &PgPool) -> Result<i64, sqlx::Error> {
         .await
 }
 
+/// What a new session is started with.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    /// Its number (from `next_session`).
+    pub session: i64,
+    /// t.
+    pub threshold: i32,
+    /// Blocks on top of a final Monero block.
+    pub confirmations: i64,
+    /// Finalized blocks per coordination window.
+    pub window_blocks: i64,
+    /// The failed session this one re-attempts.
+    pub retry_of: Option<i64>,
+    /// The participants left out so far (of every earlier attempt).
+    pub excluded: Vec<String>,
+    /// 1 for a first attempt.
+    pub try_number: i32,
+}
+
 /// A new session in round 1.
-pub async fn insert_session(
-    conn: &mut PgConnection,
-    session: i64,
-    threshold: i32,
-    confirmations: i64,
-    window_blocks: i64,
-) -> Result<(), sqlx::Error> {
+pub async fn insert_session(conn: &mut PgConnection, new: &NewSession) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO keygen_sessions (session, threshold, status, confirmations, window_blocks)
-         VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO keygen_sessions
+             (session, threshold, status, confirmations, window_blocks, retry_of, excluded, try_number)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(new.session)
+    .bind(new.threshold)
+    .bind(SessionStatus::Round1)
+    .bind(new.confirmations)
+    .bind(new.window_blocks)
+    .bind(new.retry_of)
+    .bind(&new.excluded)
+    .bind(new.try_number)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// What a failed session was started with, for its re-attempt.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SessionParams {
+    /// t.
+    pub threshold: i32,
+    /// Blocks on top of a final Monero block (`None`: sessions from before
+    /// they were fixed per key).
+    pub confirmations: Option<i64>,
+    /// Finalized blocks per coordination window.
+    pub window_blocks: Option<i64>,
+    /// Left out of it and of the attempts before it.
+    pub excluded: Vec<String>,
+    /// Its attempt number.
+    pub try_number: i32,
+}
+
+/// A session's parameters.
+pub async fn params(conn: &mut PgConnection, session: i64) -> Result<SessionParams, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT threshold, confirmations, window_blocks, excluded, try_number
+         FROM keygen_sessions WHERE session = $1",
     )
     .bind(session)
-    .bind(threshold)
-    .bind(SessionStatus::Round1)
-    .bind(confirmations)
-    .bind(window_blocks)
+    .fetch_one(conn)
+    .await
+}
+
+/// The session re-attempting `session`, if one was started.
+pub async fn retried_by(conn: &mut PgConnection, session: i64) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT session FROM keygen_sessions WHERE retry_of = $1")
+        .bind(session)
+        .fetch_optional(conn)
+        .await
+}
+
+/// A session's participants' names, in index order.
+pub async fn participants_in_order(
+    conn: &mut PgConnection,
+    session: i64,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT processor FROM keygen_participants WHERE session = $1 ORDER BY idx")
+        .bind(session)
+        .fetch_all(conn)
+        .await
+}
+
+/// Adds `note` to a failed session's reason.
+pub async fn append_failure(
+    conn: &mut PgConnection,
+    session: i64,
+    note: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE keygen_sessions SET failure = COALESCE(failure || '; ', '') || $2 WHERE session = $1",
+    )
+    .bind(session)
+    .bind(note)
     .execute(conn)
     .await?;
     Ok(())
@@ -794,8 +881,10 @@ pub async fn sessions(
     session: Option<i64>,
 ) -> Result<Vec<SessionView>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT session, threshold, status, group_key, monero_address, failure, silent
-         FROM keygen_sessions WHERE $1::bigint IS NULL OR session = $1 ORDER BY session",
+        "SELECT s.session, s.threshold, s.status, s.group_key, s.monero_address, s.failure,
+                s.silent, s.retry_of, s.excluded, s.try_number, r.session AS retried_by
+         FROM keygen_sessions s LEFT JOIN keygen_sessions r ON r.retry_of = s.session
+         WHERE $1::bigint IS NULL OR s.session = $1 ORDER BY s.session",
     )
     .bind(session)
     .fetch_all(conn)

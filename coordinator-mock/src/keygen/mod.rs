@@ -107,50 +107,171 @@ pub async fn start(
     }
     let session = db::next_session(&mut tx).await?;
     tracing::Span::current().record("session", session);
-    db::insert_session(
+    begin(
         &mut tx,
-        session,
-        to_i32(threshold),
-        to_i64(chain.confirmations),
-        to_i64(chain.window_blocks),
+        processors,
+        &keys,
+        &db::NewSession {
+            session,
+            threshold: to_i32(threshold),
+            confirmations: to_i64(chain.confirmations),
+            window_blocks: to_i64(chain.window_blocks),
+            retry_of: None,
+            excluded: Vec::new(),
+            try_number: 1,
+        },
     )
     .await?;
+    tx.commit().await?;
+    info!(session, threshold, n, "key generation started");
+    Ok(to_u64(session))
+}
+
+/// Inserts session `new` among `processors` (in index order, each with its
+/// identity key in `keys`) and sends each its `KeyGenStart`.
+async fn begin(
+    conn: &mut PgConnection,
+    processors: &[String],
+    keys: &HashMap<String, Vec<u8>>,
+    new: &db::NewSession,
+) -> Result<(), sqlx::Error> {
+    let session = new.session;
+    db::insert_session(conn, new).await?;
     let participants: Vec<Participant> = processors
         .iter()
         .enumerate()
         .map(|(i, p)| Participant {
             index: participant_index(i),
-            encryption_public_key: keys[p].clone(),
+            encryption_public_key: keys.get(p).cloned().unwrap_or_default(),
         })
         .collect();
     for (i, p) in processors.iter().enumerate() {
-        db::insert_participant(&mut tx, session, to_i32(participant_index(i)), p, &keys[p]).await?;
+        let key = keys.get(p).map(Vec::as_slice).unwrap_or_default();
+        db::insert_participant(conn, session, to_i32(participant_index(i)), p, key).await?;
     }
-    let session_u = to_u64(session);
     let mut order: Vec<(usize, &String)> = processors.iter().enumerate().collect();
     order.sort_by(|a, b| a.1.cmp(b.1));
     for (i, p) in order {
         link::enqueue(
-            &mut tx,
+            conn,
             p,
             &[out(
                 format!("keygen-start/{session}"),
                 "key_gen_start",
                 Kind::KeyGenStart(KeyGenStart {
-                    session: session_u,
-                    threshold,
+                    session: to_u64(session),
+                    threshold: to_u32(new.threshold),
                     own_index: participant_index(i),
                     participants: participants.clone(),
-                    confirmations: chain.confirmations,
-                    window_blocks: chain.window_blocks,
+                    confirmations: to_u64(new.confirmations),
+                    window_blocks: to_u64(new.window_blocks),
                 }),
             )],
         )
         .await?;
     }
-    tx.commit().await?;
-    info!(session, threshold, n, "key generation started");
-    Ok(session_u)
+    Ok(())
+}
+
+/// What became of a failed session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reattempt {
+    /// Started again without the culprits, as this session.
+    Started(u64),
+    /// Too few participants would remain for the threshold: the failure
+    /// says so, naming everyone excluded.
+    TooFew,
+    /// Already re-attempted, or no culprit to leave out.
+    NotNeeded,
+}
+
+/// Re-attempts `failed` (already marked failed in this transaction) without
+/// `culprits`, the participants proven faulty or silent, while the rest
+/// still reach its threshold. The new session keeps the threshold and the
+/// chain parameters: the key it makes is the one the operators asked for,
+/// only held by fewer. Runs in the failing transaction, so a crash between
+/// the failure and its re-attempt cannot leave the key generation stuck.
+pub async fn reattempt(
+    conn: &mut PgConnection,
+    failed: i64,
+    culprits: &[String],
+) -> Result<Reattempt, sqlx::Error> {
+    if culprits.is_empty() || db::retried_by(conn, failed).await?.is_some() {
+        return Ok(Reattempt::NotNeeded);
+    }
+    let params = db::params(conn, failed).await?;
+    let remaining: Vec<String> = db::participants_in_order(conn, failed)
+        .await?
+        .into_iter()
+        .filter(|p| !culprits.contains(p))
+        .collect();
+    let mut excluded = params.excluded.clone();
+    for c in culprits {
+        if !excluded.contains(c) {
+            excluded.push(c.clone());
+        }
+    }
+    let threshold = usize::try_from(params.threshold).unwrap_or(usize::MAX);
+    if remaining.len() < threshold.max(2) {
+        let note = format!(
+            "not re-attempted: without {} only {} of the {} needed remain ({}); start a new              key generation with a smaller threshold or other processors",
+            excluded.join(", "),
+            remaining.len(),
+            params.threshold,
+            if remaining.is_empty() {
+                "none".to_owned()
+            } else {
+                remaining.join(", ")
+            },
+        );
+        db::append_failure(conn, failed, &note).await?;
+        warn!(session = failed, "key generation {note}");
+        metrics::counter!(service::metrics::KEYGEN_REATTEMPTS, "outcome" => "too_few")
+            .increment(1);
+        return Ok(Reattempt::TooFew);
+    }
+    let names: Vec<&str> = remaining.iter().map(String::as_str).collect();
+    let keys = db::identities(conn, &names).await?;
+    let session = db::next_session(conn).await?;
+    let defaults = crate::config::KeygenConfig::default();
+    begin(
+        conn,
+        &remaining,
+        &keys,
+        &db::NewSession {
+            session,
+            threshold: params.threshold,
+            confirmations: params
+                .confirmations
+                .unwrap_or_else(|| to_i64(defaults.confirmations)),
+            window_blocks: params
+                .window_blocks
+                .unwrap_or_else(|| to_i64(defaults.window_blocks)),
+            retry_of: Some(failed),
+            excluded: excluded.clone(),
+            try_number: params.try_number.saturating_add(1),
+        },
+    )
+    .await?;
+    db::append_failure(
+        conn,
+        failed,
+        &format!(
+            "re-attempted without {} as session {session}",
+            excluded.join(", ")
+        ),
+    )
+    .await?;
+    metrics::counter!(service::metrics::KEYGEN_REATTEMPTS, "outcome" => "started").increment(1);
+    info!(
+        failed,
+        session,
+        excluded = %excluded.join(", "),
+        threshold = params.threshold,
+        n = remaining.len(),
+        "key generation re-attempted without the faulty participants"
+    );
+    Ok(Reattempt::Started(to_u64(session)))
 }
 
 /// Participants are numbered from 1 in the order they are listed.
@@ -440,13 +561,15 @@ pub async fn blame(
             decryption_proof: &m.decryption_proof,
         })
     };
-    let (culprit, failure) = match &finding {
+    let (culprit, culprit_name, failure) = match &finding {
         processor::keystore::dkg::Finding::Accused(why) => (
             accused_index,
+            accused.clone(),
             format!("{processor} blamed {accused}, proven: {why} ({})", m.reason),
         ),
         processor::keystore::dkg::Finding::Accuser(why) => (
             index,
+            processor.to_owned(),
             format!(
                 "{processor} blamed {accused} falsely: {why}; {processor} is at fault ({})",
                 m.reason
@@ -465,11 +588,17 @@ pub async fn blame(
     .await?;
     warn!(session = s.session, "{failure}");
     db::fail_first(conn, s.session, &failure).await?;
+    // The first proven culprit ends the session and is left out of the next
+    // attempt; later blames of a failed session are recorded, nothing more.
+    if s.status != SessionStatus::Failed {
+        reattempt(conn, s.session, &[culprit_name]).await?;
+    }
     Ok(())
 }
 
 /// Marks sessions whose current round outlived `timeout` as failed, naming
-/// the participants that did not answer. Returns how many it marked.
+/// the participants that did not answer, and re-attempts each without them
+/// (see `reattempt`). Returns how many it marked.
 pub async fn expire(pool: &PgPool, timeout: std::time::Duration) -> Result<usize, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let mut marked = 0;
@@ -481,6 +610,7 @@ pub async fn expire(pool: &PgPool, timeout: std::time::Duration) -> Result<usize
         );
         warn!(session, "key generation {failure}");
         db::fail_silent(&mut tx, session, &failure, &silent).await?;
+        reattempt(&mut tx, session, &silent).await?;
         marked += 1;
     }
     tx.commit().await?;
@@ -532,6 +662,10 @@ pub async fn status(
                 })
                 .collect(),
             silent: s.silent,
+            retry_of: s.retry_of.map(to_u64),
+            excluded: s.excluded,
+            retried_by: s.retried_by.map(to_u64),
+            attempt: to_u32(s.try_number),
         });
     }
     Ok(out)

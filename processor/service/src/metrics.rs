@@ -87,6 +87,9 @@ pub const SIGN_SECONDS: &str = "custody_signing_duration_seconds";
 
 /// Key generations completed (confirmed by every participant).
 pub const KEYGEN_COMPLETED: &str = "custody_keygen_completed_total";
+/// Failed key generations re-attempted without their culprits
+/// (`outcome="started"`), or not, too few remaining (`outcome="too_few"`).
+pub const KEYGEN_REATTEMPTS: &str = "custody_keygen_reattempts_total";
 /// From a key generation's start to its confirmation.
 pub const KEYGEN_SECONDS: &str = "custody_keygen_duration_seconds";
 /// DKG rounds a processor took part in (`round` 1 or 2).
@@ -160,6 +163,10 @@ fn describe() {
         (SIGN_SHARES, "signature shares sent"),
         (SIGN_COMPLETED, "signatures completed"),
         (KEYGEN_COMPLETED, "key generations completed"),
+        (
+            KEYGEN_REATTEMPTS,
+            "failed key generations re-attempted without their culprits, or not (too few left)",
+        ),
         (KEYGEN_ROUNDS, "DKG rounds taken part in"),
         (DB_ERRORS, "database operations that failed"),
         (RPC_ERRORS, "monerod calls that failed"),
