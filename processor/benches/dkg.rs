@@ -238,7 +238,6 @@ async fn through_coordinator(n: u16) -> (Duration, Duration) {
 
     // The batch signature: the first t processors' keystores, opened from
     // their databases with their KEKs, sign with the key they stored.
-    let session_u64 = u64::try_from(session).unwrap();
     let mut signers = Vec::new();
     let mut public = None;
     for (index, (db, kek)) in (1..=t).zip(&processors) {
@@ -247,7 +246,7 @@ async fn through_coordinator(n: u16) -> (Duration, Duration) {
         let stored: StoredKey = sqlx::query_as(
             "SELECT sealed_key_package, public_key_package, group_key FROM keys WHERE session = $1",
         )
-        .bind(session)
+        .bind(i64::try_from(session).unwrap())
         .fetch_one(&pool)
         .await
         .unwrap();
@@ -262,7 +261,7 @@ async fn through_coordinator(n: u16) -> (Duration, Duration) {
     }
     let (public_key_package, group_key) = public.unwrap();
     let start = Instant::now();
-    batch_signature(session_u64, &signers, &public_key_package, &group_key);
+    batch_signature(session, &signers, &public_key_package, &group_key);
     let signature = start.elapsed();
 
     shutdown.cancel();

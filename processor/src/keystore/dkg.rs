@@ -288,11 +288,16 @@ impl Keystore {
                 ),
             );
         }
-        let secret2_bytes = Zeroizing::new(
+        // The sealed round-2 secret also records which round-1 packages
+        // frost checked here (their digest), so round 3 can skip the
+        // subgroup checks of those exact bytes (see `round1_digest`).
+        let mut secret2_bytes = Zeroizing::new(Vec::from(VERIFIED_ROUND1));
+        secret2_bytes.extend_from_slice(&round1_digest(params, round1_packages));
+        secret2_bytes.extend_from_slice(&Zeroizing::new(
             secret2
                 .serialize()
                 .map_err(|e| DkgError::Invalid(format!("serializing round 2 secret: {e}")))?,
-        );
+        ));
         Ok(Round2Output {
             sealed_secret: self.seal(&params.purpose("round2-secret"), &secret2_bytes),
             packages: out,
@@ -312,9 +317,19 @@ impl Keystore {
         expect_others(params, round2_ciphertexts, "round 2")?;
         let secret_bytes =
             self.open_sealed(&params.purpose("round2-secret"), sealed_round2_secret)?;
-        let secret = round2::SecretPackage::deserialize(&secret_bytes)
+        // A secret sealed before the digest existed is frost's bytes alone
+        // (they start with frost's version byte 0, never with the tag).
+        let (verified, frost_secret) = match secret_bytes.strip_prefix(VERIFIED_ROUND1) {
+            Some(rest) if rest.len() >= 32 => (Some(&rest[..32]), &rest[32..]),
+            _ => (None, &secret_bytes[..]),
+        };
+        let secret = round2::SecretPackage::deserialize(frost_secret)
             .map_err(|_| KeystoreError::Malformed(params.purpose("round2-secret")))?;
-        let round1 = parse_round1(params, round1_packages)?;
+        let round1 = if verified == Some(&round1_digest(params, round1_packages)[..]) {
+            parse_round1_verified(params, round1_packages)?
+        } else {
+            parse_round1(params, round1_packages)?
+        };
         let mut round2 = BTreeMap::new();
         for (&from, ciphertext) in round2_ciphertexts {
             if from == params.own_index {
@@ -763,6 +778,92 @@ fn parse_round1(
         out.insert(identifier(from)?, package);
     }
     Ok(out)
+}
+
+/// Tags a sealed round-2 secret that carries the digest of the round-1
+/// packages round 2 verified.
+const VERIFIED_ROUND1: &[u8] = b"R2+digest/v1";
+
+/// A digest of the other participants' round-1 packages, exactly as
+/// received (index and length framed, in index order).
+fn round1_digest(params: &DkgParams, packages: &BTreeMap<u16, Vec<u8>>) -> [u8; 32] {
+    let mut hash = Sha512::new();
+    hash.update(b"monero-custody/dkg-round1-verified/v1");
+    for (index, bytes) in packages.iter().filter(|(i, _)| **i != params.own_index) {
+        hash.update(index.to_le_bytes());
+        hash.update((bytes.len() as u64).to_le_bytes());
+        hash.update(bytes);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&hash.finalize()[..32]);
+    out
+}
+
+/// Round 3's parse of round-1 packages whose exact bytes frost's
+/// deserialization accepted in round 2 (the sealed digest says so): points
+/// are decompressed but not checked again for a small-order component.
+/// That check is a full scalar multiplication per coefficient (n * t of
+/// them, most of a processor's DKG time at n = 100), and its answer for
+/// these bytes is already known. Anything this parser does not read as
+/// expected goes through frost's own deserialization instead.
+fn parse_round1_verified(
+    params: &DkgParams,
+    packages: &BTreeMap<u16, Vec<u8>>,
+) -> Result<BTreeMap<Identifier, round1::Package>, DkgError> {
+    let mut out = BTreeMap::new();
+    for (&from, bytes) in packages {
+        if from == params.own_index {
+            continue;
+        }
+        let package = match parse_round1_points(bytes) {
+            Some(package) => package,
+            None => parse_round1(params, &BTreeMap::from([(from, bytes.clone())]))?
+                .pop_first()
+                .map(|(_, p)| p)
+                .ok_or_else(|| DkgError::Invalid("round-1 package vanished".into()))?,
+        };
+        out.insert(identifier(from)?, package);
+    }
+    Ok(out)
+}
+
+/// frost's round-1 package layout (postcard): version byte, 4-byte
+/// ciphersuite id, the coefficient count as a varint, that many 32-byte
+/// points, the proof's length as a varint, the 64-byte proof.
+fn parse_round1_points(bytes: &[u8]) -> Option<round1::Package> {
+    use frost_ed25519::keys::VerifiableSecretSharingCommitment;
+    type CoefficientCommitment =
+        frost_core::keys::CoefficientCommitment<frost_ed25519::Ed25519Sha512>;
+    fn varint(bytes: &[u8], mut at: usize) -> Option<(usize, usize)> {
+        let mut value = 0usize;
+        for shift in (0..35).step_by(7) {
+            let byte = *bytes.get(at)?;
+            at += 1;
+            value |= usize::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Some((value, at));
+            }
+        }
+        None
+    }
+    let (count, mut at) = varint(bytes, 5)?;
+    let mut coefficients = Vec::with_capacity(count);
+    for _ in 0..count {
+        let point: [u8; 32] = bytes.get(at..at + 32)?.try_into().ok()?;
+        coefficients.push(CoefficientCommitment::new(
+            CompressedEdwardsY(point).decompress()?,
+        ));
+        at += 32;
+    }
+    let (len, at) = varint(bytes, at)?;
+    if at + len != bytes.len() {
+        return None;
+    }
+    let proof = frost_ed25519::Signature::deserialize(&bytes[at..]).ok()?;
+    Some(round1::Package::new(
+        VerifiableSecretSharingCommitment::new(coefficients),
+        proof,
+    ))
 }
 
 fn corrupted(package: &round2::Package) -> round2::Package {
@@ -1279,5 +1380,79 @@ mod tests {
         for m in [0u16, 1, 2, 3, 7, 64, 67, 100, 255, u16::MAX] {
             assert_eq!(mul_small(&p, m), p * Scalar::from(m), "m = {m}");
         }
+    }
+
+    #[test]
+    fn the_verified_round1_parse_reads_what_frost_reads() {
+        // 130 coefficients: the count takes two varint bytes.
+        for (t, n) in [(2u16, 3u16), (67, 100), (130, 131)] {
+            let id = Identifier::try_from(1u16).expect("valid identifier");
+            let (_, package) = frost_dkg::part1(id, n, t, OsRng).expect("valid t-of-n");
+            let bytes = package.serialize().expect("serializes");
+            assert_eq!(parse_round1_points(&bytes), Some(package), "t = {t}");
+            assert_eq!(parse_round1_points(&bytes[..bytes.len() - 1]), None);
+            let mut longer = bytes.clone();
+            longer.push(0);
+            assert_eq!(parse_round1_points(&longer), None);
+        }
+    }
+
+    #[test]
+    fn round_three_rechecks_round1_packages_that_changed_since_round_two() {
+        let stores = keystores(4);
+        let ps: Vec<DkgParams> = (1..=4).map(|i| params(&stores, 3, i)).collect();
+        let r1: Vec<Round1Output> = stores
+            .iter()
+            .zip(&ps)
+            .map(|(s, p)| s.dkg_round1(p).expect("round 1"))
+            .collect();
+        let all1: BTreeMap<u16, Vec<u8>> = (1..=4)
+            .zip(&r1)
+            .map(|(i, o)| (i, o.package.clone()))
+            .collect();
+        let r2: Vec<Round2Output> = (0..4)
+            .map(|i| {
+                stores[i]
+                    .dkg_round2(&ps[i], &r1[i].sealed_secret, &all1)
+                    .expect("round 2")
+            })
+            .collect();
+        let to_1: BTreeMap<u16, Vec<u8>> = (2..=4)
+            .map(|j| (j, r2[usize::from(j) - 1].packages[&1].clone()))
+            .collect();
+        // 3's first coefficient plus a point of order 2: it decompresses,
+        // so only the subgroup check frost makes can refuse it.
+        let mut tampered = all1.clone();
+        let package = tampered.get_mut(&3).expect("3 sent one");
+        let point = CompressedEdwardsY(package[6..38].try_into().expect("32 bytes"))
+            .decompress()
+            .expect("a point");
+        let order_two = CompressedEdwardsY({
+            let mut b = [0u8; 32];
+            b[0] = 0xec;
+            b[1..31].fill(0xff);
+            b[31] = 0x7f;
+            b
+        })
+        .decompress()
+        .expect("(0, -1) is on the curve");
+        assert!(!order_two.is_torsion_free() && order_two.mul_by_cofactor().is_identity());
+        package[6..38].copy_from_slice((point + order_two).compress().as_bytes());
+        assert!(parse_round1_points(&tampered[&3]).is_some(), "it parses");
+        match stores[0].dkg_round3(&ps[0], &r2[0].sealed_secret, &tampered, &to_1) {
+            Err(DkgError::Blame(b)) => {
+                assert_eq!(b.accused, 3, "{b:?}");
+                assert!(
+                    b.reason.contains("round-1 package does not parse"),
+                    "{}",
+                    b.reason
+                );
+            }
+            other => panic!("expected a blame of 3, got {other:?}"),
+        }
+        // Unchanged, the same round 3 succeeds.
+        stores[0]
+            .dkg_round3(&ps[0], &r2[0].sealed_secret, &all1, &to_1)
+            .expect("the packages round 2 verified");
     }
 }
