@@ -169,7 +169,9 @@ async fn through_coordinator(n: u16) -> (Duration, Duration) {
     let t = threshold(n);
     // Every pool, the coordinator's, the bench's own connections and
     // Postgres's reserved ones, with room to spare.
-    let cluster = PgCluster::start(u32::from(n) * PROCESSOR_POOL + COORDINATOR_POOL + 40);
+    // Each processor also holds one connection outside its pool: the
+    // session of its instance lock.
+    let cluster = PgCluster::start(u32::from(n) * (PROCESSOR_POOL + 1) + COORDINATOR_POOL + 40);
     let dir = tempfile::tempdir().unwrap();
     let shutdown = CancellationToken::new();
     let mut endpoints = String::new();
@@ -241,7 +243,11 @@ async fn through_coordinator(n: u16) -> (Duration, Duration) {
     let mut signers = Vec::new();
     let mut public = None;
     for (index, (db, kek)) in (1..=t).zip(&processors) {
-        let pool = sqlx::PgPool::connect(db).await.unwrap();
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(db)
+            .await
+            .unwrap();
         let keystore = Keystore::open(&pool, kek).await.unwrap();
         let stored: StoredKey = sqlx::query_as(
             "SELECT sealed_key_package, public_key_package, group_key FROM keys WHERE session = $1",
