@@ -550,21 +550,25 @@ pub async fn mark_round2_done(
     Ok(done.rows_affected() > 0)
 }
 
-/// Stores one round-2 ciphertext as relayed.
+/// Stores a participant's round-2 ciphertexts as relayed (recipient index,
+/// ciphertext), all in one statement: at n = 100 one message carries 99,
+/// and a round trip per row made the n^2 inserts the slowest part of key
+/// generation.
 pub async fn insert_round2(
     conn: &mut PgConnection,
     session: i64,
     from: i32,
-    to: i32,
-    ciphertext: &[u8],
+    packages: &[(i32, &[u8])],
 ) -> Result<(), sqlx::Error> {
+    let (to, ciphertexts): (Vec<i32>, Vec<&[u8]>) = packages.iter().copied().unzip();
     sqlx::query(
-        "INSERT INTO keygen_round2 (session, from_idx, to_idx, ciphertext) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO keygen_round2 (session, from_idx, to_idx, ciphertext)
+         SELECT $1, $2, to_idx, ciphertext FROM UNNEST($3::int4[], $4::bytea[]) AS p(to_idx, ciphertext)",
     )
     .bind(session)
     .bind(from)
     .bind(to)
-    .bind(ciphertext)
+    .bind(ciphertexts)
     .execute(conn)
     .await?;
     Ok(())

@@ -390,9 +390,12 @@ pub async fn round2(
             s.session
         )));
     }
-    for (to, ciphertext) in &m.packages {
-        db::insert_round2(conn, s.session, index, to_i32(*to), ciphertext).await?;
-    }
+    let packages: Vec<(i32, &[u8])> = m
+        .packages
+        .iter()
+        .map(|(to, ciphertext)| (to_i32(*to), ciphertext.as_slice()))
+        .collect();
+    db::insert_round2(conn, s.session, index, &packages).await?;
     if db::round2_pending(conn, s.session).await? > 0 {
         return Ok(());
     }
