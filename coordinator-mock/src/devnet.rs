@@ -1387,7 +1387,12 @@ impl Scenario<'_> {
         progress.step("checking every invariant (links, nonces, payouts, batches, plans, books)");
         let targets = crate::invariants::Targets {
             processors: (0..self.n())
-                .map(|i| (format!("validator-{}", i + 1), self.net.processor_dbs[i].clone()))
+                .map(|i| {
+                    (
+                        format!("validator-{}", i + 1),
+                        self.net.processor_dbs[i].clone(),
+                    )
+                })
                 .collect(),
             coordinator: self.coordinator_db.clone(),
             monerod: format!("http://127.0.0.1:{}", self.net.monerod_port),
