@@ -100,7 +100,8 @@ fn main() -> ExitCode {
             });
         }
         let started = Instant::now();
-        let (mut faults, mut violations, mut failed, mut done) = (Faults::default(), 0, 0, 0);
+        let (mut faults, mut violations, mut failed, mut done, mut revived) =
+            (Faults::default(), 0, 0, 0, 0);
         for k in 0..cli.runs {
             if interrupt.is_cancelled() {
                 break;
@@ -108,12 +109,13 @@ fn main() -> ExitCode {
             let report = chaos::run_once(&config, seed.wrapping_add(k), interrupt.clone()).await;
             println!("run {}/{} {report}", k + 1, cli.runs);
             faults.add(&report.faults);
+            revived += report.revived;
             violations += report.violations();
             failed += u64::from(!report.passed());
             done += 1;
         }
         println!(
-            "\n== chaos: {done} runs, {failed} not passed, {} faults [{faults}], {violations} violations, {:.1} s ==",
+            "\n== chaos: {done} runs, {failed} not passed, {} faults [{faults}], {revived} processors revived, {violations} violations, {:.1} s ==",
             faults.total(),
             started.elapsed().as_secs_f64()
         );

@@ -126,6 +126,10 @@ pub struct Report {
     pub t: u32,
     /// Faults injected.
     pub faults: Faults,
+    /// Processors restarted after they exited on their own, as a supervisor
+    /// would (a processor that loses the session holding its instance lock,
+    /// e.g. to pg-terminate, exits rather than risk a second instance).
+    pub revived: u64,
     /// How it ended.
     pub outcome: Outcome,
     /// Wall time.
@@ -155,8 +159,8 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "seed {} {}-of-{} faults [{}] ",
-            self.seed, self.t, self.n, self.faults
+            "seed {} {}-of-{} faults [{}] revived {} ",
+            self.seed, self.t, self.n, self.faults, self.revived
         )?;
         match &self.outcome {
             Outcome::Passed => write!(f, "ok, 0 violations")?,
@@ -230,6 +234,10 @@ pub async fn run_once(config: &Config, seed: u64, interrupt: CancellationToken) 
         n,
         t,
         faults: injector.faults(),
+        revived: *injector
+            .revived
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner),
         outcome,
         elapsed: started.elapsed(),
         work_dir,
@@ -265,6 +273,7 @@ struct Injector {
     shutdown: CancellationToken,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     faults: Arc<Mutex<Faults>>,
+    revived: Arc<Mutex<u64>>,
 }
 
 impl Injector {
@@ -277,6 +286,7 @@ impl Injector {
             shutdown: CancellationToken::new(),
             task: Mutex::new(None),
             faults: Arc::new(Mutex::new(Faults::default())),
+            revived: Arc::new(Mutex::new(0)),
         }
     }
 
@@ -315,6 +325,7 @@ impl Disturb for Injector {
             calm: self.calm.clone(),
             stop: self.stop.clone(),
             faults: self.faults.clone(),
+            revived: self.revived.clone(),
         };
         let task = tokio::spawn(schedule.run());
         *self.task.lock().unwrap_or_else(PoisonError::into_inner) = Some(task);
@@ -348,6 +359,7 @@ struct Schedule {
     calm: Arc<tokio::sync::Mutex<()>>,
     stop: CancellationToken,
     faults: Arc<Mutex<Faults>>,
+    revived: Arc<Mutex<u64>>,
 }
 
 impl Schedule {
@@ -355,11 +367,12 @@ impl Schedule {
         loop {
             let wait = Duration::from_millis(self.rng.gen_range(1_500..6_000));
             tokio::select! {
-                () = self.stop.cancelled() => return,
+                () = self.stop.cancelled() => return self.revive(),
                 () = tokio::time::sleep(wait) => {}
             }
             let calm = self.calm.clone();
             let _calm = calm.lock().await;
+            self.revive();
             if self.stop.is_cancelled() {
                 return;
             }
@@ -370,6 +383,21 @@ impl Schedule {
                     *faults.0.entry(kind).or_default() += 1;
                 }
                 Err(e) => tracing::warn!("injecting {}: {e}", kind.name()),
+            }
+        }
+    }
+
+    /// Restarts every processor that exited on its own, as its supervisor
+    /// (systemd, Kubernetes) would.
+    fn revive(&self) {
+        for p in self.processes.processors.iter().flatten() {
+            if p.exited() {
+                match p.restart() {
+                    Ok(()) => {
+                        *self.revived.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+                    }
+                    Err(e) => tracing::warn!("restarting {}: {e}", p.name()),
+                }
             }
         }
     }
