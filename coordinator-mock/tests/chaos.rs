@@ -391,7 +391,10 @@ async fn a_burn_paid_twice_unpaid_or_altered_and_differing_plans_are_found() {
         "{v:?}"
     );
     assert!(
-        v.iter().any(|v| matches!(v, Violation::PaymentWrong { detail, .. } if detail.contains("validator-2 holds burn b1 as 6"))),
+        v.iter().any(
+            |v| matches!(v, Violation::BurnAltered { processor, burn_id, detail }
+            if processor == "validator-2" && burn_id == "b1" && detail.starts_with("held as 6"))
+        ),
         "{v:?}"
     );
     // One plan that validator-1 holds for other burns than validator-2.

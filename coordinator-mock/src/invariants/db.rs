@@ -138,8 +138,7 @@ pub struct Plan {
     pub tx_hash: Option<Vec<u8>>,
 }
 
-/// A processor's plans; `fee` is its view of the completed transaction's
-/// fee.
+/// A processor's plans.
 pub async fn processor_plans(pool: &PgPool) -> Result<Vec<Plan>, sqlx::Error> {
     sqlx::query_as(
         r#"SELECT plan_id, session, "window", signable, burn_ids, status, tx_hash

@@ -131,6 +131,16 @@ pub enum Violation {
         /// The transactions (hex).
         txs: Vec<String>,
     },
+    /// A processor holds a burn with another address or amount than the
+    /// one submitted to the settlement chain.
+    BurnAltered {
+        /// The processor.
+        processor: String,
+        /// The burn.
+        burn_id: String,
+        /// What differs.
+        detail: String,
+    },
     /// A completed payout's transaction is not in a block.
     PayoutNotOnChain {
         /// The plan (hex).
@@ -255,6 +265,11 @@ impl fmt::Display for Violation {
                 txs.len(),
                 txs.join(", ")
             ),
+            Self::BurnAltered {
+                processor,
+                burn_id,
+                detail,
+            } => write!(f, "{processor}: burn {burn_id}: {detail}"),
             Self::PayoutNotOnChain {
                 plan_id,
                 tx,
@@ -696,11 +711,12 @@ async fn payouts(
             if let Some(c) = burns.iter().find(|c| c.burn_id == b.burn_id)
                 && (c.monero_address != b.monero_address || c.amount != b.amount)
             {
-                found.push(Violation::PaymentWrong {
-                    plan_id: String::new(),
+                found.push(Violation::BurnAltered {
+                    processor: name.clone(),
+                    burn_id: b.burn_id.clone(),
                     detail: format!(
-                        "{name} holds burn {} as {} to {}, the coordinator as {} to {}",
-                        b.burn_id, b.amount, b.monero_address, c.amount, c.monero_address
+                        "held as {} to {}, submitted as {} to {}",
+                        b.amount, b.monero_address, c.amount, c.monero_address
                     ),
                 });
             }
