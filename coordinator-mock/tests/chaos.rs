@@ -332,6 +332,17 @@ async fn processors_holding_different_batches_are_found() {
         processor: "validator-1".into(),
         id: 11
     }));
+    // validator-2 took in a settlement block including its batch 10 but
+    // left it proposed (the race chaos seed 204 found).
+    sqlx::query("INSERT INTO settlement_blocks (number, included_batch_ids) VALUES (1, '{10}')")
+        .execute(w.p(1))
+        .await
+        .unwrap();
+    assert!(w.violations().await.contains(&Violation::BatchNotIncluded {
+        processor: "validator-2".into(),
+        id: 10,
+        status: "proposed".into()
+    }));
 }
 
 async fn plan(p: &PgPool, signable: &[u8], burns: &[&str], status: &str, tx: u8) {

@@ -89,11 +89,14 @@ pub struct Batch {
     pub block_height: i64,
     /// The protobuf encoding: exactly the bytes signed.
     pub encoded: Vec<u8>,
+    /// proposed | signed | included (the coordinator's: proposed |
+    /// included).
+    pub status: String,
 }
 
 /// A processor's batches.
 pub async fn processor_batches(pool: &PgPool) -> Result<Vec<Batch>, sqlx::Error> {
-    sqlx::query_as("SELECT id, block_height, encoded FROM batches ORDER BY id")
+    sqlx::query_as("SELECT id, block_height, encoded, status FROM batches ORDER BY id")
         .fetch_all(pool)
         .await
 }
@@ -101,7 +104,7 @@ pub async fn processor_batches(pool: &PgPool) -> Result<Vec<Batch>, sqlx::Error>
 /// The batches the coordinator included.
 pub async fn included_batches(pool: &PgPool) -> Result<Vec<Batch>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, block_height, encoded FROM batches WHERE status = 'included' ORDER BY id",
+        "SELECT id, block_height, encoded, status FROM batches WHERE status = 'included' ORDER BY id",
     )
     .fetch_all(pool)
     .await
@@ -287,5 +290,15 @@ pub async fn books(pool: &PgPool) -> Result<Vec<Books>, sqlx::Error> {
          ORDER BY s.session",
     )
     .fetch_all(pool)
+    .await
+}
+
+/// Whether a settlement block this processor took in includes batch `id`.
+pub async fn taken_in_as_included(pool: &PgPool, id: i64) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM settlement_blocks WHERE $1 = ANY(included_batch_ids))",
+    )
+    .bind(id)
+    .fetch_one(pool)
     .await
 }

@@ -186,6 +186,16 @@ pub enum Violation {
         /// The batch.
         id: i64,
     },
+    /// A processor took in the settlement block including a batch it
+    /// holds, but the batch (and so its deposits) is not included there.
+    BatchNotIncluded {
+        /// The processor.
+        processor: String,
+        /// The batch.
+        id: i64,
+        /// Its status there.
+        status: String,
+    },
     /// Holders disagree about a plan (bytes, burns, window or transaction).
     PlanDiffers {
         /// The plan (hex).
@@ -297,6 +307,15 @@ impl fmt::Display for Violation {
             Self::BatchMissing { processor, id } => write!(
                 f,
                 "{processor} scanned past included batch {id}'s block but does not hold it"
+            ),
+            Self::BatchNotIncluded {
+                processor,
+                id,
+                status,
+            } => write!(
+                f,
+                "{processor} took in the settlement block including batch {id} but holds it as {status}: \
+                 its deposits are never credited there"
             ),
             Self::PlanDiffers { plan_id, detail } => write!(f, "plan {plan_id}: {detail}"),
             Self::BooksUnbalanced {
@@ -636,6 +655,15 @@ async fn batches(
             }
         }
         for b in own {
+            if b.status != "included"
+                && db::taken_in_as_included(pool, b.id).await.map_err(read())?
+            {
+                found.push(Violation::BatchNotIncluded {
+                    processor: name.clone(),
+                    id: b.id,
+                    status: b.status.clone(),
+                });
+            }
             held.entry(b.id)
                 .or_default()
                 .push((name.clone(), b.encoded));
