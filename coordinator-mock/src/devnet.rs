@@ -48,6 +48,45 @@ pub struct Options {
     /// Export traces of the coordinator (in this process) and the
     /// processors to this OTLP/gRPC endpoint.
     pub otlp_endpoint: Option<String>,
+    /// A fault injector (the chaos runner) disturbing the run between key
+    /// generation and the final checks.
+    pub disturb: Option<Arc<dyn Disturb>>,
+    /// Where the run's files go (kept); by default a temporary directory,
+    /// deleted after a successful run.
+    pub work_dir: Option<PathBuf>,
+}
+
+/// A fault injector hooked into a devnet run.
+pub trait Disturb: Send + Sync + std::fmt::Debug {
+    /// The port the coordinator dials for processor `index` (0-based),
+    /// which listens on `port`: a proxy's, to sever connections through.
+    /// Called before the coordinator starts.
+    fn dial_port(&self, index: usize, port: u16) -> Result<u16, DevnetError>;
+    /// Every process is up and the key confirmed: start disturbing them.
+    fn start(&self, processes: Processes);
+    /// Held by the scenario around steps a fault must not interrupt (the
+    /// user's wallet sending a transfer: a retry after a lost answer could
+    /// pay twice); the injector holds it while a fault is in progress.
+    fn calm(&self) -> Arc<tokio::sync::Mutex<()>>;
+    /// Stop disturbing: wait for the fault in progress to end and leave
+    /// every process running. Called before the final checks.
+    fn settle(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
+}
+
+/// The devnet's processes and databases, for a fault injector.
+#[derive(Debug, Clone)]
+pub struct Processes {
+    /// Each processor (0-based; `None`: offline for good).
+    pub processors: Vec<Option<ChildHandle>>,
+    /// Each processor's database URL.
+    pub processor_dbs: Vec<String>,
+    /// The regtest monerod (started with `--keep-fakechain`, so a restart
+    /// keeps the chain).
+    pub monerod: ChildHandle,
+    /// monerod's RPC URL.
+    pub monerod_url: String,
+    /// The Postgres server URL the databases were made on.
+    pub database_url: String,
 }
 
 impl Options {
@@ -97,6 +136,9 @@ pub enum DevnetError {
     /// Interrupted (Ctrl-C).
     #[error("interrupted")]
     Interrupted,
+    /// The invariant checker found violations.
+    #[error("{} invariant violation(s):\n  {}", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
+    Violations(Vec<crate::invariants::Violation>),
 }
 
 fn failed(what: impl Into<String>) -> DevnetError {
@@ -111,28 +153,24 @@ fn free_port() -> u16 {
         .unwrap_or(0)
 }
 
-/// A child process that is stopped (SIGTERM, then SIGKILL) when dropped.
-struct Child {
-    name: String,
-    child: std::process::Child,
+/// How a child process is started, kept to start it again after a kill.
+#[derive(Debug, Clone)]
+struct Spec {
+    program: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
     log: PathBuf,
 }
 
-impl Child {
-    fn spawn(
-        name: &str,
-        program: &Path,
-        args: &[String],
-        env: &[(String, String)],
-        log: PathBuf,
-    ) -> Result<Self, DevnetError> {
+impl Spec {
+    fn spawn(&self) -> Result<std::process::Child, DevnetError> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&log)?;
-        let mut command = std::process::Command::new(program);
+            .open(&self.log)?;
+        let mut command = std::process::Command::new(&self.program);
         command
-            .args(args)
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)
@@ -146,40 +184,124 @@ impl Child {
                 command.env_remove(key);
             }
         }
-        command.envs(env.iter().map(|(k, v)| (k, v)));
-        let child = command.spawn().map_err(|e| {
-            DevnetError::Missing(format!("cannot start {}: {e}", program.display()))
-        })?;
-        Ok(Self {
-            name: name.to_owned(),
-            child,
-            log,
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
+        command.spawn().map_err(|e| {
+            DevnetError::Missing(format!("cannot start {}: {e}", self.program.display()))
         })
     }
+}
 
-    fn signal(&self, signal: nix::sys::signal::Signal) {
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
-        }
+/// A child process that is stopped (SIGTERM, then SIGKILL) when dropped.
+/// The process itself is shared with [`ChildHandle`]s, so a fault injector
+/// can kill, pause and restart it while the devnet keeps owning it.
+struct Child {
+    name: String,
+    log: PathBuf,
+    handle: ChildHandle,
+}
+
+/// A handle on a devnet child process: signal it, kill it, start it again
+/// with the same command line (its log continues).
+#[derive(Debug, Clone)]
+pub struct ChildHandle {
+    name: String,
+    spec: Spec,
+    child: Arc<std::sync::Mutex<std::process::Child>>,
+}
+
+impl Child {
+    fn spawn(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(String, String)],
+        log: PathBuf,
+    ) -> Result<Self, DevnetError> {
+        let spec = Spec {
+            program: program.to_path_buf(),
+            args: args.to_vec(),
+            env: env.to_vec(),
+            log: log.clone(),
+        };
+        let child = spec.spawn()?;
+        Ok(Self {
+            name: name.to_owned(),
+            log,
+            handle: ChildHandle {
+                name: name.to_owned(),
+                spec,
+                child: Arc::new(std::sync::Mutex::new(child)),
+            },
+        })
     }
 
     /// SIGTERM, then SIGKILL after 10 s.
     fn stop(&mut self) {
+        self.handle.stop();
+    }
+
+    fn kill9(&mut self) {
+        self.handle.kill9();
+    }
+}
+
+impl ChildHandle {
+    /// The process's name in the devnet (`validator-2`, `monerod`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::process::Child> {
+        // A panic while holding this lock leaves a process handle that is
+        // still valid: keep using it.
+        self.child
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sends `signal` to the current process.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        if let Ok(pid) = i32::try_from(self.lock().id()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after 10 s. A stopped (SIGSTOP) process is
+    /// continued first, or it could not act on the SIGTERM.
+    pub fn stop(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
         self.signal(nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
+            if let Ok(Some(_)) = self.lock().try_wait() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill9();
     }
 
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    /// SIGKILL, and wait for it to be gone.
+    pub fn kill9(&self) {
+        let mut child = self.lock();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Whether the process has exited.
+    pub fn exited(&self) -> bool {
+        !matches!(self.lock().try_wait(), Ok(None))
+    }
+
+    /// Starts the same command line again (after [`Self::kill9`]); its
+    /// output goes on in the same log.
+    pub fn restart(&self) -> Result<(), DevnetError> {
+        let fresh = self.spec.spawn()?;
+        let mut child = self.lock();
+        let _ = child.kill();
+        let _ = child.wait();
+        *child = fresh;
+        Ok(())
     }
 }
 
@@ -256,6 +378,8 @@ struct Net {
     processor_args: Vec<Vec<String>>,
     processor_ports: Vec<u16>,
     processor_dbs: Vec<String>,
+    /// The ports the coordinator dials (a proxy's under a fault injector).
+    dial_ports: Vec<u16>,
     coordinator: Option<Arc<Coordinator>>,
     coordinator_port: u16,
     shutdown: CancellationToken,
@@ -358,13 +482,35 @@ where
 }
 
 impl Net {
+    /// Mines `blocks` to `address`. Retried for a minute: a fault injector
+    /// may have killed monerod, which comes back with its chain.
     async fn mine(&self, address: &str, blocks: u64) -> Result<(), DevnetError> {
-        self.rpc
-            .monerod
-            .generate_blocks(blocks, parse_address(address)?)
-            .await
-            .map_err(rpc_failed("generateblocks"))?;
-        Ok(())
+        let address = parse_address(address)?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match self.rpc.monerod.generate_blocks(blocks, address).await {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() > deadline => {
+                    return Err(rpc_failed("generateblocks")(e));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+    }
+
+    /// What a fault injector may disturb.
+    fn processes(&self, options: &Options) -> Option<Processes> {
+        Some(Processes {
+            processors: self
+                .processors
+                .iter()
+                .map(|p| p.as_ref().map(|c| c.handle.clone()))
+                .collect(),
+            processor_dbs: self.processor_dbs.clone(),
+            monerod: self.monerod.as_ref()?.handle.clone(),
+            monerod_url: format!("http://127.0.0.1:{}", self.monerod_port),
+            database_url: options.database_url.clone(),
+        })
     }
 }
 
@@ -388,14 +534,24 @@ pub async fn run(options: Options, interrupt: CancellationToken) -> Result<Summa
         .otlp_endpoint
         .as_deref()
         .map(|e| service::telemetry::init_export_only(e, "coordinator-mock", "devnet"));
-    let dir = tempfile::Builder::new().prefix("devnet-").tempdir()?;
-    let keep = dir.path().to_path_buf();
+    let (dir, keep) = match &options.work_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            (None, d.clone())
+        }
+        None => {
+            let t = tempfile::Builder::new().prefix("devnet-").tempdir()?;
+            let keep = t.path().to_path_buf();
+            (Some(t), keep)
+        }
+    };
     let (wallet_port, monerod_port) = (free_port(), free_port());
     let mut net = Net {
         processors: Vec::new(),
         processor_args: Vec::new(),
         processor_ports: Vec::new(),
         processor_dbs: Vec::new(),
+        dial_ports: Vec::new(),
         coordinator: None,
         coordinator_port: free_port(),
         shutdown: CancellationToken::new(),
@@ -432,11 +588,17 @@ pub async fn run(options: Options, interrupt: CancellationToken) -> Result<Summa
                 {
                     eprintln!("  {:<18} {}", child.name, child.log.display());
                 }
-                // Keep the files for inspection.
-                let kept = dir.keep();
-                eprintln!("(kept {})", kept.display());
+                eprintln!("(kept {})", keep.display());
+            }
+            // Keep the files for inspection.
+            if let Some(dir) = dir {
+                let _ = dir.keep();
             }
         }
+    }
+    // A fault injector must not restart anything once the devnet stops.
+    if let Some(disturb) = &options.disturb {
+        disturb.settle().await;
     }
     progress.step("stopping every process");
     drop(net);
@@ -514,6 +676,8 @@ fn monerod_args(net: &Net) -> Vec<String> {
         "--no-igd",
         "--no-zmq",
         "--non-interactive",
+        // A restart after SIGKILL (the chaos runner) keeps the regtest chain.
+        "--keep-fakechain",
         "--rpc-bind-ip",
         "127.0.0.1",
     ]
@@ -620,6 +784,7 @@ fn coordinator_config(net: &Net, db: &str) -> Result<crate::config::Config, Devn
         .iter()
         .enumerate()
         .map(|(i, port)| {
+            let port = net.dial_ports.get(i).unwrap_or(port);
             format!(
                 "[[processors]]\nname = \"validator-{}\"\nendpoint = \"http://127.0.0.1:{port}\"\n",
                 i + 1,
@@ -665,17 +830,25 @@ async fn scenario(
         progress,
         net,
         stop: interrupt.clone(),
+        coordinator_db: String::new(),
     };
     let coordinator_db = s.create_databases().await?;
+    s.coordinator_db.clone_from(&coordinator_db);
     let user = s.start_monerod_and_the_wallet().await?;
     let coordinator = s.start_processors_and_coordinator(&coordinator_db).await?;
     let key = s.generate_the_key(&coordinator).await?;
+    if let (Some(disturb), Some(processes)) = (&options.disturb, s.net.processes(options)) {
+        disturb.start(processes);
+    }
     s.fund_the_user(&user).await?;
     s.register_accounts(&coordinator).await?;
     let deposited = s.deposit(&key.group_key).await?;
     let batches = s.sign_and_include_the_batch(&coordinator).await?;
     let burns = s.burn_back_to_the_user(&coordinator).await?;
     let payout = s.pay_out(&coordinator, &burns).await?;
+    if let Some(disturb) = &options.disturb {
+        disturb.settle().await;
+    }
     let checked = s.final_checks(deposited, &burns, &payout).await?;
     Ok(s.summary(key, batches, &burns, payout, checked))
 }
@@ -687,6 +860,8 @@ struct Scenario<'a> {
     progress: &'a Progress,
     net: &'a mut Net,
     stop: CancellationToken,
+    /// The coordinator's database URL.
+    coordinator_db: String,
 }
 
 /// The confirmed key.
@@ -848,6 +1023,15 @@ impl Scenario<'_> {
             )
             .await?;
         }
+        net.dial_ports = match &options.disturb {
+            Some(d) => net
+                .processor_ports
+                .iter()
+                .enumerate()
+                .map(|(i, &port)| d.dial_port(i, port))
+                .collect::<Result<_, _>>()?,
+            None => net.processor_ports.clone(),
+        };
         let config = coordinator_config(net, coordinator_db)?;
         let coordinator = Coordinator::start(&config, net.shutdown.clone())
             .await
@@ -993,6 +1177,13 @@ impl Scenario<'_> {
                 monero_rpc::monero::Amount::from_pico(amount),
             );
         }
+        // No fault while the wallet sends: a retry after a lost answer
+        // could pay twice.
+        let calm = options.disturb.as_ref().map(|d| d.calm());
+        let _calm = match &calm {
+            Some(c) => Some(c.lock().await),
+            None => None,
+        };
         net.rpc
             .wallet
             .transfer(
@@ -1193,6 +1384,26 @@ impl Scenario<'_> {
             ));
         }
         progress.done("the user received exactly the burned amounts; deposits = payouts + fees + unspent on every processor");
+        progress.step("checking every invariant (links, nonces, payouts, batches, plans, books)");
+        let targets = crate::invariants::Targets {
+            processors: (0..self.n())
+                .map(|i| {
+                    (
+                        format!("validator-{}", i + 1),
+                        self.net.processor_dbs[i].clone(),
+                    )
+                })
+                .collect(),
+            coordinator: self.coordinator_db.clone(),
+            monerod: format!("http://127.0.0.1:{}", self.net.monerod_port),
+        };
+        let violations = crate::invariants::check(&targets)
+            .await
+            .map_err(|e| failed(format!("the invariant checker could not check: {e}")))?;
+        if !violations.is_empty() {
+            return Err(DevnetError::Violations(violations));
+        }
+        progress.done("every invariant holds");
         Ok(Checked {
             received,
             accounting,

@@ -16,12 +16,14 @@
 pub mod admin;
 pub mod backoff;
 pub mod batches;
+pub mod chaos;
 pub mod common;
 pub mod config;
 pub mod coordinator;
 pub mod devnet;
 pub mod dispatch;
 pub mod error;
+pub mod invariants;
 pub mod keygen;
 pub mod metrics;
 pub mod payouts;

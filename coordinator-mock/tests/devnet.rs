@@ -26,6 +26,8 @@ fn options(n: usize, t: u32, prefix: &str) -> Options {
         keep_running: false,
         verbose: true,
         otlp_endpoint: None,
+        disturb: None,
+        work_dir: None,
     }
 }
 

@@ -83,6 +83,8 @@ fn main() -> ExitCode {
         otlp_endpoint: std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
             .ok()
             .filter(|e| !e.trim().is_empty()),
+        disturb: None,
+        work_dir: None,
     };
     let result = runtime.block_on(async move {
         let interrupt = CancellationToken::new();
