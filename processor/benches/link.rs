@@ -234,7 +234,11 @@ async fn main() {
     let body = vec![0xA5_u8; encoded.len()];
     let mut rows = vec![("ours (fsync per commit)".to_owned(), rate)];
     for (label, bin, always) in [
-        ("JetStream, sync_interval: always", nats::pypi_server(), true),
+        (
+            "JetStream, sync_interval: always",
+            nats::pypi_server(),
+            true,
+        ),
         ("JetStream, default sync", nats::debian_server(), false),
     ] {
         let Some(bin) = bin else { continue };
@@ -248,7 +252,10 @@ async fn main() {
         );
         rows.push((format!("{label} (K={k})"), f.rate));
     }
-    println!("\n| link, {}-byte messages | msgs/s | ours / it |", encoded.len());
+    println!(
+        "\n| link, {}-byte messages | msgs/s | ours / it |",
+        encoded.len()
+    );
     println!("|---|---:|---:|");
     for (label, r) in &rows {
         println!("| {label} | {r:.0} | {:.2}x |", rate / r);

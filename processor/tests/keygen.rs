@@ -631,9 +631,11 @@ async fn a_dkg_missing_a_validator_is_reattempted_without_it() {
     let retry_row = i64::try_from(retry).unwrap();
     for db in &cluster.dbs[..3] {
         let pool = db.pool().await;
-        eventually("confirmed on the processor", Duration::from_secs(20), || async {
-            (key_row(&pool, retry_row).await.0 == "confirmed").then_some(())
-        })
+        eventually(
+            "confirmed on the processor",
+            Duration::from_secs(20),
+            || async { (key_row(&pool, retry_row).await.0 == "confirmed").then_some(()) },
+        )
         .await;
         assert_eq!(
             hex::encode(key_row(&pool, retry_row).await.1),
@@ -641,10 +643,11 @@ async fn a_dkg_missing_a_validator_is_reattempted_without_it() {
         );
     }
     // Nothing is re-attempted twice: the failed session has one successor.
-    let successors: i64 = sqlx::query_scalar("SELECT count(*) FROM keygen_sessions WHERE retry_of IS NOT NULL")
-        .fetch_one(&cluster.coordinator.pool)
-        .await
-        .unwrap();
+    let successors: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM keygen_sessions WHERE retry_of IS NOT NULL")
+            .fetch_one(&cluster.coordinator.pool)
+            .await
+            .unwrap();
     assert_eq!(successors, 1);
 }
 

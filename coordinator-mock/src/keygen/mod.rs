@@ -226,8 +226,7 @@ pub async fn reattempt(
         );
         db::append_failure(conn, failed, &note).await?;
         warn!(session = failed, "key generation {note}");
-        metrics::counter!(service::metrics::KEYGEN_REATTEMPTS, "outcome" => "too_few")
-            .increment(1);
+        metrics::counter!(service::metrics::KEYGEN_REATTEMPTS, "outcome" => "too_few").increment(1);
         return Ok(Reattempt::TooFew);
     }
     let names: Vec<&str> = remaining.iter().map(String::as_str).collect();
