@@ -363,3 +363,60 @@ async fn a_proven_invalid_share_bans_its_signer_and_the_others_sign() {
         "the proven culprit is not chosen again"
     );
 }
+
+/// Chaos seed 204: a processor whose scanner transaction made a batch was
+/// still open when the settlement block including that batch (signed by the
+/// other two) arrived; each transaction missed the other's row and the
+/// batch stayed proposed on that processor, its deposits never credited.
+/// Here processor 3's scanner reaches the batch 3 s late (the others sign
+/// it and the coordinator includes it meanwhile), and its settlement
+/// transaction for the block including the batch it does not have yet stays
+/// open 3 s, across the moment its scanner makes the batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_included_while_its_scanner_transaction_is_open_is_included() {
+    let setup = Setup::start("brace", 2, |i| {
+        (i == 2)
+            .then_some("scanner-slow-batch=return(3000);settlement-slow-unknown-batch=return(3000)")
+    })
+    .await;
+    let cluster = &setup.cluster;
+    setup.deposit(900_000_000_000, 400_000_000_000).await;
+    setup.monerod.mine(&elsewhere(), 3).await;
+    let batches = setup.wait_included(1).await;
+    let id = batches[0].0;
+    let signers: Vec<i32> =
+        sqlx::query_scalar("SELECT unnest(signers) FROM sign_attempts WHERE status = 'done'")
+            .fetch_all(&cluster.coordinator.pool)
+            .await
+            .unwrap();
+    assert!(
+        !signers.contains(&3),
+        "processor 3 signed, so its transaction was not open when the batch was included: \
+         the test did not reach the race ({signers:?})"
+    );
+    for db in &cluster.dbs {
+        let p = db.pool().await;
+        eventually(
+            "every processor holds the batch as included and its deposits credited",
+            Duration::from_secs(30),
+            || async {
+                let batch = scalar_i64(
+                    &p,
+                    &format!(
+                        "SELECT count(*) FROM batches WHERE id = {id} AND status = 'included'"
+                    ),
+                )
+                .await;
+                let credited = scalar_i64(
+                    &p,
+                    &format!(
+                        "SELECT count(*) FROM outputs WHERE batch_id = {id} AND status = 'included'"
+                    ),
+                )
+                .await;
+                (batch == 1 && credited == 2).then_some(())
+            },
+        )
+        .await;
+    }
+}

@@ -233,6 +233,7 @@ pub async fn include(
     let mut accepted = Vec::new();
     let mut refusals = Vec::new();
     let mut seen = std::collections::HashSet::new();
+    let mut unknown = false;
     for &id in ids {
         let (session, height) = batch_parts(id);
         if !seen.insert(id) {
@@ -270,11 +271,24 @@ pub async fn include(
                 ),
             )),
             // Not scanned yet: the batch is marked when it is made.
-            None => accepted.push(id),
+            None => {
+                unknown = true;
+                accepted.push(id);
+            }
         }
     }
     let moved = mark_included(conn, &accepted).await?;
     tracing::debug!(?moved, "batches included");
+    // Fault injection for the batch-inclusion race test: this transaction,
+    // having accepted a batch this processor does not have yet, stays open
+    // (`return(ms)`) while the scanner makes that batch.
+    if unknown
+        && let Some(ms) = crate::failpoint::eval("settlement-slow-unknown-batch", |arg| {
+            arg.and_then(|a| a.parse::<u64>().ok()).unwrap_or(1_000)
+        })
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
     for (id, reason) in refusals {
         tracing::warn!(batch = id, settlement_block, "inclusion refused: {reason}");
         let (session, _) = batch_parts(id);

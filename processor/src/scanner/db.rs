@@ -33,6 +33,28 @@ pub async fn halt(pool: &PgPool, reason: &str, next_height: u64) -> Result<(), s
     Ok(())
 }
 
+/// The advisory lock that puts taking in a Monero block and taking in a
+/// settlement block in one order.
+pub const CHAIN_ORDER_LOCK_KEY: i64 = 0x4D4E_5250_4348_4149;
+
+/// Takes the chain-order lock for the rest of the caller's transaction.
+///
+/// A batch is made by the scanner's transaction and marked included by the
+/// settlement block's; under READ COMMITTED each of the two, run at once,
+/// can miss the other's uncommitted row (the scanner sees no settlement
+/// block including its batch, the settlement block finds no batch and no
+/// cursor past its block), and the batch would stay proposed forever with
+/// its deposits never credited (chaos seed 204). Both transactions take this
+/// lock before anything else, so the second one to take it sees all the
+/// first one wrote.
+pub async fn lock_chain_order(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(CHAIN_ORDER_LOCK_KEY)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Where the cursor stands, in the caller's transaction (`None`: nothing
 /// scanned yet).
 pub async fn next_height(conn: &mut PgConnection) -> Result<Option<u64>, sqlx::Error> {

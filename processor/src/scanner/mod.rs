@@ -529,6 +529,7 @@ pub async fn ingest(
     let mut sched = context.scheduler.clone();
     sched.window_blocks = Some(key.key.chain.window_blocks);
     let mut tx = pool.begin().await?;
+    db::lock_chain_order(&mut tx).await?;
     let mut stored = 0;
     for block in scanned {
         let span = info_span!("block", height = block.height, session);
@@ -670,6 +671,14 @@ async fn store_block(
             }),
     );
     if !deposits.is_empty() {
+        // Fault injection for the batch-inclusion race test: a scanner
+        // that reaches its batch late (`return(ms)`), after the others
+        // signed it and the settlement chain included it.
+        if let Some(ms) = crate::failpoint::eval("scanner-slow-batch", |arg| {
+            arg.and_then(|a| a.parse::<u64>().ok()).unwrap_or(1_000)
+        }) {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
         let id = crate::batch::batch_id(session, height);
         db::assign_batch(&mut *tx, id, &deposits).await?;
         crate::batch::create(

@@ -49,6 +49,9 @@ pub async fn take_in(
     link_id: &str,
     block: SettlementBlock,
 ) -> Result<(), HandleError> {
+    // In one order with the scanner's block transactions: see
+    // `lock_chain_order` (the batch-inclusion race).
+    crate::scanner::db::lock_chain_order(&mut *conn).await?;
     if db::exists(conn, block.number).await? {
         return Err(HandleError::Rejected(format!(
             "settlement block {} was already taken in",
