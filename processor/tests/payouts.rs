@@ -443,3 +443,173 @@ async fn proposals_are_checked_in_relay_order_even_the_leaders_own() {
     let order = db::plans_to_check(&pool, 0).await.unwrap();
     assert_eq!(order, vec![rival.to_vec(), own.to_vec(), third.to_vec()]);
 }
+
+/// More small deposits than one transaction may spend ([`MAX_INPUTS`] + 20)
+/// and a burn larger than any [`MAX_INPUTS`] of them: the leader first
+/// consolidates (the largest MAX_INPUTS outputs into the group's change
+/// subaddress, no burn paid), waits for that to be final, then pays the
+/// burn exactly; the books balance and no output is credited twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_small_deposits_are_consolidated_and_a_large_burn_is_paid() {
+    use processor::scheduler::plan::MAX_INPUTS;
+    const DEPOSITS: usize = MAX_INPUTS + 20;
+    const EACH: u64 = 1_000_000_000_000;
+    // More than the MAX_INPUTS largest outputs hold, less than all of them.
+    let burn = u64::try_from(MAX_INPUTS + 6).unwrap() * EACH;
+    let setup = Setup::start_with("payconsol", 2, SCHEDULER, |_| None).await;
+    let (to, minor) = user_subaddress(&setup).await;
+
+    // The deposits, 14 outputs a transaction (15 with the wallet's change),
+    // alternating accounts 1 and 2, all mined into one block.
+    let mut left = DEPOSITS;
+    while left > 0 {
+        let n = left.min(14);
+        let destinations: Vec<serde_json::Value> = (0..n)
+            .map(|i| {
+                let address = if i % 2 == 0 { &setup.one } else { &setup.two };
+                serde_json::json!({ "address": address, "amount": EACH })
+            })
+            .collect();
+        setup
+            .wallet
+            .call(
+                "transfer",
+                serde_json::json!({ "destinations": destinations, "priority": 0 }),
+            )
+            .await;
+        left -= n;
+    }
+    setup.monerod.mine(&elsewhere(), 1).await;
+    setup.monerod.mine(&elsewhere(), 3).await;
+    let pool = setup.cluster.coordinator.pool.clone();
+    let credited = eventually(
+        "every deposit in an included batch",
+        Duration::from_secs(180),
+        || async {
+            let batches = coordinator_batches(&pool).await;
+            let credited: Vec<(u32, u64)> = batches
+                .iter()
+                .filter(|b| b.1 == "included")
+                .flat_map(|b| instructions(&b.2))
+                .collect();
+            (credited.len() >= DEPOSITS).then_some(credited)
+        },
+    )
+    .await;
+    assert_eq!(credited.len(), DEPOSITS, "each deposit credited once");
+    assert!(credited.iter().all(|&(_, amount)| amount == EACH));
+    coordinator_mock::payouts::store_burn_unchecked(
+        &pool,
+        "large",
+        &to,
+        i64::try_from(burn).unwrap(),
+    )
+    .await
+    .unwrap();
+    setup
+        .cluster
+        .coordinator
+        .emit_settlement_block()
+        .await
+        .unwrap();
+
+    let plans = mine_until(
+        &setup,
+        "a consolidation, then the large burn paid",
+        Duration::from_secs(600),
+        || async {
+            let plans = completed_plans(&pool).await;
+            plans
+                .iter()
+                .any(|p| p.3 == vec!["large".to_owned()])
+                .then_some(plans)
+        },
+    )
+    .await;
+    // One consolidation (no burns) came first; then the payout.
+    assert_eq!(plans.len(), 2, "{plans:?}");
+    assert!(
+        plans[0].3.is_empty(),
+        "the first plan pays no burn: {plans:?}"
+    );
+    let consolidation_tx = hex::encode(plans[0].2.clone().unwrap());
+    let payout_tx = hex::encode(plans[1].2.clone().unwrap());
+    // Every processor reports the same transaction for each plan.
+    let reported: Vec<(Vec<u8>, Vec<u8>)> =
+        sqlx::query_as("SELECT plan_id, tx_hash FROM plan_completions")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    for (plan_id, tx) in &reported {
+        let expected = plans.iter().find(|p| &p.0 == plan_id).map(|p| p.2.clone());
+        assert_eq!(expected, Some(Some(tx.clone())), "{reported:?}");
+    }
+    assert_eq!(
+        received(&setup, minor).await,
+        vec![(payout_tx, burn)],
+        "the user received exactly the burn"
+    );
+
+    for db in &setup.cluster.dbs {
+        let p = db.pool().await;
+        let (deposits, paid, fees, unspent) =
+            eventually("the books balance", Duration::from_secs(30), || async {
+                let a = accounting(&p).await;
+                (a.0 == a.1 + a.2 + a.3 && a.1 > 0).then_some(a)
+            })
+            .await;
+        assert_eq!(deposits, i64::try_from(DEPOSITS as u64 * EACH).unwrap());
+        assert_eq!(paid, i64::try_from(burn).unwrap());
+        assert_eq!(deposits, paid + fees + unspent);
+        // The consolidation spent exactly MAX_INPUTS deposits, paid a fee,
+        // and its two outputs came back to the change subaddress.
+        let consolidation: (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM outputs o WHERE o.plan_id = p.plan_id AND o.status = 'spent'),
+                    fee
+             FROM plans p WHERE tx_hash = $1",
+        )
+        .bind(hex::decode(&consolidation_tx).unwrap())
+        .fetch_one(&p)
+        .await
+        .unwrap();
+        assert_eq!(consolidation.0, i64::try_from(MAX_INPUTS).unwrap());
+        assert!(consolidation.1 > 0, "the consolidation paid a fee");
+        assert_eq!(
+            scalar_i64(
+                &p,
+                &format!(
+                    "SELECT count(*) FROM outputs WHERE account = 0 AND subaddress_minor = 1
+                     AND tx_hash = decode('{consolidation_tx}', 'hex')"
+                )
+            )
+            .await,
+            2,
+            "both consolidated outputs are the group's own change"
+        );
+        // No output is credited twice: the deposits are the only outputs of
+        // an account, and every batch holds only them.
+        assert_eq!(
+            scalar_i64(&p, "SELECT count(*) FROM outputs WHERE account > 0").await,
+            i64::try_from(DEPOSITS).unwrap()
+        );
+        assert_eq!(
+            scalar_i64(
+                &p,
+                "SELECT count(*) FROM outputs WHERE account = 0 AND status <> 'received' \
+                 AND tx_hash NOT IN (SELECT tx_hash FROM plans WHERE tx_hash IS NOT NULL)"
+            )
+            .await,
+            0,
+            "every group-owned output is a plan's change"
+        );
+    }
+    let credited_after: usize = coordinator_batches(&pool)
+        .await
+        .iter()
+        .map(|b| instructions(&b.2).len())
+        .sum();
+    assert_eq!(
+        credited_after, DEPOSITS,
+        "neither the consolidation nor the payout's change was credited"
+    );
+}

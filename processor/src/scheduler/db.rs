@@ -118,6 +118,16 @@ pub async fn queued_burns(pool: &PgPool) -> Result<Vec<QueuedBurn>, sqlx::Error>
         .collect())
 }
 
+/// The amounts of the queued burns (a follower judging whether a
+/// consolidation is needed).
+pub async fn queued_burn_amounts(conn: &mut PgConnection) -> Result<Vec<u64>, sqlx::Error> {
+    let amounts: Vec<i64> =
+        sqlx::query_scalar("SELECT amount FROM burns WHERE status = 'queued' ORDER BY seq")
+            .fetch_all(conn)
+            .await?;
+    Ok(amounts.into_iter().map(to_u64).collect())
+}
+
 /// Records a window; false if it was recorded before.
 pub async fn insert_window(
     conn: &mut PgConnection,

@@ -348,7 +348,8 @@ async fn complete(
         )],
     )
     .await?;
-    info!(plan = %hex::encode(plan_id), tx = %hex::encode(tx_hash), fee, height, "payout final");
+    let kind = plan::PlanKind::of(&db::plan_burns(conn, plan_id).await?);
+    info!(plan = %hex::encode(plan_id), tx = %hex::encode(tx_hash), fee, height, %kind, "plan final");
     metrics::counter!(crate::metrics::PAYOUTS_COMPLETED).increment(1);
     Ok(())
 }
@@ -533,9 +534,11 @@ async fn lead(
     let successors = successor_inputs(&mut conn, daemon, key, &queued_ids, &spendable).await?;
     let mut payments = Vec::new();
     let mut chosen_burns = Vec::new();
-    let balance = Amount::sum("the spendable balance", spendable.iter().map(|o| o.amount))
-        .map_err(|e| PassError::Handle(e.to_string()))?;
-    let margin = fee_margin(fee_rate, spendable.len());
+    // What one transaction can reach (the largest MAX_INPUTS outputs), and
+    // what all of them can.
+    let reach = plan::Reach::new(spendable.iter().map(|o| o.amount), fee_rate)
+        .map_err(PassError::Handle)?;
+    let mut consolidate = false;
     let mut committed = Amount::ZERO;
     for burn in burns {
         if chosen_burns.len() + 1 >= plan::MAX_OUTPUTS {
@@ -552,15 +555,22 @@ async fn lead(
         let Some(with_burn) = committed.checked_add(Amount::from_piconero(burn.amount)) else {
             continue;
         };
-        if with_burn
-            .checked_add(margin)
-            .is_none_or(|need| need > balance)
-        {
-            continue;
+        match reach.covers(with_burn) {
+            plan::Cover::OneTransaction => {
+                committed = with_burn;
+                payments.push((address, burn.amount));
+                chosen_burns.push(burn.burn_id);
+            }
+            plan::Cover::AfterConsolidation => {
+                // The balance covers it, no MAX_INPUTS outputs do: merge
+                // outputs first. Later burns wait their turn behind it (the
+                // ones before it are paid now), so a stream of small burns
+                // cannot starve a large one.
+                consolidate = true;
+                break;
+            }
+            plan::Cover::No => {}
         }
-        committed = with_burn;
-        payments.push((address, burn.amount));
-        chosen_burns.push(burn.burn_id);
     }
     if let Some(extra) = crate::failpoint::eval("scheduler-extra-payment", |arg| arg) {
         // Fault injection for the refusal test: a dishonest leader adds a
@@ -574,6 +584,20 @@ async fn lead(
         }
     }
     if chosen_burns.is_empty() {
+        if consolidate {
+            drop(conn);
+            return consolidate_window(
+                pool,
+                daemon,
+                context,
+                key,
+                window,
+                start_height,
+                spendable,
+                fee_rate,
+            )
+            .await;
+        }
         db::close_window(pool, window, "idle", None).await?;
         return Ok(());
     }
@@ -609,7 +633,7 @@ async fn lead(
         let short = inputs.is_empty()
             || used < must_use
             || committed
-                .checked_add(fee_margin(fee_rate, used))
+                .checked_add(plan::fee_margin(fee_rate, used))
                 .is_none_or(|need| have < need);
         if !short {
             match plan::build(
@@ -628,8 +652,8 @@ async fn lead(
                 }
             }
         }
-        // Short of funds: add the next largest output.
-        let Some(next) = spendable.get(used) else {
+        // Short of funds: add the next largest output, up to the cap.
+        let Some(next) = spendable.get(used).filter(|_| used < plan::MAX_INPUTS) else {
             db::close_window(pool, window, "idle", None).await?;
             warn!(
                 window,
@@ -660,9 +684,23 @@ async fn lead(
     } else {
         signable
     };
+    drop(conn);
+    propose(pool, context, key, window, &signable, &chosen_burns, used).await
+}
+
+/// Stores a plan this processor leads and proposes it through the
+/// coordinator, closing its window, in one transaction.
+async fn propose(
+    pool: &PgPool,
+    context: &SchedulerContext,
+    key: &db::ActiveKey,
+    window: u64,
+    signable: &SignableTransaction,
+    burn_ids: &[String],
+    inputs: usize,
+) -> Result<(), PassError> {
     let bytes = signable.serialize();
     let plan_id = plan::plan_id(&bytes);
-    drop(conn);
     let mut tx = pool.begin().await?;
     if !db::lock_open_window(&mut tx, window).await? {
         return Ok(());
@@ -678,7 +716,7 @@ async fn lead(
         window,
         key.own_index,
         &bytes,
-        &chosen_burns,
+        burn_ids,
         "proposed",
     )
     .await?;
@@ -694,7 +732,7 @@ async fn lead(
                 leader_index: u32::from(key.own_index),
                 plan_id: plan_id.to_vec(),
                 signable_transaction: bytes,
-                burn_ids: chosen_burns.clone(),
+                burn_ids: burn_ids.to_vec(),
             }),
         )],
     )
@@ -704,11 +742,66 @@ async fn lead(
     info!(
         window,
         plan = %hex::encode(plan_id),
-        burns = chosen_burns.len(),
-        inputs = used,
-        "payout planned and proposed"
+        kind = %plan::PlanKind::of(burn_ids),
+        burns = burn_ids.len(),
+        inputs,
+        "plan proposed"
     );
     Ok(())
+}
+
+/// Plans a consolidation for a window this processor leads: the
+/// [`plan::MAX_INPUTS`] largest spendable outputs (as of the window's first
+/// block, largest first, ties in block order) merged into the group's change
+/// subaddress. It pays no burn; the burn that needed it is paid by a later
+/// window's plan once the merged outputs are final and spendable.
+#[allow(clippy::too_many_arguments)]
+async fn consolidate_window(
+    pool: &PgPool,
+    daemon: &Daemon,
+    context: &SchedulerContext,
+    key: &db::ActiveKey,
+    window: u64,
+    start_height: u64,
+    spendable: Vec<db::Spendable>,
+    fee_rate: FeeRate,
+) -> Result<(), PassError> {
+    let pair = view_pair(&key.group_key)
+        .ok_or_else(|| PassError::Handle("the group key is not a point".into()))?;
+    let as_of = usize::try_from(start_height).unwrap_or(usize::MAX);
+    let rpc = daemon.rpc().await?;
+    let mut inputs = Vec::with_capacity(plan::MAX_INPUTS);
+    for next in spendable.iter().take(plan::MAX_INPUTS) {
+        let output = WalletOutput::read(&mut next.wallet_output.as_slice())
+            .map_err(|e| PassError::Handle(format!("stored output: {e}")))?;
+        inputs.push(
+            monero_wallet::OutputWithDecoys::fingerprintable_deterministic_new(
+                &mut rand_core::OsRng,
+                &rpc,
+                plan::RING_LEN,
+                as_of,
+                output,
+            )
+            .await
+            .map_err(|e| PassError::Handle(format!("selecting decoys: {e:?}")))?,
+        );
+    }
+    let used = inputs.len();
+    let signable = match plan::build_consolidation(&key.group_key, &pair, inputs, fee_rate) {
+        Ok(signable) => signable,
+        Err(e) => {
+            db::close_window(pool, window, "idle", None).await?;
+            warn!(window, "no consolidation for this window: {e}");
+            return Ok(());
+        }
+    };
+    info!(
+        window,
+        inputs = used,
+        spendable = spendable.len(),
+        "a queued burn exceeds what one transaction's inputs reach: consolidating"
+    );
+    propose(pool, context, key, window, &signable, &[], used).await
 }
 
 /// An output's identity in `outputs`: its transaction hash and index.
@@ -864,17 +957,6 @@ async fn abandoned_status(
     Ok(Abandoned::Binding)
 }
 
-/// A conservative fee for a transaction with `inputs` inputs and the
-/// maximum outputs, to decide which burns fit.
-/// (Saturating: a margin too large for 64 bits is one no balance covers.)
-fn fee_margin(fee_rate: FeeRate, inputs: usize) -> Amount {
-    let weight = u64::try_from(inputs)
-        .unwrap_or(u64::MAX)
-        .saturating_mul(1_500)
-        .saturating_add(3_000);
-    Amount::from_piconero(fee_rate.per_weight().saturating_mul(weight))
-}
-
 /// Checks a proposal from another leader, then signs or refuses it. True if
 /// it waits for its window: no later proposal is checked before it.
 async fn check(
@@ -908,7 +990,12 @@ async fn check(
                 &sign_id(key.session, plan_id, 0),
             )
             .await?;
-            info!(plan = %hex::encode(plan_id), window = proposal.window, "plan checked: signing");
+            info!(
+                plan = %hex::encode(plan_id),
+                window = proposal.window,
+                kind = %plan::PlanKind::of(&proposal.burn_ids),
+                "plan checked: signing"
+            );
         }
         Verdict::WaitWindow(reason) | Verdict::Wait(reason) => {
             if proposal.status != "waiting" || proposal.reason.as_deref() != Some(reason.as_str()) {
@@ -1190,25 +1277,44 @@ async fn verify(
     }
     let pair = view_pair(&key.group_key)
         .ok_or_else(|| PassError::Handle("the group key is not a point".into()))?;
-    let expected = match plan::build(
-        &key.group_key,
-        &pair,
-        inputs.clone(),
-        payments,
-        leader_tx.fee_rate(),
-    ) {
-        Ok(t) => t,
-        Err(e) => {
-            return Ok(Verdict::Refuse(format!(
-                "the named burns cannot be paid from these inputs: {e}"
-            )));
+    let kind = plan::PlanKind::of(&proposal.burn_ids);
+    let expected = match kind {
+        plan::PlanKind::Payout => plan::build(
+            &key.group_key,
+            &pair,
+            inputs.clone(),
+            payments,
+            leader_tx.fee_rate(),
+        )
+        .map_err(|e| format!("the named burns cannot be paid from these inputs: {e}")),
+        plan::PlanKind::Consolidation => {
+            if let Some(refused) =
+                consolidation_warranted(conn, key, &inputs, start_height, leader_tx.fee_rate())
+                    .await?
+            {
+                return Ok(refused);
+            }
+            plan::build_consolidation(&key.group_key, &pair, inputs.clone(), leader_tx.fee_rate())
+                .map_err(|e| format!("these inputs cannot be consolidated: {e}"))
         }
+    };
+    let expected = match expected {
+        Ok(t) => t,
+        Err(reason) => return Ok(Verdict::Refuse(reason)),
     };
     if expected != leader_tx {
         return Ok(Verdict::Refuse(
-            "the transaction differs from the one the named burns, inputs and change make \
-             (an extra or altered payment, or a foreign change address)"
-                .into(),
+            match kind {
+                plan::PlanKind::Payout => {
+                    "the transaction differs from the one the named burns, inputs and change make \
+                 (an extra or altered payment, or a foreign change address)"
+                }
+                plan::PlanKind::Consolidation => {
+                    "the transaction differs from the consolidation of its inputs into the group's \
+                 change subaddress (a payment out, altered amounts, or a foreign address)"
+                }
+            }
+            .into(),
         ));
     }
     // Rings, against this processor's own daemon, as of the window's first
@@ -1219,6 +1325,49 @@ async fn verify(
         )));
     }
     Ok(Verdict::Accept { reserved })
+}
+
+/// A consolidation pays no burn, so nothing but the chain limits how often a
+/// leader could propose one and burn the group's money on fees: a follower
+/// signs one only when it is the one an honest leader makes. It spends
+/// exactly [`plan::MAX_INPUTS`] inputs (an honest leader takes that many, the
+/// largest; fewer would fit one payout) — or else it is refused, naming the
+/// leader. And a queued burn must need it, as this processor sees its own
+/// outputs as of the window's first block: covered by the balance, not by
+/// any [`plan::MAX_INPUTS`] outputs. If none does it is declined without a
+/// fault: an honest leader may have planned before an inclusion this
+/// processor has taken in (a larger output) made it unnecessary.
+/// `None`: warranted.
+async fn consolidation_warranted(
+    conn: &mut PgConnection,
+    key: &db::ActiveKey,
+    inputs: &[monero_wallet::OutputWithDecoys],
+    start_height: u64,
+    fee_rate: FeeRate,
+) -> Result<Option<Verdict>, PassError> {
+    if inputs.len() != plan::MAX_INPUTS {
+        return Ok(Some(Verdict::Refuse(format!(
+            "a consolidation spends {} inputs; one spends exactly {}",
+            inputs.len(),
+            plan::MAX_INPUTS
+        ))));
+    }
+    let spendable = db::spendable_outputs(&mut *conn, key.session, start_height).await?;
+    let reach = plan::Reach::new(spendable.iter().map(|o| o.amount), fee_rate)
+        .map_err(PassError::Handle)?;
+    let needs_it = db::queued_burn_amounts(conn)
+        .await?
+        .into_iter()
+        .any(|a| reach.covers(Amount::from_piconero(a)) == plan::Cover::AfterConsolidation);
+    if !needs_it {
+        return Ok(Some(Verdict::Decline(format!(
+            "no queued burn needs a consolidation: each is covered by the {} largest of the \
+             {} outputs spendable as of block {start_height}, or by none of them",
+            plan::MAX_INPUTS,
+            spendable.len()
+        ))));
+    }
+    Ok(None)
 }
 
 /// A leader's proposal, relayed by the coordinator: stored as received and
