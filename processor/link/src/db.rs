@@ -696,3 +696,110 @@ pub async fn resolve_quarantine(
     .await?;
     Ok(done.rows_affected() > 0)
 }
+
+/// Where one link stands: its watermarks and the messages enqueued but not
+/// yet acknowledged. A processor's key backup carries it so that a restored
+/// processor greets its coordinator with the ids the coordinator expects
+/// (otherwise `Hello` is refused as a state mismatch) and still sends what
+/// the coordinator has not acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkPosition {
+    /// The peer's name on this side.
+    pub link_id: String,
+    /// The watermarks.
+    pub counters: LinkCounters,
+    /// Send-log rows above `acked_out`, in id order.
+    pub unacked: Vec<PendingRow>,
+}
+
+/// A send-log row the peer has not acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingRow {
+    /// Sequence number on the link.
+    pub id: u64,
+    /// Idempotency key.
+    pub uid: String,
+    /// Message kind.
+    pub kind: String,
+    /// The encoded message.
+    pub payload: Vec<u8>,
+}
+
+/// Every link's position, read in the caller's (snapshot) transaction.
+pub async fn positions(conn: &mut PgConnection) -> Result<Vec<LinkPosition>, sqlx::Error> {
+    let links = sqlx::query(
+        "SELECT link_id, last_handled_in, last_enqueued_out, acked_out FROM link_state ORDER BY link_id",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut out = Vec::with_capacity(links.len());
+    for r in links {
+        let link_id: String = r.try_get("link_id")?;
+        let counters = LinkCounters {
+            last_handled_in: to_u64(r.try_get("last_handled_in")?),
+            last_enqueued_out: to_u64(r.try_get("last_enqueued_out")?),
+            acked_out: to_u64(r.try_get("acked_out")?),
+        };
+        let rows = sqlx::query(
+            "SELECT id, uid, kind, payload FROM send_log WHERE link_id = $1 AND id > $2 ORDER BY id",
+        )
+        .bind(&link_id)
+        .bind(to_i64(counters.acked_out))
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut unacked = Vec::with_capacity(rows.len());
+        for r in rows {
+            unacked.push(PendingRow {
+                id: to_u64(r.try_get("id")?),
+                uid: r.try_get("uid")?,
+                kind: r.try_get("kind")?,
+                payload: r.try_get("payload")?,
+            });
+        }
+        out.push(LinkPosition {
+            link_id,
+            counters,
+            unacked,
+        });
+    }
+    Ok(out)
+}
+
+/// Whether any link exists: a database that has talked to a peer.
+pub async fn any_link(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM link_state)")
+        .fetch_one(conn)
+        .await
+}
+
+/// Recreates a link at `position` in the caller's transaction (restoring a
+/// key backup into an empty database). The caller checked there is no such
+/// link yet; the primary key refuses a second one anyway.
+pub async fn restore_position(
+    conn: &mut PgConnection,
+    position: &LinkPosition,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO link_state (link_id, last_handled_in, last_enqueued_out, acked_out)
+         VALUES ($1, $2, $3, $4)",
+    )
+    .bind(&position.link_id)
+    .bind(to_i64(position.counters.last_handled_in))
+    .bind(to_i64(position.counters.last_enqueued_out))
+    .bind(to_i64(position.counters.acked_out))
+    .execute(&mut *conn)
+    .await?;
+    for row in &position.unacked {
+        sqlx::query(
+            "INSERT INTO send_log (link_id, id, uid, kind, payload) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&position.link_id)
+        .bind(to_i64(row.id))
+        .bind(&row.uid)
+        .bind(&row.kind)
+        .bind(&row.payload)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}

@@ -197,3 +197,53 @@ impl Keystore {
             })
     }
 }
+
+// What a share backup (`crate::backup`) needs: the sealed secrets opened for
+// export and sealed again under another processor's KEK at import. Kept here
+// so that the purposes the seals are bound to stay this module's business.
+
+/// Opens the sealed identity secret for a backup, checking it belongs to
+/// `public`.
+pub fn open_identity(
+    kek: &Kek,
+    public: &[u8],
+    sealed: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, KeystoreError> {
+    let secret = kek
+        .open(IDENTITY_PURPOSE, sealed)
+        .map_err(|_| KeystoreError::WrongKek {
+            purpose: IDENTITY_PURPOSE.into(),
+        })?;
+    let bytes: [u8; 32] = secret
+        .as_slice()
+        .try_into()
+        .map_err(|_| KeystoreError::Malformed(IDENTITY_PURPOSE.into()))?;
+    let bytes = Zeroizing::new(bytes);
+    if PublicKey::from(&StaticSecret::from(*bytes)).as_bytes() != public {
+        return Err(KeystoreError::Malformed(IDENTITY_PURPOSE.into()));
+    }
+    Ok(secret)
+}
+
+/// Seals an identity secret under `kek`: (public key, sealed secret).
+pub fn seal_identity(kek: &Kek, secret: &[u8; 32]) -> ([u8; 32], Vec<u8>) {
+    let public = PublicKey::from(&StaticSecret::from(*secret));
+    (*public.as_bytes(), kek.seal(IDENTITY_PURPOSE, secret))
+}
+
+/// Opens a session's sealed key package (the serialized frost `KeyPackage`).
+pub fn open_key_share(
+    kek: &Kek,
+    session: u64,
+    sealed: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, KeystoreError> {
+    kek.open(&dkg::key_purpose(session), sealed)
+        .map_err(|_| KeystoreError::WrongKek {
+            purpose: dkg::key_purpose(session),
+        })
+}
+
+/// Seals a session's key package under `kek`, bound to its row.
+pub fn seal_key_share(kek: &Kek, session: u64, key_package: &[u8]) -> Vec<u8> {
+    kek.seal(&dkg::key_purpose(session), key_package)
+}
