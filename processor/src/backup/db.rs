@@ -188,20 +188,6 @@ pub async fn occupant(conn: &mut PgConnection) -> Result<Option<String>, sqlx::E
     Ok(None)
 }
 
-/// Stores the identity.
-pub async fn insert_identity(
-    conn: &mut PgConnection,
-    public: &[u8],
-    sealed: &[u8],
-) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO identity (public_key, sealed_secret) VALUES ($1, $2)")
-        .bind(public)
-        .bind(sealed)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
 /// Stores a finished key (its share already sealed under this KEK).
 pub async fn insert_key(conn: &mut PgConnection, key: &StoredKey) -> Result<(), sqlx::Error> {
     sqlx::query(

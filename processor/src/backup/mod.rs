@@ -879,7 +879,7 @@ pub async fn restore(
     if let Some(occupant) = db::occupant(&mut tx).await? {
         return Err(BackupError::NotEmpty(occupant));
     }
-    db::insert_identity(&mut tx, &public, &sealed_identity).await?;
+    keystore::db::insert_identity(&mut *tx, &public, &sealed_identity).await?;
     for key in &contents.keys {
         let round1_packages = key
             .round1_packages

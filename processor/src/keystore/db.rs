@@ -10,16 +10,17 @@ pub async fn identity(pool: &PgPool) -> Result<Option<(Vec<u8>, Vec<u8>)>, sqlx:
     Ok(row.map(|r| (r.get(0), r.get(1))))
 }
 
-/// Stores a new identity.
+/// Stores a new identity (on a pool, or in the caller's transaction: a
+/// restore writes it with the rest of the backup).
 pub async fn insert_identity(
-    pool: &PgPool,
+    db: impl sqlx::PgExecutor<'_>,
     public: &[u8],
     sealed: &[u8],
 ) -> Result<(), sqlx::Error> {
     sqlx::query("INSERT INTO identity (public_key, sealed_secret) VALUES ($1, $2)")
         .bind(public)
         .bind(sealed)
-        .execute(pool)
+        .execute(db)
         .await?;
     Ok(())
 }
