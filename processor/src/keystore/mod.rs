@@ -96,20 +96,12 @@ impl Keystore {
     pub async fn open_with(pool: &PgPool, kek: Kek) -> Result<Self, KeystoreError> {
         let identity = match db::identity(pool).await? {
             Some((public, sealed)) => {
-                let secret =
-                    kek.open(IDENTITY_PURPOSE, &sealed)
-                        .map_err(|_| KeystoreError::WrongKek {
-                            purpose: IDENTITY_PURPOSE.into(),
-                        })?;
+                let secret = open_identity(&kek, &public, &sealed)?;
                 let bytes: [u8; 32] = secret
                     .as_slice()
                     .try_into()
-                    .map_err(|_| KeystoreError::Malformed(IDENTITY_PURPOSE.into()))?;
-                let identity = StaticSecret::from(bytes);
-                if PublicKey::from(&identity).as_bytes() != public.as_slice() {
-                    return Err(KeystoreError::Malformed(IDENTITY_PURPOSE.into()));
-                }
-                identity
+                    .expect("open_identity checked the secret is 32 bytes");
+                StaticSecret::from(bytes)
             }
             None => {
                 let identity = StaticSecret::random_from_rng(rand_core::OsRng);

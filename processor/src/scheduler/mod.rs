@@ -661,18 +661,7 @@ async fn lead(
             );
             return Ok(());
         };
-        let output = WalletOutput::read(&mut next.wallet_output.as_slice())
-            .map_err(|e| PassError::Handle(format!("stored output: {e}")))?;
-        let with_decoys = monero_wallet::OutputWithDecoys::fingerprintable_deterministic_new(
-            &mut rand_core::OsRng,
-            &rpc,
-            plan::RING_LEN,
-            as_of,
-            output,
-        )
-        .await
-        .map_err(|e| PassError::Handle(format!("selecting decoys: {e:?}")))?;
-        inputs.push(with_decoys);
+        inputs.push(with_decoys(&rpc, as_of, next).await?);
         used += 1;
     };
     let signable = if crate::failpoint::eval("scheduler-bad-decoy", |_| ()).is_some() {
@@ -772,19 +761,7 @@ async fn consolidate_window(
     let rpc = daemon.rpc().await?;
     let mut inputs = Vec::with_capacity(plan::MAX_INPUTS);
     for next in spendable.iter().take(plan::MAX_INPUTS) {
-        let output = WalletOutput::read(&mut next.wallet_output.as_slice())
-            .map_err(|e| PassError::Handle(format!("stored output: {e}")))?;
-        inputs.push(
-            monero_wallet::OutputWithDecoys::fingerprintable_deterministic_new(
-                &mut rand_core::OsRng,
-                &rpc,
-                plan::RING_LEN,
-                as_of,
-                output,
-            )
-            .await
-            .map_err(|e| PassError::Handle(format!("selecting decoys: {e:?}")))?,
-        );
+        inputs.push(with_decoys(&rpc, as_of, next).await?);
     }
     let used = inputs.len();
     let signable = match plan::build_consolidation(&key.group_key, &pair, inputs, fee_rate) {
@@ -802,6 +779,26 @@ async fn consolidate_window(
         "a queued burn exceeds what one transaction's inputs reach: consolidating"
     );
     propose(pool, context, key, window, &signable, &[], used).await
+}
+
+/// A stored spendable output with its ring's decoys, chosen
+/// deterministically as of block `as_of` (what followers check).
+async fn with_decoys(
+    rpc: &monero_daemon_rpc::MoneroDaemon<monero_simple_request_rpc::SimpleRequestTransport>,
+    as_of: usize,
+    output: &db::Spendable,
+) -> Result<monero_wallet::OutputWithDecoys, PassError> {
+    let output = WalletOutput::read(&mut output.wallet_output.as_slice())
+        .map_err(|e| PassError::Handle(format!("stored output: {e}")))?;
+    monero_wallet::OutputWithDecoys::fingerprintable_deterministic_new(
+        &mut rand_core::OsRng,
+        rpc,
+        plan::RING_LEN,
+        as_of,
+        output,
+    )
+    .await
+    .map_err(|e| PassError::Handle(format!("selecting decoys: {e:?}")))
 }
 
 /// An output's identity in `outputs`: its transaction hash and index.
