@@ -495,14 +495,19 @@ pub async fn mark_published(pool: &PgPool, plan_id: &[u8]) -> Result<bool, sqlx:
     Ok(done.rows_affected() == 1)
 }
 
-/// Plans not completed: (signable, plan id), for matching on chain.
+/// Plans not completed: (signable, plan id), for matching on chain, in
+/// relay order (the coordinator's, the same on every processor). Plans
+/// with the same transaction all match it and the first completes, so the
+/// order must not be local: two relayed proposals handled in one inbound
+/// batch share `created_at`, and the row updated last comes last in a scan.
 pub async fn open_plans(
     conn: &mut PgConnection,
     session: u64,
 ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT signable, plan_id FROM plans WHERE session = $1
-         AND status NOT IN ('completed', 'superseded') ORDER BY created_at",
+         AND status NOT IN ('completed', 'superseded')
+         ORDER BY relay_order NULLS LAST, plan_id",
     )
     .bind(to_i64(session))
     .fetch_all(conn)
@@ -561,17 +566,27 @@ pub async fn plan_burns(
     Ok(burns.unwrap_or_default())
 }
 
-/// Closes a plan a conflicting final payout made impossible, returning its
-/// unspent reserved outputs and unpaid burns to the pool and the queue.
-pub async fn release(conn: &mut PgConnection, plan_id: &[u8]) -> Result<(), sqlx::Error> {
-    sqlx::query(
+/// Closes a plan this processor accepted (signing, signed, published or
+/// abandoned) that a conflicting final payout made impossible, returning
+/// its unspent reserved outputs and unpaid burns to the pool and the queue.
+/// False, and nothing changed, for any other plan: one already decided here
+/// (refused, expired) keeps its decision, and one not yet checked is left
+/// to the check (which finds it overtaken), so that its outcome does not
+/// depend on whether this processor checked it before or after scanning
+/// the block that completed the other.
+pub async fn release(conn: &mut PgConnection, plan_id: &[u8]) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
         "UPDATE plans SET status = 'superseded', reason = 'a conflicting payout is final', updated_at = now()
-         WHERE plan_id = $1",
+         WHERE plan_id = $1 AND status IN ('signing', 'signed', 'published', 'abandoned')",
     )
     .bind(plan_id)
     .execute(&mut *conn)
     .await?;
-    release_reservations(conn, plan_id).await
+    if done.rows_affected() == 0 {
+        return Ok(false);
+    }
+    release_reservations(conn, plan_id).await?;
+    Ok(true)
 }
 
 /// Returns a plan's reserved (unspent) outputs to the spendable pool and its

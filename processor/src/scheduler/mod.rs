@@ -293,12 +293,13 @@ async fn supersede(
             .iter()
             .any(|b| burns.contains(b));
         if shares_input || shares_burn {
-            db::release(conn, &plan_id).await?;
-            warn!(
-                plan = %hex::encode(&plan_id),
-                by = %hex::encode(completed),
-                "plan superseded by a conflicting payout that is final; its reservations are released"
-            );
+            if db::release(conn, &plan_id).await? {
+                warn!(
+                    plan = %hex::encode(&plan_id),
+                    by = %hex::encode(completed),
+                    "plan superseded by a conflicting payout that is final; its reservations are released"
+                );
+            }
         } else {
             kept.push((plan_id, eventuality, inputs));
         }
@@ -1150,8 +1151,11 @@ async fn verify(
         if let Some((_, _, status)) = db::burn(conn, burn_id).await?
             && (status == "planned" || status == "paid")
         {
+            // Not its status in the reason: whether the earlier plan is
+            // still being signed or already final when this one is checked
+            // is timing, and every processor must record the same verdict.
             return Ok(Verdict::Stale(format!(
-                "burn {burn_id} is already {status}"
+                "burn {burn_id} is taken by a plan relayed before this one"
             )));
         }
     }
@@ -1181,9 +1185,10 @@ async fn verify(
         match own.status.as_str() {
             "included" => {}
             "reserved" | "spent" => {
+                // As for burns: the same reason whether the earlier plan is
+                // being signed or final.
                 return Ok(Verdict::Stale(format!(
-                    "input {i} is already {}",
-                    own.status
+                    "input {i} is taken by a plan relayed before this one"
                 )));
             }
             other => {
