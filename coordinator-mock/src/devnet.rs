@@ -16,8 +16,6 @@ use std::time::{Duration, Instant};
 use sqlx::{Connection as _, PgConnection, PgPool, Row as _};
 use tokio_util::sync::CancellationToken;
 
-use crate::coordinator::Coordinator;
-
 pub mod prerequisites;
 
 use prerequisites::Package;
@@ -34,8 +32,10 @@ pub struct Options {
     pub database_url: String,
     /// Prefix of the databases made (dropped first if they exist).
     pub db_prefix: String,
-    /// The executable that runs a processor as `<exe> processor --config F`.
-    pub processor_exe: PathBuf,
+    /// The executable that runs a processor as `<exe> processor --config F`
+    /// and the coordinator as `<exe> coordinator --config F` (each a child
+    /// process, so that either can be killed with SIGKILL).
+    pub exe: PathBuf,
     /// Processors (0-based) stopped after key generation and kept offline.
     pub offline: Vec<usize>,
     /// A processor (0-based) killed with SIGKILL after the deposits and
@@ -45,8 +45,8 @@ pub struct Options {
     pub keep_running: bool,
     /// Print progress.
     pub verbose: bool,
-    /// Export traces of the coordinator (in this process) and the
-    /// processors to this OTLP/gRPC endpoint.
+    /// Export traces of the coordinator and the processors to this
+    /// OTLP/gRPC endpoint.
     pub otlp_endpoint: Option<String>,
     /// A fault injector (the chaos runner) disturbing the run between key
     /// generation and the final checks.
@@ -78,6 +78,8 @@ pub trait Disturb: Send + Sync + std::fmt::Debug {
 pub struct Processes {
     /// Each processor (0-based; `None`: offline for good).
     pub processors: Vec<Option<ChildHandle>>,
+    /// The coordinator.
+    pub coordinator: ChildHandle,
     /// Each processor's database URL.
     pub processor_dbs: Vec<String>,
     /// The regtest monerod (started with `--keep-fakechain`, so a restart
@@ -90,8 +92,8 @@ pub struct Processes {
 }
 
 impl Options {
-    /// Environment for the processors.
-    fn processor_env(&self) -> Vec<(String, String)> {
+    /// Environment for the processors and the coordinator.
+    fn child_env(&self) -> Vec<(String, String)> {
         self.otlp_endpoint
             .iter()
             .map(|e| ("OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(), e.clone()))
@@ -380,7 +382,7 @@ struct Net {
     processor_dbs: Vec<String>,
     /// The ports the coordinator dials (a proxy's under a fault injector).
     dial_ports: Vec<u16>,
-    coordinator: Option<Arc<Coordinator>>,
+    coordinator: Option<Child>,
     coordinator_port: u16,
     shutdown: CancellationToken,
     wallet: Option<Child>,
@@ -394,6 +396,7 @@ struct Net {
 impl Drop for Net {
     fn drop(&mut self) {
         self.shutdown.cancel();
+        drop(self.coordinator.take());
         for p in self.processors.iter_mut().rev() {
             drop(p.take());
         }
@@ -428,10 +431,10 @@ async fn preflight(options: &Options, progress: Progress) -> Result<(), DevnetEr
             options.database_url
         )));
     }
-    if !options.processor_exe.is_file() {
+    if !options.exe.is_file() {
         return Err(DevnetError::Missing(format!(
-            "the processor executable {} does not exist",
-            options.processor_exe.display()
+            "the executable for the processors and the coordinator {} does not exist",
+            options.exe.display()
         )));
     }
     Ok(())
@@ -507,6 +510,7 @@ impl Net {
                 .map(|p| p.as_ref().map(|c| c.handle.clone()))
                 .collect(),
             processor_dbs: self.processor_dbs.clone(),
+            coordinator: self.coordinator.as_ref()?.handle.clone(),
             monerod: self.monerod.as_ref()?.handle.clone(),
             monerod_url: format!("http://127.0.0.1:{}", self.monerod_port),
             database_url: options.database_url.clone(),
@@ -583,6 +587,7 @@ pub async fn run(options: Options, interrupt: CancellationToken) -> Result<Summa
                     .processors
                     .iter()
                     .flatten()
+                    .chain(&net.coordinator)
                     .chain(&net.wallet)
                     .chain(&net.monerod)
                 {
@@ -777,8 +782,9 @@ async fn port_open(port: u16) -> bool {
         .is_ok()
 }
 
-/// The coordinator's settings: every processor, the chain, fast rounds.
-fn coordinator_config(net: &Net, db: &str) -> Result<crate::config::Config, DevnetError> {
+/// The coordinator's settings: every processor, the chain, fast rounds; key
+/// generation starts by itself once every processor has announced itself.
+fn coordinator_config(net: &Net, db: &str, t: u32) -> Result<String, DevnetError> {
     let processors: String = net
         .processor_ports
         .iter()
@@ -791,7 +797,7 @@ fn coordinator_config(net: &Net, db: &str) -> Result<crate::config::Config, Devn
             )
         })
         .collect();
-    crate::config::Config::from_toml(&format!(
+    let text = format!(
         r#"listen = "127.0.0.1:{port}"
 database_url = "{db}"
 {processors}
@@ -799,6 +805,7 @@ database_url = "{db}"
 insecure = true
 [keygen]
 round_timeout = "30s"
+auto_start_threshold = {t}
 # Fixed with the key for every processor: 4 confirmations, 4-block windows.
 confirmations = 4
 window_blocks = 4
@@ -810,11 +817,16 @@ round_timeout = "10s"
 [link]
 heartbeat_interval = "1s"
 peer_timeout = "5s"
+[log]
+filter = "info"
 "#,
         port = net.coordinator_port,
         monerod = net.monerod_port,
-    ))
-    .map_err(|e| failed(format!("coordinator config: {e}")))
+    );
+    // Refused here, with the reason, rather than by a child that exits.
+    crate::config::Config::from_toml(&text)
+        .map_err(|e| failed(format!("coordinator config: {e}")))?;
+    Ok(text)
 }
 
 /// The scenario's steps, in the README's order; each one prints its lines.
@@ -850,6 +862,7 @@ async fn scenario(
         disturb.settle().await;
     }
     let checked = s.final_checks(deposited, &burns, &payout).await?;
+    coordinator.close().await;
     Ok(s.summary(key, batches, &burns, payout, checked))
 }
 
@@ -977,11 +990,13 @@ impl Scenario<'_> {
         Ok(user)
     }
 
-    /// The processors (child processes) and the coordinator (here).
+    /// The processors and the coordinator (child processes). Returns a pool
+    /// on the coordinator's database, through which the scenario drives it
+    /// (as its settlement chain and operator would).
     async fn start_processors_and_coordinator(
         &mut self,
         coordinator_db: &str,
-    ) -> Result<Arc<Coordinator>, DevnetError> {
+    ) -> Result<PgPool, DevnetError> {
         let (options, progress, n) = (self.options, self.progress, self.n());
         let net = &mut *self.net;
         progress.step(&format!(
@@ -1006,9 +1021,9 @@ impl Scenario<'_> {
             ];
             net.processors.push(Some(Child::spawn(
                 &format!("validator-{}", i + 1),
-                &options.processor_exe,
+                &options.exe,
                 &args,
-                &options.processor_env(),
+                &options.child_env(),
                 net.dir.join(format!("validator-{}.log", i + 1)),
             )?));
             net.processor_args.push(args);
@@ -1032,39 +1047,43 @@ impl Scenario<'_> {
                 .collect::<Result<_, _>>()?,
             None => net.processor_ports.clone(),
         };
-        let config = coordinator_config(net, coordinator_db)?;
-        let coordinator = Coordinator::start(&config, net.shutdown.clone())
-            .await
-            .map_err(|e| failed(format!("starting the coordinator: {e}")))?;
-        net.coordinator = Some(coordinator.clone());
-        {
-            let coordinator = coordinator.clone();
-            let shutdown = net.shutdown.clone();
-            tokio::spawn(async move {
-                if let Err(e) = crate::run::serve(coordinator, &config, shutdown).await {
-                    tracing::error!("coordinator admin API: {e}");
-                }
-            });
-        }
+        let config = net.dir.join("coordinator.toml");
+        std::fs::write(&config, coordinator_config(net, coordinator_db, options.t)?)?;
+        net.coordinator = Some(Child::spawn(
+            "coordinator",
+            &options.exe,
+            &[
+                "coordinator".to_owned(),
+                "--config".to_owned(),
+                config.display().to_string(),
+            ],
+            &options.child_env(),
+            net.dir.join("coordinator.log"),
+        )?);
+        let port = net.coordinator_port;
+        wait_for(
+            "the coordinator to listen",
+            Duration::from_secs(60),
+            &self.stop,
+            None,
+            || async { Ok(port_open(port).await.then_some(())) },
+        )
+        .await?;
+        let pool = PgPool::connect(coordinator_db).await?;
         progress.done(&format!(
-            "{n} processors and the coordinator are up (admin API on 127.0.0.1:{})",
-            net.coordinator_port
+            "{n} processors and the coordinator are up (admin API on 127.0.0.1:{port})"
         ));
-        Ok(coordinator)
+        Ok(pool)
     }
 
     /// FROST DKG through the coordinator; then the processors meant to be
     /// offline are stopped.
-    async fn generate_the_key(
-        &mut self,
-        coordinator: &Coordinator,
-    ) -> Result<GroupKey, DevnetError> {
+    async fn generate_the_key(&mut self, pool: &PgPool) -> Result<GroupKey, DevnetError> {
         let (options, progress, n) = (self.options, self.progress, self.n());
         progress.step(&format!(
             "key generation: FROST DKG {}-of-{n} through the coordinator",
             options.t
         ));
-        let pool = &coordinator.pool;
         wait_for(
             "every processor to connect and announce its identity key",
             Duration::from_secs(60),
@@ -1078,20 +1097,21 @@ impl Scenario<'_> {
             },
         )
         .await?;
-        let session = coordinator
-            .start_keygen(options.t, &[])
-            .await
-            .map_err(|e| failed(format!("starting key generation: {e}")))?;
+        // The coordinator starts it (keygen.auto_start_threshold) once every
+        // processor has announced itself.
         let key = wait_for(
             "the group key",
             Duration::from_secs(120),
             &self.stop,
             None,
             || async {
-                let status = crate::keygen::status(pool, Some(session)).await?;
-                match status.first() {
-                    Some(s) if s.status == "confirmed" => Ok(Some(s.clone())),
-                    Some(s) if s.status == "failed" => {
+                // The coordinator re-attempts a failed session as a new one.
+                let status = crate::keygen::status(pool, None).await?;
+                if let Some(s) = status.iter().find(|s| s.status == "confirmed") {
+                    return Ok(Some(s.clone()));
+                }
+                match status.iter().max_by_key(|s| s.session) {
+                    Some(s) if s.status == "failed" && s.failure.contains("not re-attempted") => {
                         Err(failed(format!("key generation failed: {}", s.failure)))
                     }
                     _ => Ok(None),
@@ -1147,12 +1167,12 @@ impl Scenario<'_> {
     }
 
     /// Accounts 1 and 2, registered in the next settlement block.
-    async fn register_accounts(&mut self, coordinator: &Coordinator) -> Result<(), DevnetError> {
+    /// The coordinator produces the settlement block that carries them as
+    /// soon as it sees them.
+    async fn register_accounts(&mut self, pool: &PgPool) -> Result<(), DevnetError> {
         for (account, _) in DEPOSITS {
-            coordinator
-                .register_account(account)
-                .await
-                .map_err(|e| failed(format!("registering account {account}: {e}")))?;
+            let account = i32::try_from(account).map_err(|e| failed(e.to_string()))?;
+            crate::settlement::db::insert_account(pool, account).await?;
         }
         Ok(())
     }
@@ -1203,9 +1223,9 @@ impl Scenario<'_> {
             tokio::time::sleep(Duration::from_secs(2)).await;
             net.processors[r] = Some(Child::spawn(
                 &format!("validator-{}", r + 1),
-                &options.processor_exe,
+                &options.exe,
                 &net.processor_args[r],
-                &options.processor_env(),
+                &options.child_env(),
                 net.dir.join(format!("validator-{}.log", r + 1)),
             )?);
             progress.done(&format!("validator-{} restarted", r + 1));
@@ -1231,11 +1251,10 @@ impl Scenario<'_> {
     /// verified and included. Returns the included batches: (id, total).
     async fn sign_and_include_the_batch(
         &mut self,
-        coordinator: &Coordinator,
+        pool: &PgPool,
     ) -> Result<Vec<(u64, u64)>, DevnetError> {
         let (options, progress) = (self.options, self.progress);
         progress.step("mining until the deposit block is final and its batch signed and included");
-        let pool = &coordinator.pool;
         let batches = wait_for(
             "the batch to be included",
             Duration::from_secs(240),
@@ -1272,10 +1291,7 @@ impl Scenario<'_> {
 
     /// Burns to two fresh subaddresses of the user, submitted to the
     /// settlement chain.
-    async fn burn_back_to_the_user(
-        &mut self,
-        coordinator: &Coordinator,
-    ) -> Result<Vec<Burn>, DevnetError> {
+    async fn burn_back_to_the_user(&mut self, pool: &PgPool) -> Result<Vec<Burn>, DevnetError> {
         let mut burns = Vec::new();
         for amount in BURNS {
             let (address, minor) = self
@@ -1293,7 +1309,7 @@ impl Scenario<'_> {
         }
         for (i, burn) in burns.iter().enumerate() {
             crate::payouts::submit_burn(
-                &coordinator.pool,
+                pool,
                 &format!("devnet-burn-{}", i + 1),
                 &burn.address,
                 burn.amount,
@@ -1307,11 +1323,7 @@ impl Scenario<'_> {
     /// Mining until a window's leader plans the payout, the signers sign it
     /// (FROST-CLSAG), it is published and every online processor reports it
     /// final.
-    async fn pay_out(
-        &mut self,
-        coordinator: &Coordinator,
-        burns: &[Burn],
-    ) -> Result<Payout, DevnetError> {
+    async fn pay_out(&mut self, pool: &PgPool, burns: &[Burn]) -> Result<Payout, DevnetError> {
         let (options, progress) = (self.options, self.progress);
         progress.step(&format!(
             "burns of {} and {} XMR back to the user; mining until a window's leader plans, \
@@ -1320,7 +1332,6 @@ impl Scenario<'_> {
             xmr(burns[1].amount)
         ));
         let online = self.n() - options.offline.len();
-        let pool = &coordinator.pool;
         let (tx_hash, reporters) = wait_for(
             "the payout to be final",
             Duration::from_secs(300),

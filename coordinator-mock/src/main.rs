@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use coordinator_mock::config::Config;
-use tokio_util::sync::CancellationToken;
 
 /// A coordinator for local runs, tests and demos of Monero processors.
 #[derive(Debug, Parser)]
@@ -48,23 +47,5 @@ fn main() -> ExitCode {
         println!("{config:#?}");
         return ExitCode::SUCCESS;
     }
-    let Some((runtime, telemetry)) =
-        processor::run::start_runtime(&config.log, "coordinator-mock", &config.node_id)
-    else {
-        return ExitCode::FAILURE;
-    };
-    let result = runtime.block_on(async move {
-        let shutdown = CancellationToken::new();
-        tokio::spawn(processor::run::stop_on_signal(shutdown.clone()));
-        coordinator_mock::run::run(config, shutdown).await
-    });
-    drop(telemetry);
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    coordinator_mock::run::start(config)
 }

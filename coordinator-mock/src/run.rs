@@ -178,3 +178,40 @@ pub async fn serve(
     info!("stopped");
     Ok(())
 }
+
+/// Runs a loaded configuration until SIGTERM or Ctrl-C: the `run` command,
+/// and the coordinator child process of the devnet and the chaos runner.
+pub fn start(config: Config) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let Some((runtime, telemetry)) =
+        processor::run::start_runtime(&config.log, "coordinator-mock", &config.node_id)
+    else {
+        return ExitCode::FAILURE;
+    };
+    let result = runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(processor::run::stop_on_signal(shutdown.clone()));
+        run(config, shutdown).await
+    });
+    drop(telemetry);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Loads `path` and runs it as [`start`] does; a configuration that does
+/// not load exits with 2, saying why.
+pub fn main(path: &std::path::Path) -> std::process::ExitCode {
+    match Config::load(path) {
+        Ok(config) => start(config),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}

@@ -427,7 +427,7 @@ async fn a_short_chaos_pass_finds_no_violation() {
     let root = tempfile::tempdir().unwrap();
     let config = Config {
         database_url: server(),
-        processor_exe: PathBuf::from(env!("CARGO_BIN_EXE_chaos")),
+        exe: PathBuf::from(env!("CARGO_BIN_EXE_chaos")),
         work_root: root.path().to_path_buf(),
     };
     let mut faults = 0;

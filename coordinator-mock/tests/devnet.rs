@@ -20,7 +20,7 @@ fn options(n: usize, t: u32, prefix: &str) -> Options {
         database_url: std::env::var("DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into()),
         db_prefix: prefix.into(),
-        processor_exe: PathBuf::from(env!("CARGO_BIN_EXE_devnet")),
+        exe: PathBuf::from(env!("CARGO_BIN_EXE_devnet")),
         offline: Vec::new(),
         restart: None,
         keep_running: false,

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use coordinator_mock::chaos::{self, Config, Faults};
+use futures::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -18,6 +19,11 @@ struct Cli {
     /// Runs.
     #[arg(long, default_value_t = 10)]
     runs: u64,
+    /// Runs at a time. Each has its own monerod, processors, coordinator and
+    /// databases; the faults of one do not reach another (Postgres is
+    /// shared, each run terminating only its own processors' sessions).
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
     /// The first run's seed; run k uses seed + k. Default: from the clock
     /// (printed).
     #[arg(long)]
@@ -44,15 +50,27 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Runs the coordinator (each run starts it this way).
+    #[command(hide = true)]
+    Coordinator {
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Processor { config }) = cli.command {
-        return processor::run::main(&config);
+    match cli.command {
+        Some(Command::Processor { config }) => return processor::run::main(&config),
+        Some(Command::Coordinator { config }) => return coordinator_mock::run::main(&config),
+        None => {}
     }
     if cli.runs == 0 {
         eprintln!("error: --runs must be at least 1");
+        return ExitCode::from(2);
+    }
+    if cli.jobs == 0 {
+        eprintln!("error: --jobs must be at least 1");
         return ExitCode::from(2);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -65,7 +83,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let processor_exe = match std::env::current_exe() {
+    let exe = match std::env::current_exe() {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: cannot locate this executable: {e}");
@@ -80,12 +98,13 @@ fn main() -> ExitCode {
     });
     let config = Config {
         database_url: cli.database_url,
-        processor_exe,
+        exe,
         work_root: cli.work_dir,
     };
     println!(
-        "chaos: {} run(s) from seed {seed}; files under {}",
+        "chaos: {} run(s) from seed {seed}, {} at a time; files under {}",
         cli.runs,
+        cli.jobs,
         config.work_root.display()
     );
     let ok = runtime.block_on(async move {
@@ -102,12 +121,13 @@ fn main() -> ExitCode {
         let started = Instant::now();
         let (mut faults, mut violations, mut failed, mut done, mut revived) =
             (Faults::default(), 0, 0, 0, 0);
-        for k in 0..cli.runs {
-            if interrupt.is_cancelled() {
-                break;
-            }
-            let report = chaos::run_once(&config, seed.wrapping_add(k), interrupt.clone()).await;
-            println!("run {}/{} {report}", k + 1, cli.runs);
+        let runs = futures::stream::iter(0..cli.runs)
+            .take_while(|_| std::future::ready(!interrupt.is_cancelled()))
+            .map(|k| chaos::run_once(&config, seed.wrapping_add(k), interrupt.clone()))
+            .buffer_unordered(cli.jobs);
+        let mut runs = std::pin::pin!(runs);
+        while let Some(report) = runs.next().await {
+            println!("run {}/{} {report}", done + 1, cli.runs);
             faults.add(&report.faults);
             revived += report.revived;
             violations += report.violations();

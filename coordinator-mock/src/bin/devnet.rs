@@ -45,12 +45,20 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Runs the coordinator (the devnet starts it this way).
+    #[command(hide = true)]
+    Coordinator {
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Processor { config }) = cli.command {
-        return processor::run::main(&config);
+    match cli.command {
+        Some(Command::Processor { config }) => return processor::run::main(&config),
+        Some(Command::Coordinator { config }) => return coordinator_mock::run::main(&config),
+        None => {}
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -62,7 +70,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let processor_exe = match std::env::current_exe() {
+    let exe = match std::env::current_exe() {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: cannot locate this executable: {e}");
@@ -74,7 +82,7 @@ fn main() -> ExitCode {
         t: cli.threshold,
         database_url: cli.database_url,
         db_prefix: cli.db_prefix,
-        processor_exe,
+        exe,
         offline: Vec::new(),
         restart: None,
         keep_running: cli.keep_running,

@@ -5,6 +5,7 @@
 //!
 //! Faults, between key generation and the final checks:
 //! - SIGKILL a random processor, restarted after a random delay;
+//! - SIGKILL the coordinator, restarted after a random delay;
 //! - SIGKILL monerod (it keeps its regtest chain: `--keep-fakechain`),
 //!   restarted after a random delay;
 //! - terminate a random processor's Postgres backends mid-transaction
@@ -44,6 +45,8 @@ const PEER_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum FaultKind {
     /// SIGKILL a processor, restart it later.
     KillProcessor,
+    /// SIGKILL the coordinator, restart it later.
+    KillCoordinator,
     /// SIGKILL monerod, restart it later.
     KillMonerod,
     /// Terminate a processor's Postgres backends.
@@ -56,8 +59,9 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// Every kind, in the order the schedule draws from.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::KillProcessor,
+        Self::KillCoordinator,
         Self::KillMonerod,
         Self::TerminateBackends,
         Self::SeverLinks,
@@ -68,6 +72,7 @@ impl FaultKind {
     pub fn name(self) -> &'static str {
         match self {
             Self::KillProcessor => "kill-processor",
+            Self::KillCoordinator => "kill-coordinator",
             Self::KillMonerod => "kill-monerod",
             Self::TerminateBackends => "pg-terminate",
             Self::SeverLinks => "sever-tcp",
@@ -194,8 +199,9 @@ impl fmt::Display for Report {
 pub struct Config {
     /// Postgres server URL.
     pub database_url: String,
-    /// The executable that runs a processor as `<exe> processor --config F`.
-    pub processor_exe: PathBuf,
+    /// The executable that runs a processor as `<exe> processor --config F`
+    /// and the coordinator as `<exe> coordinator --config F`.
+    pub exe: PathBuf,
     /// Each run's files go to `<work_root>/run-<seed>`.
     pub work_root: PathBuf,
 }
@@ -212,7 +218,7 @@ pub async fn run_once(config: &Config, seed: u64, interrupt: CancellationToken) 
         t,
         database_url: config.database_url.clone(),
         db_prefix: db_prefix.clone(),
-        processor_exe: config.processor_exe.clone(),
+        exe: config.exe.clone(),
         offline: Vec::new(),
         restart: None,
         keep_running: false,
@@ -387,10 +393,11 @@ impl Schedule {
         }
     }
 
-    /// Restarts every processor that exited on its own, as its supervisor
-    /// (systemd, Kubernetes) would.
+    /// Restarts every processor (and the coordinator) that exited on its
+    /// own, as its supervisor (systemd, Kubernetes) would.
     fn revive(&self) {
-        for p in self.processes.processors.iter().flatten() {
+        let processors = self.processes.processors.iter().flatten();
+        for p in processors.chain([&self.processes.coordinator]) {
             if p.exited() {
                 match p.restart() {
                     Ok(()) => {
@@ -433,6 +440,12 @@ impl Schedule {
                 processor.kill9();
                 self.sleep_ms(500..4_000).await;
                 processor.restart()?;
+            }
+            FaultKind::KillCoordinator => {
+                let coordinator = self.processes.coordinator.clone();
+                coordinator.kill9();
+                self.sleep_ms(500..4_000).await;
+                coordinator.restart()?;
             }
             FaultKind::KillMonerod => {
                 let monerod = self.processes.monerod.clone();
