@@ -1061,12 +1061,28 @@ impl Scenario<'_> {
             net.dir.join("coordinator.log"),
         )?);
         let port = net.coordinator_port;
+        let (child, log) = net
+            .coordinator
+            .as_ref()
+            .map(|c| (c.handle.clone(), c.log.clone()))
+            .ok_or_else(|| failed("the coordinator was just started"))?;
         wait_for(
             "the coordinator to listen",
             Duration::from_secs(60),
             &self.stop,
             None,
-            || async { Ok(port_open(port).await.then_some(())) },
+            || async {
+                if port_open(port).await {
+                    return Ok(Some(()));
+                }
+                if child.exited() {
+                    return Err(failed(format!(
+                        "the coordinator exited before listening; its log: {}",
+                        log.display()
+                    )));
+                }
+                Ok(None)
+            },
         )
         .await?;
         let pool = PgPool::connect(coordinator_db).await?;

@@ -101,6 +101,10 @@ fn main() -> ExitCode {
         exe,
         work_root: cli.work_dir,
     };
+    if let Err(e) = runtime.block_on(chaos::check_capacity(&config.database_url, cli.jobs)) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     println!(
         "chaos: {} run(s) from seed {seed}, {} at a time; files under {}",
         cli.runs,

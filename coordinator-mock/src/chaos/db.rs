@@ -28,3 +28,14 @@ pub async fn drop_database(admin: &mut PgConnection, database: &str) -> Result<(
     .await?;
     Ok(())
 }
+
+/// The server's `max_connections` less its reserved superuser slots: how
+/// many sessions the runs may open together.
+pub async fn usable_connections(admin: &mut PgConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT current_setting('max_connections')::bigint
+              - current_setting('superuser_reserved_connections')::bigint",
+    )
+    .fetch_one(admin)
+    .await
+}

@@ -206,6 +206,35 @@ pub struct Config {
     pub work_root: PathBuf,
 }
 
+/// Most Postgres sessions one run may hold: 5 processors and the
+/// coordinator, each a pool of 10 (the devnet's configurations leave the
+/// default) plus its instance-lock session, and the runner's own pools.
+pub const CONNECTIONS_PER_RUN: i64 = 6 * 11 + 12;
+
+/// Whether the server takes `jobs` runs at a time; if not, what to do.
+pub async fn check_capacity(database_url: &str, jobs: usize) -> Result<(), String> {
+    let mut admin = PgConnection::connect(database_url)
+        .await
+        .map_err(|e| format!("cannot connect to Postgres at {database_url}: {e}"))?;
+    let usable = db::usable_connections(&mut admin)
+        .await
+        .map_err(|e| format!("cannot read max_connections: {e}"))?;
+    let _ = admin.close().await;
+    let needed = i64::try_from(jobs)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(CONNECTIONS_PER_RUN);
+    if needed > usable {
+        return Err(format!(
+            "--jobs {jobs} may need {needed} Postgres sessions ({CONNECTIONS_PER_RUN} per run) and \
+             the server takes {usable}: lower --jobs to {}, or raise max_connections \
+             (ALTER SYSTEM SET max_connections = {}; then restart Postgres)",
+            (usable / CONNECTIONS_PER_RUN).max(1),
+            needed + 10
+        ));
+    }
+    Ok(())
+}
+
 /// Runs one disturbed custody cycle; its seed picks n/t and the schedule.
 pub async fn run_once(config: &Config, seed: u64, interrupt: CancellationToken) -> Report {
     let mut rng = StdRng::seed_from_u64(seed);
