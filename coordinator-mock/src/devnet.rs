@@ -485,18 +485,24 @@ where
 }
 
 impl Net {
-    /// Mines `blocks` to `address`. Retried for a minute: a fault injector
-    /// may have killed monerod, which comes back with its chain.
+    /// Mines `blocks` to `address`. Retried until it has failed for a
+    /// minute: a fault injector may have killed monerod (it comes back with
+    /// its chain). The minute counts from the first failure, not from the
+    /// call: on a loaded machine one call mining many blocks can itself take
+    /// that long before a kill cuts it.
     async fn mine(&self, address: &str, blocks: u64) -> Result<(), DevnetError> {
         let address = parse_address(address)?;
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut failing_since: Option<Instant> = None;
         loop {
             match self.rpc.monerod.generate_blocks(blocks, address).await {
                 Ok(_) => return Ok(()),
-                Err(e) if Instant::now() > deadline => {
-                    return Err(rpc_failed("generateblocks")(e));
+                Err(e) => {
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > Duration::from_secs(60) {
+                        return Err(rpc_failed("generateblocks")(e));
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
             }
         }
     }
