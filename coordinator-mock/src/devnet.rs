@@ -341,6 +341,18 @@ fn rpc_failed(call: &'static str) -> impl FnOnce(anyhow::Error) -> DevnetError {
     move |e| failed(format!("{call}: {e:#}"))
 }
 
+/// monero-wallet-rpc refused a transfer because it could not reach its
+/// daemon: checked before any transaction is made, so nothing was sent.
+fn refused_for_the_daemon(e: &anyhow::Error) -> bool {
+    let text = format!("{e:#}");
+    [
+        "Failed to get earliest fork height",
+        "No connection to daemon",
+    ]
+    .iter()
+    .any(|m| text.contains(m))
+}
+
 fn parse_address(address: &str) -> Result<monero_rpc::monero::Address, DevnetError> {
     address
         .parse()
@@ -1226,15 +1238,30 @@ impl Scenario<'_> {
             Some(c) => Some(c.lock().await),
             None => None,
         };
-        net.rpc
-            .wallet
-            .transfer(
-                destinations,
-                monero_rpc::TransferPriority::Default,
-                monero_rpc::TransferOptions::default(),
-            )
-            .await
-            .map_err(rpc_failed("transfer"))?;
+        // A fault that just ended may have restarted monerod: the wallet
+        // then refuses before making any transaction, and only such a
+        // refusal is tried again (a retry after anything else could pay
+        // twice).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let _ = net.rpc.wallet.refresh(None).await;
+            match net
+                .rpc
+                .wallet
+                .transfer(
+                    destinations.clone(),
+                    monero_rpc::TransferPriority::Default,
+                    monero_rpc::TransferOptions::default(),
+                )
+                .await
+            {
+                Ok(_) => break,
+                Err(e) if refused_for_the_daemon(&e) && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(rpc_failed("transfer")(e)),
+            }
+        }
         net.mine(&nobody(), 1).await?;
         if let Some(r) = options.restart {
             if let Some(p) = net.processors.get_mut(r).and_then(Option::as_mut) {
