@@ -497,17 +497,25 @@ where
 }
 
 impl Net {
-    /// Mines `blocks` to `address`. Retried until it has failed for a
-    /// minute: a fault injector may have killed monerod (it comes back with
-    /// its chain). The minute counts from the first failure, not from the
-    /// call: on a loaded machine one call mining many blocks can itself take
-    /// that long before a kill cuts it.
+    /// Mines `blocks` to `address`, a few per call. A failed call is tried
+    /// again until calls have failed for a minute in a row: a fault
+    /// injector may have killed monerod (it comes back with its chain).
+    /// Short calls keep that minute about monerod being down: one long call
+    /// cut by each of several kills in a row would use it up while monerod
+    /// was mostly up. A cut call may have mined some of its blocks, so a
+    /// few more than asked may be mined.
     async fn mine(&self, address: &str, blocks: u64) -> Result<(), DevnetError> {
+        const PER_CALL: u64 = 10;
         let address = parse_address(address)?;
+        let mut left = blocks;
         let mut failing_since: Option<Instant> = None;
-        loop {
-            match self.rpc.monerod.generate_blocks(blocks, address).await {
-                Ok(_) => return Ok(()),
+        while left > 0 {
+            let now = left.min(PER_CALL);
+            match self.rpc.monerod.generate_blocks(now, address).await {
+                Ok(_) => {
+                    left -= now;
+                    failing_since = None;
+                }
                 Err(e) => {
                     let since = *failing_since.get_or_insert_with(Instant::now);
                     if since.elapsed() > Duration::from_secs(60) {
@@ -517,6 +525,7 @@ impl Net {
                 }
             }
         }
+        Ok(())
     }
 
     /// What a fault injector may disturb.
