@@ -194,14 +194,7 @@ pub fn start(config: Config) -> std::process::ExitCode {
         run(config, shutdown).await
     });
     drop(telemetry);
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            error!("{e}");
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    processor::run::exit_code(result)
 }
 
 /// Loads `path` and runs it as [`start`] does; a configuration that does

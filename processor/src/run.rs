@@ -423,12 +423,18 @@ pub fn main(config_path: &std::path::Path) -> std::process::ExitCode {
         run(config, shutdown).await
     });
     drop(telemetry);
+    exit_code(result)
+}
+
+/// How a service's run ended, as its exit code; an error is logged and
+/// printed on stderr (the processor and the coordinator-mock alike).
+pub fn exit_code<E: std::fmt::Display>(result: Result<(), E>) -> std::process::ExitCode {
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
             eprintln!("error: {e}");
-            ExitCode::FAILURE
+            std::process::ExitCode::FAILURE
         }
     }
 }
