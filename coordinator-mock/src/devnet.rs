@@ -116,6 +116,11 @@ pub struct Summary {
     pub burned: u64,
     /// Per online processor: (name, deposits, paid, fees, unspent).
     pub accounting: Vec<(String, u64, u64, u64, u64)>,
+    /// The payout's latency: its window opening (on the first processor to
+    /// see its first block final) to its publication (by the first
+    /// processor to publish it), every hop through the coordinator
+    /// included. `None` if no processor recorded both.
+    pub payout_latency: Option<Duration>,
     /// Wall time.
     pub elapsed: Duration,
 }
@@ -657,6 +662,12 @@ fn print_summary(summary: &Summary, net: &Net, options: &Options) {
     for (tx, fee) in &summary.payouts {
         println!("payout tx          {tx} (fee {} XMR)", xmr(*fee));
     }
+    if let Some(latency) = summary.payout_latency {
+        println!(
+            "payout latency     published {:.2} s after its window opened (through the coordinator, every hop persisted)",
+            latency.as_secs_f64()
+        );
+    }
     println!(
         "user wallet        received {} XMR of {} XMR burned",
         xmr(summary.received),
@@ -921,6 +932,7 @@ struct Burn {
 /// The final payout's transaction.
 struct Payout {
     tx_hash: String,
+    latency: Option<Duration>,
 }
 
 /// What the final checks found.
@@ -1390,31 +1402,61 @@ impl Scenario<'_> {
             xmr(burns[1].amount)
         ));
         let online = self.n() - options.offline.len();
-        let (tx_hash, reporters) = wait_for(
+        let ((tx_hash, plan_id), reporters) = wait_for(
             "the payout to be final",
             Duration::from_secs(300),
             &self.stop,
             self.mine_while_waiting()?,
             || async {
-                let row = sqlx::query(
-                    "SELECT p.tx_hash, (SELECT count(*) FROM plan_completions c WHERE c.plan_id = p.plan_id)
+                let row: Option<(Vec<u8>, Vec<u8>, i64)> = sqlx::query_as(
+                    "SELECT p.tx_hash, p.plan_id, (SELECT count(*) FROM plan_completions c WHERE c.plan_id = p.plan_id)
                      FROM plans p WHERE p.status = 'completed' ORDER BY p.seq LIMIT 1",
                 )
                 .fetch_optional(pool)
                 .await?;
-                Ok(row.and_then(|r| {
-                    let reporters: i64 = r.get(1);
+                Ok(row.and_then(|(tx_hash, plan_id, reporters)| {
                     (usize::try_from(reporters).unwrap_or(0) >= online)
-                        .then(|| (hex::encode(r.get::<Vec<u8>, _>(0)), reporters))
+                        .then(|| ((hex::encode(tx_hash), plan_id), reporters))
                 }))
             },
         )
         .await?;
+        let latency = self.payout_latency(&plan_id).await?;
         progress.done(&format!(
-            "payout {} final; {reporters} processors report it completed",
-            short(&tx_hash)
+            "payout {} final; {reporters} processors report it completed{}",
+            short(&tx_hash),
+            latency.map_or_else(String::new, |l| format!(
+                "; published {:.2} s after its window opened",
+                l.as_secs_f64()
+            ))
         ));
-        Ok(Payout { tx_hash })
+        Ok(Payout { tx_hash, latency })
+    }
+
+    /// From the plan's window opening on the first processor to see it to
+    /// the plan's publication by the first processor to publish it, from
+    /// the processors' own records.
+    async fn payout_latency(&self, plan_id: &[u8]) -> Result<Option<Duration>, DevnetError> {
+        let (mut opened, mut published) = (f64::INFINITY, f64::INFINITY);
+        for url in &self.net.processor_dbs {
+            let Ok(p) = PgPool::connect(url).await else {
+                continue; // an offline processor's database may be gone
+            };
+            let row: Option<(Option<f64>, f64)> = sqlx::query_as(
+                "SELECT EXTRACT(EPOCH FROM p.published_at)::float8, EXTRACT(EPOCH FROM w.opened_at)::float8
+                 FROM plans p JOIN windows w ON w.\"window\" = p.\"window\" WHERE p.plan_id = $1",
+            )
+            .bind(plan_id)
+            .fetch_optional(&p)
+            .await?;
+            p.close().await;
+            if let Some((at, window)) = row {
+                opened = opened.min(window);
+                published = published.min(at.unwrap_or(f64::INFINITY));
+            }
+        }
+        Ok((published.is_finite() && opened.is_finite())
+            .then(|| Duration::from_secs_f64((published - opened).max(0.0))))
     }
 
     /// The user's wallet received exactly the burned amounts, in the
@@ -1568,6 +1610,7 @@ impl Scenario<'_> {
             group_address: key.monero_address,
             batches,
             payouts: vec![(payout.tx_hash, fee)],
+            payout_latency: payout.latency,
             received: checked.received,
             burned: burns.iter().map(|b| b.amount).sum(),
             accounting: checked.accounting,

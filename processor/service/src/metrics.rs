@@ -67,6 +67,10 @@ pub const BATCHES: &str = "custody_batches";
 pub const PLANS: &str = "custody_plans";
 /// Payout transactions published (each attempt, re-publishing included).
 pub const PAYOUTS_PUBLISHED: &str = "custody_payouts_published_total";
+/// Seconds from a window opening on this processor (its first block
+/// final here) to this processor publishing the window's payout: what an
+/// operator waits for, every hop through the coordinator included.
+pub const PAYOUT_PUBLISH_SECONDS: &str = "custody_payout_publish_seconds";
 /// Payouts found final on chain.
 pub const PAYOUTS_COMPLETED: &str = "custody_payouts_completed_total";
 
@@ -192,6 +196,11 @@ fn describe() {
     }
     describe_histogram!(SCAN_STEP_SECONDS, Unit::Seconds, "one scan step");
     describe_histogram!(SIGN_SECONDS, Unit::Seconds, "first attempt to signature");
+    describe_histogram!(
+        PAYOUT_PUBLISH_SECONDS,
+        Unit::Seconds,
+        "window opened to its payout published by this processor"
+    );
     describe_histogram!(
         KEYGEN_SECONDS,
         Unit::Seconds,

@@ -484,15 +484,23 @@ pub async fn signed_transactions(
     Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
-/// `signed` -> `published`; false if it already was.
-pub async fn mark_published(pool: &PgPool, plan_id: &[u8]) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE plans SET status = 'published', updated_at = now() WHERE plan_id = $1 AND status = 'signed'",
+/// `signed` -> `published`. `None` if it already was; else the seconds
+/// since the plan's window opened here (an operator's figure: wall clock,
+/// read by nothing that decides), `None` inside if the window is unknown.
+pub async fn mark_published(
+    pool: &PgPool,
+    plan_id: &[u8],
+) -> Result<Option<Option<f64>>, sqlx::Error> {
+    let row: Option<(Option<f64>,)> = sqlx::query_as(
+        "UPDATE plans p SET status = 'published', updated_at = now(), published_at = now()
+         WHERE plan_id = $1 AND status = 'signed'
+         RETURNING (SELECT EXTRACT(EPOCH FROM now() - w.opened_at)::float8
+                    FROM windows w WHERE w.\"window\" = p.\"window\")",
     )
     .bind(plan_id)
-    .execute(pool)
+    .fetch_optional(pool)
     .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(row.map(|(seconds,)| seconds))
 }
 
 /// Plans not completed: (signable, plan id), for matching on chain, in

@@ -481,8 +481,17 @@ async fn pass(
         match daemon.publish(&parsed).instrument(span).await {
             Ok(()) => {
                 metrics::counter!(crate::metrics::PAYOUTS_PUBLISHED).increment(1);
-                if db::mark_published(pool, &plan_id).await? {
-                    info!(plan = %hex::encode(&plan_id), tx = %hex::encode(parsed.hash()), "payout published");
+                if let Some(since_open) = db::mark_published(pool, &plan_id).await? {
+                    if let Some(seconds) = since_open {
+                        metrics::histogram!(crate::metrics::PAYOUT_PUBLISH_SECONDS)
+                            .record(seconds);
+                    }
+                    info!(
+                        plan = %hex::encode(&plan_id),
+                        tx = %hex::encode(parsed.hash()),
+                        seconds_since_window_opened = since_open,
+                        "payout published"
+                    );
                 }
             }
             // The daemon refuses a transaction it already has or that is
@@ -631,12 +640,24 @@ async fn lead(
             spendable[..used].iter().map(|o| o.amount),
         )
         .map_err(|e| PassError::Handle(e.to_string()))?;
-        let short = inputs.is_empty()
+        let short = used == 0
             || used < must_use
             || committed
                 .checked_add(plan::fee_margin(fee_rate, used))
                 .is_none_or(|need| have < need);
         if !short {
+            // The rings of every input chosen so far, fetched at once: each
+            // is a function of its output and `as_of` alone, so the order
+            // they arrive in changes nothing.
+            if inputs.len() < used {
+                let more = futures::future::try_join_all(
+                    spendable[inputs.len()..used]
+                        .iter()
+                        .map(|o| with_decoys(&rpc, as_of, o)),
+                )
+                .await?;
+                inputs.extend(more);
+            }
             match plan::build(
                 &key.group_key,
                 &pair,
@@ -654,15 +675,14 @@ async fn lead(
             }
         }
         // Short of funds: add the next largest output, up to the cap.
-        let Some(next) = spendable.get(used).filter(|_| used < plan::MAX_INPUTS) else {
+        if spendable.get(used).is_none() || used >= plan::MAX_INPUTS {
             db::close_window(pool, window, "idle", None).await?;
             warn!(
                 window,
                 "the spendable outputs do not cover the burns chosen"
             );
             return Ok(());
-        };
-        inputs.push(with_decoys(&rpc, as_of, next).await?);
+        }
         used += 1;
     };
     let signable = if crate::failpoint::eval("scheduler-bad-decoy", |_| ()).is_some() {
@@ -760,10 +780,13 @@ async fn consolidate_window(
         .ok_or_else(|| PassError::Handle("the group key is not a point".into()))?;
     let as_of = usize::try_from(start_height).unwrap_or(usize::MAX);
     let rpc = daemon.rpc().await?;
-    let mut inputs = Vec::with_capacity(plan::MAX_INPUTS);
-    for next in spendable.iter().take(plan::MAX_INPUTS) {
-        inputs.push(with_decoys(&rpc, as_of, next).await?);
-    }
+    let inputs = futures::future::try_join_all(
+        spendable
+            .iter()
+            .take(plan::MAX_INPUTS)
+            .map(|o| with_decoys(&rpc, as_of, o)),
+    )
+    .await?;
     let used = inputs.len();
     let signable = match plan::build_consolidation(&key.group_key, &pair, inputs, fee_rate) {
         Ok(signable) => signable,
