@@ -225,6 +225,19 @@ async fn main() {
     drop_db(&pdb).await;
     drop_db(&cdb).await;
 
+    // The floor of this design on this Postgres: the link's own storage
+    // work alone, both ends at once, nothing else. The sender's enqueue
+    // transactions (as above) on one fresh database while the receiver's
+    // journal transactions (inbox rows and the inbound watermark, the same
+    // batch size) run on another; no gRPC, no engine, no acknowledgements.
+    let storage = storage_floor(&args, &encoded).await;
+    println!(
+        "the link's storage alone (both ends' commits, no network, no engine): {:.0} msgs/s; \
+         ours reaches {:.0}% of it",
+        storage,
+        100.0 * rate / storage
+    );
+
     if args.skip_nats {
         return;
     }
@@ -232,7 +245,13 @@ async fn main() {
     // stopped (nothing of ours competes for the disk or the cores).
     let k = usize::try_from(args.in_flight).unwrap_or(usize::MAX);
     let body = vec![0xA5_u8; encoded.len()];
-    let mut rows = vec![("ours (fsync per commit)".to_owned(), rate)];
+    let mut rows = vec![
+        ("ours (fsync per commit)".to_owned(), rate),
+        (
+            "the link's storage alone (floor of this design)".to_owned(),
+            storage,
+        ),
+    ];
     for (label, bin, always) in [
         (
             "JetStream, sync_interval: always",
@@ -260,4 +279,76 @@ async fn main() {
     for (label, r) in &rows {
         println!("| {label} | {r:.0} | {:.2}x |", rate / r);
     }
+}
+
+/// Messages per second the link's storage sustains with nothing else
+/// running: `link::db::enqueue` on one database and `link::db::record_inbound`
+/// on another, concurrently, `--batch` messages per transaction on each.
+async fn storage_floor(args: &Args, encoded: &[u8]) -> f64 {
+    let (sdb, rdb) = (fresh_db("fs").await, fresh_db("fr").await);
+    let open = |url: String| async move {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&url)
+            .await
+            .unwrap();
+        service::db::migrate(&pool, &url, &[&link::MIGRATOR])
+            .await
+            .unwrap();
+        link::db::ensure_link(&pool, "peer", 1 << 20).await.unwrap();
+        pool
+    };
+    let (sender, receiver) = (open(sdb.clone()).await, open(rdb.clone()).await);
+    let (messages, batch) = (args.messages, args.batch);
+    let start = Instant::now();
+    let send = {
+        let encoded = encoded.to_vec();
+        tokio::spawn(async move {
+            let mut next = 0_u64;
+            while next < messages {
+                let n = batch.min(messages - next);
+                let out: Vec<link::OutMessage> = (next..next + n)
+                    .map(|i| link::OutMessage {
+                        uid: format!("bench/{i}"),
+                        kind: "link_probe",
+                        payload: encoded.clone(),
+                    })
+                    .collect();
+                let mut tx = sender.begin().await.unwrap();
+                link::db::enqueue(&mut tx, "peer", &out).await.unwrap();
+                tx.commit().await.unwrap();
+                next += n;
+            }
+        })
+    };
+    let receive = {
+        let encoded = encoded.to_vec();
+        tokio::spawn(async move {
+            let uids: Vec<String> = (0..messages).map(|i| format!("bench/{i}")).collect();
+            let mut next = 0_u64;
+            while next < messages {
+                let n = batch.min(messages - next);
+                let rows: Vec<link::db::InboxRow<'_>> = (next..next + n)
+                    .map(|i| link::db::InboxRow {
+                        id: i + 1,
+                        uid: &uids[usize::try_from(i).unwrap()],
+                        kind: "link_probe",
+                        payload: &encoded,
+                    })
+                    .collect();
+                let mut tx = receiver.begin().await.unwrap();
+                link::db::record_inbound(&mut tx, "peer", &rows, &[], next, next + n, false)
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+                next += n;
+            }
+        })
+    };
+    send.await.unwrap();
+    receive.await.unwrap();
+    let elapsed = start.elapsed();
+    drop_db(&sdb).await;
+    drop_db(&rdb).await;
+    messages as f64 / elapsed.as_secs_f64()
 }

@@ -312,20 +312,22 @@ async fn our_payout(
     let height = usize::try_from(daemon.tip().await.unwrap()).unwrap();
     let rpc = daemon.rpc().await.unwrap();
     let fee_rate = daemon.fee_rate(FeePriority::Normal).await.unwrap();
-    let mut inputs = Vec::new();
-    for output in &outputs {
-        inputs.push(
+    // Every input's ring at once, as the scheduler fetches them.
+    let inputs = futures::future::try_join_all(outputs.iter().map(|output| {
+        let rpc = &rpc;
+        async move {
             OutputWithDecoys::fingerprintable_deterministic_new(
                 &mut rand_core::OsRng,
-                &rpc,
+                rpc,
                 plan::RING_LEN,
                 height,
                 output.clone(),
             )
             .await
-            .unwrap(),
-        );
-    }
+        }
+    }))
+    .await
+    .unwrap();
     let decoys = start.elapsed();
 
     // Leader plans; a follower checks the proposal as the scheduler does
@@ -349,10 +351,11 @@ async fn our_payout(
     // Signers 1 and 2 (the coordinator would relay these messages).
     let attempt = (SESSION, "plan".to_owned(), plan_id.to_vec(), run);
     let signers = [1_u16, 2];
-    let mut preprocesses = BTreeMap::new();
-    for &i in &signers {
+    // Each signer is its own processor on its own machine: both work at
+    // once, as they would (here on one core each).
+    let preprocess = |i: u16| {
         let k = &ours.keys[usize::from(i - 1)];
-        let preprocess = ours.stores[usize::from(i - 1)]
+        ours.stores[usize::from(i - 1)]
             .plan_preprocess(
                 attempt.clone(),
                 SESSION,
@@ -369,17 +372,43 @@ async fn our_payout(
                     rebuilt.clone()
                 },
             )
-            .unwrap();
-        preprocesses.insert(i, preprocess);
-    }
-    let mut shares = BTreeMap::new();
-    for &i in &signers {
-        let share = ours.stores[usize::from(i - 1)]
-            .plan_sign(&attempt, i, &preprocesses)
             .unwrap()
-            .expect("a machine for the attempt");
-        shares.insert(i, share);
-    }
+    };
+    let preprocesses: BTreeMap<u16, _> = std::thread::scope(|scope| {
+        let running: Vec<_> = signers
+            .iter()
+            .map(|&i| {
+                let preprocess = &preprocess;
+                (i, scope.spawn(move || preprocess(i)))
+            })
+            .collect();
+        running
+            .into_iter()
+            .map(|(i, t)| (i, t.join().unwrap()))
+            .collect()
+    });
+    let shares: BTreeMap<u16, _> = std::thread::scope(|scope| {
+        let running: Vec<_> = signers
+            .iter()
+            .map(|&i| {
+                let preprocesses = &preprocesses;
+                let attempt = &attempt;
+                (
+                    i,
+                    scope.spawn(move || {
+                        ours.stores[usize::from(i - 1)]
+                            .plan_sign(attempt, i, preprocesses)
+                            .unwrap()
+                            .expect("a machine for the attempt")
+                    }),
+                )
+            })
+            .collect();
+        running
+            .into_iter()
+            .map(|(i, t)| (i, t.join().unwrap()))
+            .collect()
+    });
     let tx = ours.stores[0]
         .plan_complete(&attempt, 1, &shares)
         .unwrap()

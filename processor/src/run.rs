@@ -158,12 +158,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     if let Some(monero) = config.monero.clone() {
         let daemon = Arc::new(crate::monero::Daemon::new(monero.daemon_url.clone()));
         info!(daemon = %monero.daemon_url, confirmations = monero.confirmations, "scanning monerod");
+        // The scheduler acts on finalized blocks and on what the
+        // coordinator relays: it runs as soon as either is committed.
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let mut handled = link.handled();
+        let on_handled = wake.clone();
+        tokio::spawn(async move {
+            while handled.changed().await.is_ok() {
+                on_handled.notify_one();
+            }
+        });
         let context = crate::scanner::ScanContext {
             keystore: keystore.clone(),
             link_id: COORDINATOR_LINK.to_owned(),
             outbox: link.outbox().clone(),
             health: health.clone(),
             scheduler: config.scheduler.clone(),
+            finalized: wake.clone(),
         };
         tokio::spawn(crate::scheduler::run(
             pool.clone(),
@@ -174,6 +185,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
                 outbox: link.outbox().clone(),
                 config: config.scheduler.clone(),
             },
+            wake,
             shutdown.clone(),
         ));
         tokio::spawn(crate::scanner::run(

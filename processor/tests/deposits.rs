@@ -328,6 +328,7 @@ async fn an_output_key_received_twice_is_credited_once() {
         outbox: processor::link::Outbox::default(),
         health,
         scheduler: processor::scheduler::SchedulerConfig::default(),
+        finalized: std::sync::Arc::default(),
     };
     let key = processor::scanner::key_for(&pool, next)
         .await

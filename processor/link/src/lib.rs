@@ -423,6 +423,8 @@ pub struct Link<S: Side, H: Handler> {
     current: std::sync::Mutex<CancellationToken>,
     /// The durable outbound ack watermark, for waiters.
     acked: watch::Sender<u64>,
+    /// The durable inbound watermark (last handled id), for waiters.
+    handled: watch::Sender<u64>,
     /// The highest outbound id this process has sent, to tell first sends
     /// from redeliveries in the metrics.
     max_sent: AtomicU64,
@@ -474,6 +476,7 @@ impl<S: Side, H: Handler> Link<S, H> {
         drop(conn);
         Ok(Arc::new(Self {
             acked: watch::Sender::new(counters.acked_out),
+            handled: watch::Sender::new(counters.last_handled_in),
             max_sent: AtomicU64::new(counters.acked_out),
             peer_max_frame: AtomicU64::new(0),
             boot: format!("{:016x}", rand::random::<u64>()),
@@ -581,6 +584,12 @@ impl<S: Side, H: Handler> Link<S, H> {
     /// changes as acknowledgements are committed.
     pub fn acked(&self) -> watch::Receiver<u64> {
         self.acked.subscribe()
+    }
+
+    /// The highest inbound id whose effects are committed; changes after
+    /// each committed batch (what a task acting on those effects waits for).
+    pub fn handled(&self) -> watch::Receiver<u64> {
+        self.handled.subscribe()
     }
 
     /// The handler.
@@ -1849,6 +1858,7 @@ impl<S: Side, H: Handler> Link<S, H> {
         )
         .await?;
         tx.commit().await?;
+        self.handled.send_replace(to);
         metrics::counter!(service::metrics::LINK_HANDLED, "link" => self.link_id.clone())
             .increment(handled.len() as u64);
         metrics::counter!(service::metrics::LINK_QUARANTINED, "link" => self.link_id.clone())

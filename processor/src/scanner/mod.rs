@@ -116,6 +116,9 @@ pub struct ScanContext {
     pub health: tonic_health::server::HealthReporter,
     /// Coordination windows and payout completion are handled per block.
     pub scheduler: crate::scheduler::SchedulerConfig,
+    /// Notified after each commit of finalized blocks (a window may have
+    /// opened), so what acts on them need not poll.
+    pub finalized: Arc<tokio::sync::Notify>,
 }
 
 /// The grpc.health.v1 service name that says whether scanning runs.
@@ -540,6 +543,7 @@ pub async fn ingest(
     }
     tx.commit().await?;
     context.outbox.wake();
+    context.finalized.notify_one();
     Ok(stored)
 }
 

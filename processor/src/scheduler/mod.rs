@@ -399,11 +399,14 @@ impl From<HandleError> for PassError {
 }
 
 /// Plans for windows this processor leads, checks proposals from other
-/// leaders, and publishes signed transactions, until `shutdown`.
+/// leaders, and publishes signed transactions, until `shutdown`. A pass
+/// runs when `wake` is notified (a window opened, a relayed proposal or a
+/// signature committed), and at least every half second regardless.
 pub async fn run(
     pool: PgPool,
     daemon: Arc<Daemon>,
     context: SchedulerContext,
+    wake: Arc<tokio::sync::Notify>,
     shutdown: CancellationToken,
 ) {
     let mut published: std::collections::HashMap<Vec<u8>, Instant> = Default::default();
@@ -420,6 +423,7 @@ pub async fn run(
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
+            () = wake.notified() => {}
             () = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }
@@ -483,8 +487,7 @@ async fn pass(
                 metrics::counter!(crate::metrics::PAYOUTS_PUBLISHED).increment(1);
                 if let Some(since_open) = db::mark_published(pool, &plan_id).await? {
                     if let Some(seconds) = since_open {
-                        metrics::histogram!(crate::metrics::PAYOUT_PUBLISH_SECONDS)
-                            .record(seconds);
+                        metrics::histogram!(crate::metrics::PAYOUT_PUBLISH_SECONDS).record(seconds);
                     }
                     info!(
                         plan = %hex::encode(&plan_id),

@@ -84,6 +84,23 @@ impl Monerod {
         .await;
     }
 
+    /// A regtest monerod on the chain already in `dir/monerod` (a saved
+    /// fixture), kept rather than deleted at start.
+    pub async fn start_keeping(dir: &Path) -> Self {
+        let rpc = free_port();
+        let p2p = std::iter::repeat_with(free_port)
+            .find(|&p| p != rpc)
+            .expect("an endless iterator");
+        let mut monerod = Self {
+            proc: None,
+            url: format!("http://127.0.0.1:{rpc}"),
+            ports: (rpc, p2p),
+            dir: dir.to_path_buf(),
+        };
+        monerod.launch(true).await;
+        monerod
+    }
+
     /// Stops the daemon (SIGTERM, so its chain is saved).
     pub fn stop(&mut self) {
         if let Some(mut proc) = self.proc.take() {
