@@ -86,18 +86,26 @@ pub async fn ensure_link(
     Ok(())
 }
 
+/// A `link_state` row as [`counters`] reads it.
+#[derive(sqlx::FromRow)]
+struct CountersRecord {
+    last_handled_in: i64,
+    last_enqueued_out: i64,
+    acked_out: i64,
+}
+
 /// Reads a link's watermarks.
 pub async fn counters(conn: &mut PgConnection, link_id: &str) -> Result<LinkCounters, sqlx::Error> {
-    let row = sqlx::query(
+    let row = sqlx::query_as::<_, CountersRecord>(
         "SELECT last_handled_in, last_enqueued_out, acked_out FROM link_state WHERE link_id = $1",
     )
     .bind(link_id)
     .fetch_optional(conn)
     .await?;
     Ok(row.map_or_else(LinkCounters::default, |r| LinkCounters {
-        last_handled_in: to_u64(r.get(0)),
-        last_enqueued_out: to_u64(r.get(1)),
-        acked_out: to_u64(r.get(2)),
+        last_handled_in: to_u64(r.last_handled_in),
+        last_enqueued_out: to_u64(r.last_enqueued_out),
+        acked_out: to_u64(r.acked_out),
     }))
 }
 
@@ -185,6 +193,15 @@ pub async fn enqueue(
     Ok(ids)
 }
 
+/// A `send_log` row as [`fetch_outbound`] reads it.
+#[derive(sqlx::FromRow)]
+struct OutRecord {
+    id: i64,
+    uid: String,
+    payload: Vec<u8>,
+    traceparent: String,
+}
+
 /// Reads up to `limit` outbound rows starting at id `from`, in id order,
 /// stopping once `max_bytes` of payload are read (always at least one row).
 pub async fn fetch_outbound(
@@ -194,7 +211,7 @@ pub async fn fetch_outbound(
     limit: u64,
     max_bytes: usize,
 ) -> Result<Vec<OutRow>, sqlx::Error> {
-    let rows = sqlx::query(
+    let rows = sqlx::query_as::<_, OutRecord>(
         "SELECT id, uid, payload, traceparent FROM (
              SELECT id, uid, payload, traceparent,
                     sum(length(payload)) OVER (ORDER BY id) - length(payload) AS before
@@ -210,10 +227,10 @@ pub async fn fetch_outbound(
     Ok(rows
         .into_iter()
         .map(|r| OutRow {
-            id: to_u64(r.get(0)),
-            uid: r.get(1),
-            payload: r.get(2),
-            traceparent: r.get(3),
+            id: to_u64(r.id),
+            uid: r.uid,
+            payload: r.payload,
+            traceparent: r.traceparent,
         })
         .collect())
 }
@@ -437,6 +454,18 @@ pub struct SendLogView {
     pub created_unix_ms: i64,
 }
 
+/// A `send_log` row, with its link's acknowledgement, as [`list_send_log`]
+/// reads it.
+#[derive(sqlx::FromRow)]
+struct SendLogRecord {
+    id: i64,
+    uid: String,
+    kind: String,
+    size: i32,
+    acked: bool,
+    created_unix_ms: i64,
+}
+
 /// Lists send-log rows after `after` (admin API).
 pub async fn list_send_log(
     pool: &PgPool,
@@ -444,9 +473,9 @@ pub async fn list_send_log(
     after: u64,
     limit: u32,
 ) -> Result<Vec<SendLogView>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT s.id, s.uid, s.kind, length(s.payload), s.id <= l.acked_out,
-                (extract(epoch from s.created_at) * 1000)::bigint
+    let rows = sqlx::query_as::<_, SendLogRecord>(
+        "SELECT s.id, s.uid, s.kind, length(s.payload) AS size, s.id <= l.acked_out AS acked,
+                (extract(epoch from s.created_at) * 1000)::bigint AS created_unix_ms
          FROM send_log s JOIN link_state l USING (link_id)
          WHERE s.link_id = $1 AND s.id > $2 ORDER BY s.id LIMIT $3",
     )
@@ -458,12 +487,12 @@ pub async fn list_send_log(
     Ok(rows
         .into_iter()
         .map(|r| SendLogView {
-            id: to_u64(r.get(0)),
-            uid: r.get(1),
-            kind: r.get(2),
-            size: u32::try_from(r.get::<i32, _>(3)).unwrap_or(0),
-            acked: r.get(4),
-            created_unix_ms: r.get(5),
+            id: to_u64(r.id),
+            uid: r.uid,
+            kind: r.kind,
+            size: u32::try_from(r.size).unwrap_or(0),
+            acked: r.acked,
+            created_unix_ms: r.created_unix_ms,
         })
         .collect())
 }
@@ -483,6 +512,16 @@ pub struct InboxView {
     pub handled_unix_ms: i64,
 }
 
+/// An `inbox` row as [`list_inbox`] reads it.
+#[derive(sqlx::FromRow)]
+struct InboxRecord {
+    id: i64,
+    uid: String,
+    kind: String,
+    size: i32,
+    handled_unix_ms: i64,
+}
+
 /// Lists inbox rows after `after` (admin API).
 pub async fn list_inbox(
     pool: &PgPool,
@@ -490,8 +529,9 @@ pub async fn list_inbox(
     after: u64,
     limit: u32,
 ) -> Result<Vec<InboxView>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT id, uid, kind, length(payload), (extract(epoch from handled_at) * 1000)::bigint
+    let rows = sqlx::query_as::<_, InboxRecord>(
+        "SELECT id, uid, kind, length(payload) AS size,
+                (extract(epoch from handled_at) * 1000)::bigint AS handled_unix_ms
          FROM inbox WHERE link_id = $1 AND id > $2 ORDER BY id LIMIT $3",
     )
     .bind(link_id)
@@ -502,11 +542,11 @@ pub async fn list_inbox(
     Ok(rows
         .into_iter()
         .map(|r| InboxView {
-            id: to_u64(r.get(0)),
-            uid: r.get(1),
-            kind: r.get(2),
-            size: u32::try_from(r.get::<i32, _>(3)).unwrap_or(0),
-            handled_unix_ms: r.get(4),
+            id: to_u64(r.id),
+            uid: r.uid,
+            kind: r.kind,
+            size: u32::try_from(r.size).unwrap_or(0),
+            handled_unix_ms: r.handled_unix_ms,
         })
         .collect())
 }

@@ -6,7 +6,7 @@ use proto::processor_v1::{
     Batch, BatchProposal, Fault, InInstruction, ProcessorMessage, SignId, SignKind,
     processor_message::Kind,
 };
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool};
 
 use crate::keystore::Keystore;
 use crate::link::{self, HandleError, OutMessage};
@@ -150,27 +150,44 @@ pub struct StoredBatch {
     pub block_height: u64,
 }
 
+/// A `batches` row as [`lock`] and [`list`] read it.
+#[derive(sqlx::FromRow)]
+struct BatchRecord {
+    id: i64,
+    session: i64,
+    encoded: Vec<u8>,
+    status: String,
+    signature: Option<Vec<u8>>,
+    block_height: i64,
+}
+
+impl From<BatchRecord> for StoredBatch {
+    fn from(r: BatchRecord) -> Self {
+        StoredBatch {
+            id: to_u64(r.id),
+            session: to_u64(r.session),
+            encoded: r.encoded,
+            status: r.status,
+            signature: r.signature,
+            block_height: to_u64(r.block_height),
+        }
+    }
+}
+
 /// Loads (and locks) a batch.
 pub async fn lock(conn: &mut PgConnection, id: u64) -> Result<Option<StoredBatch>, sqlx::Error> {
-    let row = sqlx::query(
+    let row = sqlx::query_as::<_, BatchRecord>(
         "SELECT id, session, encoded, status, signature, block_height FROM batches WHERE id = $1 FOR NO KEY UPDATE",
     )
     .bind(to_i64(id))
     .fetch_optional(conn)
     .await?;
-    Ok(row.map(|r| StoredBatch {
-        id: to_u64(r.get(0)),
-        session: to_u64(r.get(1)),
-        encoded: r.get(2),
-        status: r.get(3),
-        signature: r.get(4),
-        block_height: to_u64(r.get(5)),
-    }))
+    Ok(row.map(StoredBatch::from))
 }
 
 /// Every batch, newest last (admin API).
 pub async fn list(pool: &PgPool, after: u64, limit: u32) -> Result<Vec<StoredBatch>, sqlx::Error> {
-    let rows = sqlx::query(
+    let rows = sqlx::query_as::<_, BatchRecord>(
         "SELECT id, session, encoded, status, signature, block_height FROM batches
          WHERE id >= $1 ORDER BY id LIMIT $2",
     )
@@ -178,17 +195,7 @@ pub async fn list(pool: &PgPool, after: u64, limit: u32) -> Result<Vec<StoredBat
     .bind(i64::from(limit))
     .fetch_all(pool)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| StoredBatch {
-            id: to_u64(r.get(0)),
-            session: to_u64(r.get(1)),
-            encoded: r.get(2),
-            status: r.get(3),
-            signature: r.get(4),
-            block_height: to_u64(r.get(5)),
-        })
-        .collect())
+    Ok(rows.into_iter().map(StoredBatch::from).collect())
 }
 
 /// Marks batches the settlement chain included: each moves from proposed or

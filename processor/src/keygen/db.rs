@@ -50,55 +50,82 @@ pub struct KeyRow {
 const COLUMNS: &str = "session, attempt, threshold, own_index, participant_keys, status, \
     sealed_round1_secret, sealed_round2_secret, round1_packages, sealed_key_package, \
     public_key_package, group_key, monero_address, failure, blamed, \
-    (extract(epoch from updated_at) * 1000)::bigint, confirmations, window_blocks, activation_height";
+    (extract(epoch from updated_at) * 1000)::bigint AS updated_unix_ms, confirmations, window_blocks, \
+    activation_height";
 
 fn small(v: i32) -> u16 {
     u16::try_from(v).unwrap_or(0)
 }
 
-fn from_row(r: &sqlx::postgres::PgRow) -> KeyRow {
-    KeyRow {
-        session: to_u64(r.get(0)),
-        attempt: u32::try_from(r.get::<i32, _>(1)).unwrap_or(0),
-        threshold: small(r.get(2)),
-        own_index: small(r.get(3)),
-        participant_keys: r.get(4),
-        status: r.get(5),
-        sealed_round1_secret: r.get(6),
-        sealed_round2_secret: r.get(7),
-        round1_packages: r.get(8),
-        sealed_key_package: r.get(9),
-        public_key_package: r.get(10),
-        group_key: r.get(11),
-        monero_address: r.get(12),
-        failure: r.get(13),
-        blamed: r.get::<Option<i32>, _>(14).map(small),
-        updated_unix_ms: r.get(15),
-        confirmations: r.get::<Option<i64>, _>(16).map(to_u64),
-        window_blocks: r.get::<Option<i64>, _>(17).map(to_u64),
-        activation_height: r.get::<Option<i64>, _>(18).map(to_u64),
+/// A `keys` row as [`COLUMNS`] selects it.
+#[derive(sqlx::FromRow)]
+struct KeyRecord {
+    session: i64,
+    attempt: i32,
+    threshold: i32,
+    own_index: i32,
+    participant_keys: Vec<Vec<u8>>,
+    status: String,
+    sealed_round1_secret: Option<Vec<u8>>,
+    sealed_round2_secret: Option<Vec<u8>>,
+    round1_packages: Option<Vec<Vec<u8>>>,
+    sealed_key_package: Option<Vec<u8>>,
+    public_key_package: Option<Vec<u8>>,
+    group_key: Option<Vec<u8>>,
+    monero_address: Option<String>,
+    failure: Option<String>,
+    blamed: Option<i32>,
+    updated_unix_ms: i64,
+    confirmations: Option<i64>,
+    window_blocks: Option<i64>,
+    activation_height: Option<i64>,
+}
+
+impl From<KeyRecord> for KeyRow {
+    fn from(r: KeyRecord) -> Self {
+        KeyRow {
+            session: to_u64(r.session),
+            attempt: u32::try_from(r.attempt).unwrap_or(0),
+            threshold: small(r.threshold),
+            own_index: small(r.own_index),
+            participant_keys: r.participant_keys,
+            status: r.status,
+            sealed_round1_secret: r.sealed_round1_secret,
+            sealed_round2_secret: r.sealed_round2_secret,
+            round1_packages: r.round1_packages,
+            sealed_key_package: r.sealed_key_package,
+            public_key_package: r.public_key_package,
+            group_key: r.group_key,
+            monero_address: r.monero_address,
+            failure: r.failure,
+            blamed: r.blamed.map(small),
+            updated_unix_ms: r.updated_unix_ms,
+            confirmations: r.confirmations.map(to_u64),
+            window_blocks: r.window_blocks.map(to_u64),
+            activation_height: r.activation_height.map(to_u64),
+        }
     }
 }
 
 /// Loads a key and locks its row for the caller's transaction.
 pub async fn lock(conn: &mut PgConnection, session: u64) -> Result<Option<KeyRow>, sqlx::Error> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+    let row = sqlx::query_as::<_, KeyRecord>(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM keys WHERE session = $1 FOR NO KEY UPDATE"
     )))
     .bind(to_i64(session))
     .fetch_optional(conn)
     .await?;
-    Ok(row.as_ref().map(from_row))
+    Ok(row.map(KeyRow::from))
 }
 
 /// Every key, in session order.
 pub async fn list(pool: &PgPool) -> Result<Vec<KeyRow>, sqlx::Error> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+    let rows = sqlx::query_as::<_, KeyRecord>(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM keys ORDER BY session"
     )))
     .fetch_all(pool)
     .await?;
-    Ok(rows.iter().map(from_row).collect())
+    Ok(rows.into_iter().map(KeyRow::from).collect())
 }
 
 /// The parameters a key fixes for everything derived from the chain.
@@ -265,17 +292,23 @@ pub async fn set_failed(
     Ok(())
 }
 
+/// A `keys` row as [`active`] reads it.
+#[derive(sqlx::FromRow)]
+struct ActiveRecord {
+    session: i64,
+    // Not `Option`: a confirmed key got its group key when it was generated,
+    // so a NULL is a broken row (an error), not "no active key".
+    group_key: Vec<u8>,
+}
+
 /// The active key: the newest confirmed session, with its group key.
 pub async fn active(pool: &PgPool) -> Result<Option<(u64, [u8; 32])>, sqlx::Error> {
-    let row = sqlx::query(
+    let row = sqlx::query_as::<_, ActiveRecord>(
         "SELECT session, group_key FROM keys WHERE status = 'confirmed' ORDER BY session DESC LIMIT 1",
     )
     .fetch_optional(pool)
     .await?;
-    Ok(row.and_then(|r| {
-        let key: Vec<u8> = r.get(1);
-        Some((to_u64(r.get(0)), key.try_into().ok()?))
-    }))
+    Ok(row.and_then(|r| Some((to_u64(r.session), r.group_key.try_into().ok()?))))
 }
 
 /// What the scheduler needs of a confirmed key: our index, n and t.

@@ -1,13 +1,20 @@
 //! The `identity` table: the processor's X25519 identity key, sealed.
 
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
+
+/// The `identity` row as [`identity`] reads it.
+#[derive(sqlx::FromRow)]
+struct IdentityRecord {
+    public_key: Vec<u8>,
+    sealed_secret: Vec<u8>,
+}
 
 /// The stored identity: public key and sealed secret.
 pub async fn identity(pool: &PgPool) -> Result<Option<(Vec<u8>, Vec<u8>)>, sqlx::Error> {
-    let row = sqlx::query("SELECT public_key, sealed_secret FROM identity")
+    let row = sqlx::query_as::<_, IdentityRecord>("SELECT public_key, sealed_secret FROM identity")
         .fetch_optional(pool)
         .await?;
-    Ok(row.map(|r| (r.get(0), r.get(1))))
+    Ok(row.map(|r| (r.public_key, r.sealed_secret)))
 }
 
 /// Stores a new identity (on a pool, or in the caller's transaction: a

@@ -4,12 +4,19 @@ use sqlx::{PgConnection, PgPool, Row};
 
 use service::db::{to_i64, to_u64};
 
+/// The `scan_cursor` row as [`cursor`] reads it.
+#[derive(sqlx::FromRow)]
+struct CursorRecord {
+    next_height: i64,
+    halted: Option<String>,
+}
+
 /// The cursor: next block to scan, and why scanning halted (if it did).
 pub async fn cursor(pool: &PgPool) -> Result<Option<(u64, Option<String>)>, sqlx::Error> {
-    let row = sqlx::query("SELECT next_height, halted FROM scan_cursor")
+    let row = sqlx::query_as::<_, CursorRecord>("SELECT next_height, halted FROM scan_cursor")
         .fetch_optional(pool)
         .await?;
-    Ok(row.map(|r| (to_u64(r.get(0)), r.get(1))))
+    Ok(row.map(|r| (to_u64(r.next_height), r.halted)))
 }
 
 /// The hash stored for a finalized block.

@@ -1,7 +1,7 @@
 //! The `windows`, `plans` and `faults` tables, and the scheduler's view of
 //! `burns` and `outputs`.
 
-use sqlx::{PgConnection, PgExecutor, PgPool, Row};
+use sqlx::{PgConnection, PgExecutor, PgPool};
 
 use crate::amount::{Amount, AmountError};
 use service::db::{to_i64, to_u64};
@@ -25,23 +25,41 @@ fn u16_of(v: i32) -> u16 {
     u16::try_from(v).unwrap_or(0)
 }
 
+/// A `keys` row as [`active_key`] reads it.
+#[derive(sqlx::FromRow)]
+struct ActiveKeyRecord {
+    session: i64,
+    group_key: Option<Vec<u8>>,
+    own_index: i32,
+    n: i32,
+    threshold: i32,
+}
+
 /// The newest confirmed key.
 pub async fn active_key(conn: impl PgExecutor<'_>) -> Result<Option<ActiveKey>, sqlx::Error> {
-    let row = sqlx::query(
-        "SELECT session, group_key, own_index, cardinality(participant_keys), threshold FROM keys
+    let row = sqlx::query_as::<_, ActiveKeyRecord>(
+        "SELECT session, group_key, own_index, cardinality(participant_keys) AS n, threshold FROM keys
          WHERE status = 'confirmed' ORDER BY session DESC LIMIT 1",
     )
     .fetch_optional(conn)
     .await?;
     Ok(row.and_then(|r| {
         Some(ActiveKey {
-            session: to_u64(r.get(0)),
-            group_key: r.get::<Option<Vec<u8>>, _>(1)?.try_into().ok()?,
-            own_index: u16_of(r.get(2)),
-            n: u16_of(r.get(3)),
-            threshold: u16_of(r.get(4)),
+            session: to_u64(r.session),
+            group_key: r.group_key?.try_into().ok()?,
+            own_index: u16_of(r.own_index),
+            n: u16_of(r.n),
+            threshold: u16_of(r.threshold),
         })
     }))
+}
+
+/// A `burns` row as [`received_burns`] and [`queued_burns`] read it.
+#[derive(sqlx::FromRow)]
+struct BurnRecord {
+    burn_id: String,
+    monero_address: String,
+    amount: i64,
 }
 
 /// Burns of a block not yet validated: (id, address, amount).
@@ -49,7 +67,7 @@ pub async fn received_burns(
     conn: &mut PgConnection,
     block: u64,
 ) -> Result<Vec<(String, String, u64)>, sqlx::Error> {
-    let rows = sqlx::query(
+    let rows = sqlx::query_as::<_, BurnRecord>(
         "SELECT burn_id, monero_address, amount FROM burns
          WHERE block_number = $1 AND status = 'received' ORDER BY seq",
     )
@@ -58,7 +76,7 @@ pub async fn received_burns(
     .await?;
     Ok(rows
         .into_iter()
-        .map(|r| (r.get(0), r.get(1), to_u64(r.get(2))))
+        .map(|r| (r.burn_id, r.monero_address, to_u64(r.amount)))
         .collect())
 }
 
@@ -78,16 +96,26 @@ pub async fn set_burn_status(
     Ok(())
 }
 
+/// A `burns` row as [`burn`] reads it.
+#[derive(sqlx::FromRow)]
+struct BurnStatusRecord {
+    monero_address: String,
+    amount: i64,
+    status: String,
+}
+
 /// A burn: (address, amount, status).
 pub async fn burn(
     conn: &mut PgConnection,
     burn_id: &str,
 ) -> Result<Option<(String, u64, String)>, sqlx::Error> {
-    let row = sqlx::query("SELECT monero_address, amount, status FROM burns WHERE burn_id = $1")
-        .bind(burn_id)
-        .fetch_optional(conn)
-        .await?;
-    Ok(row.map(|r| (r.get(0), to_u64(r.get(1)), r.get(2))))
+    let row = sqlx::query_as::<_, BurnStatusRecord>(
+        "SELECT monero_address, amount, status FROM burns WHERE burn_id = $1",
+    )
+    .bind(burn_id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|r| (r.monero_address, to_u64(r.amount), r.status)))
 }
 
 /// A queued burn.
@@ -103,7 +131,7 @@ pub struct QueuedBurn {
 
 /// Queued burns in arrival order.
 pub async fn queued_burns(pool: &PgPool) -> Result<Vec<QueuedBurn>, sqlx::Error> {
-    let rows = sqlx::query(
+    let rows = sqlx::query_as::<_, BurnRecord>(
         "SELECT burn_id, monero_address, amount FROM burns WHERE status = 'queued' ORDER BY seq",
     )
     .fetch_all(pool)
@@ -111,9 +139,9 @@ pub async fn queued_burns(pool: &PgPool) -> Result<Vec<QueuedBurn>, sqlx::Error>
     Ok(rows
         .into_iter()
         .map(|r| QueuedBurn {
-            burn_id: r.get(0),
-            address: r.get(1),
-            amount: to_u64(r.get(2)),
+            burn_id: r.burn_id,
+            address: r.monero_address,
+            amount: to_u64(r.amount),
         })
         .collect())
 }
@@ -154,16 +182,25 @@ pub async fn insert_window(
     Ok(done.rows_affected() == 1)
 }
 
+/// A `windows` row as [`window`] reads it.
+#[derive(sqlx::FromRow)]
+struct WindowStartRecord {
+    leader: i32,
+    start_height: i64,
+}
+
 /// A window's leader and first block.
 pub async fn window(
     conn: &mut PgConnection,
     window: u64,
 ) -> Result<Option<(u16, u64)>, sqlx::Error> {
-    let row = sqlx::query("SELECT leader, start_height FROM windows WHERE \"window\" = $1")
-        .bind(to_i64(window))
-        .fetch_optional(conn)
-        .await?;
-    Ok(row.map(|r| (u16_of(r.get(0)), to_u64(r.get(1)))))
+    let row = sqlx::query_as::<_, WindowStartRecord>(
+        "SELECT leader, start_height FROM windows WHERE \"window\" = $1",
+    )
+    .bind(to_i64(window))
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|r| (u16_of(r.leader), to_u64(r.start_height))))
 }
 
 /// Windows this processor leads and has yet to plan for, oldest first.
@@ -224,6 +261,15 @@ pub struct Spendable {
 /// (CRYPTONOTE_DEFAULT_TX_SPENDABLE_AGE).
 pub const SPENDABLE_AGE: i64 = 10;
 
+/// An `outputs` row as [`spendable_outputs`] reads it.
+#[derive(sqlx::FromRow)]
+struct SpendableRecord {
+    tx_hash: Vec<u8>,
+    index_in_tx: i64,
+    amount: i64,
+    wallet_output: Vec<u8>,
+}
+
 /// Included, unlocked, unreserved outputs of a key, at least
 /// [`SPENDABLE_AGE`] blocks below `as_of` (a window's first block): the
 /// leader and every follower judge a window's inputs by the same finalized
@@ -233,7 +279,7 @@ pub async fn spendable_outputs(
     session: u64,
     as_of: u64,
 ) -> Result<Vec<Spendable>, sqlx::Error> {
-    let rows = sqlx::query(
+    let rows = sqlx::query_as::<_, SpendableRecord>(
         "SELECT tx_hash, index_in_tx, amount, wallet_output FROM outputs
          WHERE session = $1 AND status = 'included'
            -- A timelocked output becomes included only once a finalized
@@ -249,12 +295,20 @@ pub async fn spendable_outputs(
     Ok(rows
         .into_iter()
         .map(|r| Spendable {
-            tx_hash: r.get(0),
-            index_in_tx: r.get(1),
-            amount: to_u64(r.get(2)),
-            wallet_output: r.get(3),
+            tx_hash: r.tx_hash,
+            index_in_tx: r.index_in_tx,
+            amount: to_u64(r.amount),
+            wallet_output: r.wallet_output,
         })
         .collect())
+}
+
+/// An `outputs` row as [`unspent_outputs`] reads it.
+#[derive(sqlx::FromRow)]
+struct UnspentRecord {
+    tx_hash: Vec<u8>,
+    index_in_tx: i64,
+    wallet_output: Vec<u8>,
 }
 
 /// Outputs not yet spent: (tx hash, index, wallet output).
@@ -262,7 +316,7 @@ pub async fn unspent_outputs(
     conn: &mut PgConnection,
     session: u64,
 ) -> Result<Vec<(Vec<u8>, i64, Vec<u8>)>, sqlx::Error> {
-    let rows = sqlx::query(
+    let rows = sqlx::query_as::<_, UnspentRecord>(
         "SELECT tx_hash, index_in_tx, wallet_output FROM outputs
          WHERE session = $1 AND status IN ('received', 'included', 'reserved')",
     )
@@ -271,7 +325,7 @@ pub async fn unspent_outputs(
     .await?;
     Ok(rows
         .into_iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .map(|r| (r.tx_hash, r.index_in_tx, r.wallet_output))
         .collect())
 }
 
@@ -408,12 +462,26 @@ pub struct StoredPlan {
     pub relay_horizon: Option<u64>,
 }
 
+/// A `plans` row as [`lock_plan`] reads it.
+#[derive(sqlx::FromRow)]
+struct PlanRecord {
+    plan_id: Vec<u8>,
+    session: i64,
+    window: i64,
+    leader: i32,
+    signable: Vec<u8>,
+    burn_ids: Vec<String>,
+    status: String,
+    reason: Option<String>,
+    relay_horizon: Option<i64>,
+}
+
 /// Loads and locks a plan.
 pub async fn lock_plan(
     conn: &mut PgConnection,
     plan_id: &[u8],
 ) -> Result<Option<StoredPlan>, sqlx::Error> {
-    let row = sqlx::query(
+    let row = sqlx::query_as::<_, PlanRecord>(
         "SELECT plan_id, session, \"window\", leader, signable, burn_ids, status, reason, relay_horizon
          FROM plans WHERE plan_id = $1 FOR NO KEY UPDATE",
     )
@@ -421,15 +489,15 @@ pub async fn lock_plan(
     .fetch_optional(conn)
     .await?;
     Ok(row.map(|r| StoredPlan {
-        plan_id: r.get(0),
-        session: to_u64(r.get(1)),
-        window: to_u64(r.get(2)),
-        leader: u16_of(r.get(3)),
-        signable: r.get(4),
-        burn_ids: r.get(5),
-        status: r.get(6),
-        reason: r.get(7),
-        relay_horizon: r.get::<Option<i64>, _>(8).map(to_u64),
+        plan_id: r.plan_id,
+        session: to_u64(r.session),
+        window: to_u64(r.window),
+        leader: u16_of(r.leader),
+        signable: r.signable,
+        burn_ids: r.burn_ids,
+        status: r.status,
+        reason: r.reason,
+        relay_horizon: r.relay_horizon.map(to_u64),
     }))
 }
 
@@ -470,18 +538,25 @@ pub async fn set_signed(
     Ok(())
 }
 
+/// A `plans` row as [`signed_transactions`] reads it.
+#[derive(sqlx::FromRow)]
+struct SignedTxRecord {
+    plan_id: Vec<u8>,
+    tx: Vec<u8>,
+}
+
 /// Plans with a signed transaction to publish: (plan id, transaction).
 pub async fn signed_transactions(
     pool: &PgPool,
     session: u64,
 ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, sqlx::Error> {
-    let rows = sqlx::query(
+    let rows = sqlx::query_as::<_, SignedTxRecord>(
         "SELECT plan_id, tx FROM plans WHERE session = $1 AND status IN ('signed', 'published') AND tx IS NOT NULL",
     )
     .bind(to_i64(session))
     .fetch_all(pool)
     .await?;
-    Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    Ok(rows.into_iter().map(|r| (r.plan_id, r.tx)).collect())
 }
 
 /// `signed` -> `published`. `None` if it already was; else the seconds
@@ -503,6 +578,13 @@ pub async fn mark_published(
     Ok(row.map(|(seconds,)| seconds))
 }
 
+/// A `plans` row as [`open_plans`] reads it.
+#[derive(sqlx::FromRow)]
+struct OpenPlanRecord {
+    signable: Vec<u8>,
+    plan_id: Vec<u8>,
+}
+
 /// Plans not completed: (signable, plan id), for matching on chain, in
 /// relay order (the coordinator's, the same on every processor). Plans
 /// with the same transaction all match it and the first completes, so the
@@ -512,7 +594,7 @@ pub async fn open_plans(
     conn: &mut PgConnection,
     session: u64,
 ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, sqlx::Error> {
-    let rows = sqlx::query(
+    let rows = sqlx::query_as::<_, OpenPlanRecord>(
         "SELECT signable, plan_id FROM plans WHERE session = $1
          AND status NOT IN ('completed', 'superseded')
          ORDER BY relay_order NULLS LAST, plan_id",
@@ -520,7 +602,7 @@ pub async fn open_plans(
     .bind(to_i64(session))
     .fetch_all(conn)
     .await?;
-    Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    Ok(rows.into_iter().map(|r| (r.signable, r.plan_id)).collect())
 }
 
 /// Whether any plan of a key is being signed or published.
@@ -717,22 +799,67 @@ pub struct PlanView {
     pub completed_height: u64,
 }
 
+/// A `burns` row as [`schedule`] reads it.
+#[derive(sqlx::FromRow)]
+struct BurnViewRecord {
+    burn_id: String,
+    monero_address: String,
+    amount: i64,
+    status: String,
+    plan_id: Option<Vec<u8>>,
+    reason: Option<String>,
+}
+
+/// A `plans` row, with its input count, as [`schedule`] reads it.
+#[derive(sqlx::FromRow)]
+struct PlanViewRecord {
+    plan_id: Vec<u8>,
+    window: i64,
+    leader: i32,
+    status: String,
+    burn_ids: Vec<String>,
+    inputs: i64,
+    tx_hash: Option<Vec<u8>>,
+    fee: i64,
+    reason: Option<String>,
+    completed_height: i64,
+}
+
+/// A `windows` row as [`schedule`] reads it.
+#[derive(sqlx::FromRow)]
+struct WindowViewRecord {
+    window: i64,
+    start_height: i64,
+    leader: i32,
+    outcome: String,
+    plan_id: Option<Vec<u8>>,
+}
+
 /// The schedule, newest first.
 pub async fn schedule(pool: &PgPool, limit: u32) -> Result<ScheduleView, ScheduleError> {
     let limit = i64::from(limit);
-    let burns = sqlx::query(
+    let burns = sqlx::query_as::<_, BurnViewRecord>(
         "SELECT burn_id, monero_address, amount, status, plan_id, reason FROM burns ORDER BY seq DESC LIMIT $1",
     )
     .bind(limit)
     .fetch_all(pool)
     .await?
     .into_iter()
-    .map(|r| (r.get(0), r.get(1), to_u64(r.get(2)), r.get(3), r.get(4), r.get(5)))
+    .map(|r| {
+        (
+            r.burn_id,
+            r.monero_address,
+            to_u64(r.amount),
+            r.status,
+            r.plan_id,
+            r.reason,
+        )
+    })
     .collect();
-    let plans = sqlx::query(
+    let plans = sqlx::query_as::<_, PlanViewRecord>(
         "SELECT p.plan_id, p.\"window\", p.leader, p.status, p.burn_ids,
-                (SELECT count(*) FROM outputs o WHERE o.plan_id = p.plan_id), p.tx_hash,
-                COALESCE(p.fee, 0), p.reason, COALESCE(p.completed_height, 0)
+                (SELECT count(*) FROM outputs o WHERE o.plan_id = p.plan_id) AS inputs, p.tx_hash,
+                COALESCE(p.fee, 0) AS fee, p.reason, COALESCE(p.completed_height, 0) AS completed_height
          FROM plans p ORDER BY p.created_at DESC LIMIT $1",
     )
     .bind(limit)
@@ -740,26 +867,34 @@ pub async fn schedule(pool: &PgPool, limit: u32) -> Result<ScheduleView, Schedul
     .await?
     .into_iter()
     .map(|r| PlanView {
-        plan_id: r.get(0),
-        window: to_u64(r.get(1)),
-        leader: u16_of(r.get(2)),
-        status: r.get(3),
-        burn_ids: r.get(4),
-        inputs: u32::try_from(r.get::<i64, _>(5)).unwrap_or(0),
-        tx_hash: r.get(6),
-        fee: to_u64(r.get(7)),
-        reason: r.get(8),
-        completed_height: to_u64(r.get(9)),
+        plan_id: r.plan_id,
+        window: to_u64(r.window),
+        leader: u16_of(r.leader),
+        status: r.status,
+        burn_ids: r.burn_ids,
+        inputs: u32::try_from(r.inputs).unwrap_or(0),
+        tx_hash: r.tx_hash,
+        fee: to_u64(r.fee),
+        reason: r.reason,
+        completed_height: to_u64(r.completed_height),
     })
     .collect();
-    let windows = sqlx::query(
+    let windows = sqlx::query_as::<_, WindowViewRecord>(
         "SELECT \"window\", start_height, leader, outcome, plan_id FROM windows ORDER BY \"window\" DESC LIMIT $1",
     )
     .bind(limit)
     .fetch_all(pool)
     .await?
     .into_iter()
-    .map(|r| (to_u64(r.get(0)), to_u64(r.get(1)), u16_of(r.get(2)), r.get(3), r.get(4)))
+    .map(|r| {
+        (
+            to_u64(r.window),
+            to_u64(r.start_height),
+            u16_of(r.leader),
+            r.outcome,
+            r.plan_id,
+        )
+    })
     .collect();
     Ok(ScheduleView {
         burns,
@@ -826,6 +961,13 @@ pub enum Expiry {
     Abandoned,
 }
 
+/// A `plans` row as [`expire_plans`] returns it.
+#[derive(sqlx::FromRow)]
+struct ExpiredPlanRecord {
+    plan_id: Vec<u8>,
+    status: String,
+}
+
 /// Ends the plans of `session` for windows up to `last_window` that are
 /// neither final nor closed: in the scanner's transaction for the finalized
 /// block whose height ends their lifetime, so every processor ends them at
@@ -836,7 +978,7 @@ pub async fn expire_plans(
     last_window: u64,
     height: u64,
 ) -> Result<Vec<(Vec<u8>, Expiry)>, sqlx::Error> {
-    let rows = sqlx::query(
+    let rows = sqlx::query_as::<_, ExpiredPlanRecord>(
         "UPDATE plans SET
            status = CASE WHEN status IN ('signing', 'signed', 'published') THEN 'abandoned' ELSE 'expired' END,
            reason = 'no finalized block up to ' || $3::text || ' holds its transaction',
@@ -851,9 +993,7 @@ pub async fn expire_plans(
     .fetch_all(&mut *conn)
     .await?;
     let mut ended = Vec::with_capacity(rows.len());
-    for r in rows {
-        let plan_id: Vec<u8> = r.get(0);
-        let status: String = r.get(1);
+    for ExpiredPlanRecord { plan_id, status } in rows {
         let how = if status == "abandoned" {
             release_reservations(conn, &plan_id).await?;
             Expiry::Abandoned
@@ -892,13 +1032,23 @@ pub struct OwnOutput {
     pub wallet_output: Vec<u8>,
 }
 
+/// An `outputs` row as [`own_output`] reads it.
+#[derive(sqlx::FromRow)]
+struct OwnOutputRecord {
+    tx_hash: Vec<u8>,
+    index_in_tx: i64,
+    status: String,
+    block_height: i64,
+    wallet_output: Vec<u8>,
+}
+
 /// The credited output of `session` with this one-time key, if any.
 pub async fn own_output(
     conn: &mut PgConnection,
     session: u64,
     output_key: &[u8; 32],
 ) -> Result<Option<OwnOutput>, sqlx::Error> {
-    let row = sqlx::query(
+    let row = sqlx::query_as::<_, OwnOutputRecord>(
         "SELECT tx_hash, index_in_tx, status, block_height, wallet_output FROM outputs
          WHERE session = $1 AND output_key = $2 AND status <> 'duplicate'",
     )
@@ -907,12 +1057,20 @@ pub async fn own_output(
     .fetch_optional(conn)
     .await?;
     Ok(row.map(|r| OwnOutput {
-        tx_hash: r.get(0),
-        index_in_tx: r.get(1),
-        status: r.get(2),
-        block_height: to_u64(r.get(3)),
-        wallet_output: r.get(4),
+        tx_hash: r.tx_hash,
+        index_in_tx: r.index_in_tx,
+        status: r.status,
+        block_height: to_u64(r.block_height),
+        wallet_output: r.wallet_output,
     }))
+}
+
+/// A `plans` row as [`abandoned_plans_naming`] reads it.
+#[derive(sqlx::FromRow)]
+struct AbandonedPlanRecord {
+    plan_id: Vec<u8>,
+    signable: Vec<u8>,
+    tx: Option<Vec<u8>>,
 }
 
 /// Abandoned plans of `session` naming any of `burn_ids`: (plan id,
@@ -922,7 +1080,7 @@ pub async fn abandoned_plans_naming(
     session: u64,
     burn_ids: &[String],
 ) -> Result<Vec<(Vec<u8>, Vec<u8>, Option<Vec<u8>>)>, sqlx::Error> {
-    let rows = sqlx::query(
+    let rows = sqlx::query_as::<_, AbandonedPlanRecord>(
         "SELECT plan_id, signable, tx FROM plans
          WHERE session = $1 AND status = 'abandoned' AND burn_ids && $2::text[]
          ORDER BY created_at, plan_id",
@@ -933,7 +1091,7 @@ pub async fn abandoned_plans_naming(
     .await?;
     Ok(rows
         .into_iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .map(|r| (r.plan_id, r.signable, r.tx))
         .collect())
 }
 

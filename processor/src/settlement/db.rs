@@ -1,7 +1,7 @@
 //! The `settlement_blocks` and `burns` tables.
 
 use proto::processor_v1::{Burn, SettlementBlock};
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool};
 
 use service::db::{to_i64, to_u64};
 
@@ -86,12 +86,21 @@ pub struct BlockView {
     pub received_unix_ms: i64,
 }
 
+/// A `settlement_blocks` row, with its burn count, as [`list`] reads it.
+#[derive(sqlx::FromRow)]
+struct BlockRecord {
+    number: i64,
+    included_batch_ids: Vec<i64>,
+    burns: i64,
+    received_unix_ms: i64,
+}
+
 /// Lists blocks with a number of at least `from` (admin API).
 pub async fn list(pool: &PgPool, from: u64, limit: u32) -> Result<Vec<BlockView>, sqlx::Error> {
-    let rows = sqlx::query(
+    let rows = sqlx::query_as::<_, BlockRecord>(
         "SELECT b.number, b.included_batch_ids,
-                (SELECT count(*) FROM burns WHERE block_number = b.number),
-                (extract(epoch from b.received_at) * 1000)::bigint
+                (SELECT count(*) FROM burns WHERE block_number = b.number) AS burns,
+                (extract(epoch from b.received_at) * 1000)::bigint AS received_unix_ms
          FROM settlement_blocks b WHERE b.number >= $1 ORDER BY b.number LIMIT $2",
     )
     .bind(to_i64(from))
@@ -101,10 +110,10 @@ pub async fn list(pool: &PgPool, from: u64, limit: u32) -> Result<Vec<BlockView>
     Ok(rows
         .into_iter()
         .map(|r| BlockView {
-            number: to_u64(r.get(0)),
-            included_batch_ids: r.get::<Vec<i64>, _>(1).into_iter().map(to_u64).collect(),
-            burns: u32::try_from(r.get::<i64, _>(2)).unwrap_or(u32::MAX),
-            received_unix_ms: r.get(3),
+            number: to_u64(r.number),
+            included_batch_ids: r.included_batch_ids.into_iter().map(to_u64).collect(),
+            burns: u32::try_from(r.burns).unwrap_or(u32::MAX),
+            received_unix_ms: r.received_unix_ms,
         })
         .collect())
 }

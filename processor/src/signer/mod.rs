@@ -14,7 +14,7 @@ use proto::processor_v1::{
     BatchSigned, Fault, ProcessorMessage, SignBlame, SignId, SignKind, SignPreprocess,
     SignPreprocesses, SignReattempt, SignShare, SignShares, processor_message::Kind,
 };
-use sqlx::{PgConnection, Row};
+use sqlx::PgConnection;
 use tracing::{info, warn};
 
 use crate::batch;
@@ -61,12 +61,20 @@ fn out(uid: String, kind: &'static str, message: Kind) -> OutMessage {
     }
 }
 
+/// A confirmed `keys` row as [`key`] reads it.
+#[derive(sqlx::FromRow)]
+struct KeyRecord {
+    own_index: i32,
+    sealed_key_package: Option<Vec<u8>>,
+    public_key_package: Option<Vec<u8>>,
+}
+
 /// The session's key as stored: our index, sealed key package, public package.
 async fn key(
     conn: &mut PgConnection,
     session: u64,
 ) -> Result<(u16, Vec<u8>, Vec<u8>), HandleError> {
-    let row = sqlx::query(
+    let row = sqlx::query_as::<_, KeyRecord>(
         "SELECT own_index, sealed_key_package, public_key_package FROM keys
          WHERE session = $1 AND status = 'confirmed'",
     )
@@ -75,9 +83,9 @@ async fn key(
     .await?
     .ok_or_else(|| HandleError::Rejected(format!("no confirmed key for session {session}")))?;
     Ok((
-        u16::try_from(row.get::<i32, _>(0)).unwrap_or(0),
-        row.get::<Option<Vec<u8>>, _>(1).unwrap_or_default(),
-        row.get::<Option<Vec<u8>>, _>(2).unwrap_or_default(),
+        u16::try_from(row.own_index).unwrap_or(0),
+        row.sealed_key_package.unwrap_or_default(),
+        row.public_key_package.unwrap_or_default(),
     ))
 }
 

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use prost::Message as _;
 use proto::processor_v1::{SignId, SignPreprocesses, SignShares};
-use sqlx::{PgConnection, Row};
+use sqlx::PgConnection;
 use tracing::{info, warn};
 
 use super::{attempt_key, blame, indexed, key, keystore_failure, out, send_share, uid};
@@ -19,18 +19,26 @@ use monero_wallet::send::SignableTransaction;
 use proto::processor_v1::{SignPreprocess, processor_message::Kind};
 use service::db::to_i64;
 
+/// A `keys` row as [`shape`] reads it.
+#[derive(sqlx::FromRow)]
+struct ShapeRecord {
+    threshold: i32,
+    n: i32,
+    own_index: i32,
+}
+
 async fn shape(conn: &mut PgConnection, session: u64) -> Result<KeyShape, HandleError> {
-    let row = sqlx::query(
-        "SELECT threshold, cardinality(participant_keys), own_index FROM keys WHERE session = $1",
+    let row = sqlx::query_as::<_, ShapeRecord>(
+        "SELECT threshold, cardinality(participant_keys) AS n, own_index FROM keys WHERE session = $1",
     )
     .bind(to_i64(session))
     .fetch_one(conn)
     .await?;
     let small = |v: i32| u16::try_from(v).unwrap_or(0);
     Ok(KeyShape {
-        threshold: small(row.get(0)),
-        n: small(row.get(1)),
-        own_index: small(row.get(2)),
+        threshold: small(row.threshold),
+        n: small(row.n),
+        own_index: small(row.own_index),
     })
 }
 
