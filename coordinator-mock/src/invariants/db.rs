@@ -302,3 +302,14 @@ pub async fn taken_in_as_included(pool: &PgPool, id: i64) -> Result<bool, sqlx::
     .fetch_one(pool)
     .await
 }
+
+/// A pool for reading another program's database: two sessions at most.
+/// The checker and the devnet read one thing at a time, and the processors
+/// under test need the server's connections (a stock Postgres has 100; a
+/// default pool of 10 per database read left five processors short).
+pub async fn reader_pool(url: &str) -> Result<sqlx::PgPool, sqlx::Error> {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(url)
+        .await
+}

@@ -368,12 +368,12 @@ fn db_error(what: &str) -> impl FnOnce(sqlx::Error) -> CheckError + '_ {
 
 /// Checks every invariant; returns every violation found (empty: all hold).
 pub async fn check(targets: &Targets) -> Result<Vec<Violation>, CheckError> {
-    let coordinator = PgPool::connect(&targets.coordinator)
+    let coordinator = db::reader_pool(&targets.coordinator)
         .await
         .map_err(db_error("the coordinator's database"))?;
     let mut processors = Vec::new();
     for (name, url) in &targets.processors {
-        let pool = PgPool::connect(url)
+        let pool = db::reader_pool(url)
             .await
             .map_err(db_error(name.as_str()))?;
         processors.push((name.clone(), pool));
