@@ -13,9 +13,10 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sqlx::{Connection as _, PgConnection, PgPool, Row as _};
+use sqlx::{Connection as _, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
+pub mod db;
 pub mod prerequisites;
 
 use prerequisites::Package;
@@ -802,14 +803,7 @@ async fn create_databases(options: &Options, names: &[String]) -> Result<(), Dev
                 "database name {name:?} must be [A-Za-z0-9_]"
             )));
         }
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-        )))
-        .execute(&mut admin)
-        .await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut admin)
-            .await?;
+        db::recreate_database(&mut admin, name).await?;
     }
     Ok(())
 }
@@ -1124,7 +1118,7 @@ impl Scenario<'_> {
             },
         )
         .await?;
-        let pool = PgPool::connect(coordinator_db).await?;
+        let pool = crate::invariants::db::reader_pool(coordinator_db).await?;
         progress.done(&format!(
             "{n} processors and the coordinator are up (admin API on 127.0.0.1:{port})"
         ));
@@ -1145,9 +1139,7 @@ impl Scenario<'_> {
             &self.stop,
             None,
             || async {
-                let known: i64 = sqlx::query_scalar("SELECT count(*) FROM processor_identities")
-                    .fetch_one(pool)
-                    .await?;
+                let known = db::identities(pool).await?;
                 Ok((usize::try_from(known).unwrap_or(0) >= n).then_some(()))
             },
         )
@@ -1331,18 +1323,13 @@ impl Scenario<'_> {
             &self.stop,
             self.mine_while_waiting()?,
             || async {
-                let rows = sqlx::query(
-                    "SELECT id, encoded FROM batches WHERE status = 'included' ORDER BY id",
-                )
-                .fetch_all(pool)
-                .await?;
-                let batches: Vec<(u64, u64)> = rows
+                let encoded = db::included_batches(pool).await?;
+                let batches: Vec<(u64, u64)> = encoded
                     .iter()
-                    .filter_map(|r| {
-                        let batch = <proto::processor_v1::Batch as prost::Message>::decode(
-                            r.get::<Vec<u8>, _>(1).as_slice(),
-                        )
-                        .ok()?;
+                    .filter_map(|e| {
+                        let batch =
+                            <proto::processor_v1::Batch as prost::Message>::decode(e.as_slice())
+                                .ok()?;
                         Some((batch.id, batch.instructions.iter().map(|i| i.amount).sum()))
                     })
                     .collect();
@@ -1408,12 +1395,7 @@ impl Scenario<'_> {
             &self.stop,
             self.mine_while_waiting()?,
             || async {
-                let row: Option<(Vec<u8>, Vec<u8>, i64)> = sqlx::query_as(
-                    "SELECT p.tx_hash, p.plan_id, (SELECT count(*) FROM plan_completions c WHERE c.plan_id = p.plan_id)
-                     FROM plans p WHERE p.status = 'completed' ORDER BY p.seq LIMIT 1",
-                )
-                .fetch_optional(pool)
-                .await?;
+                let row = db::first_completed_plan(pool).await?;
                 Ok(row.and_then(|(tx_hash, plan_id, reporters)| {
                     (usize::try_from(reporters).unwrap_or(0) >= online)
                         .then(|| ((hex::encode(tx_hash), plan_id), reporters))
@@ -1439,16 +1421,10 @@ impl Scenario<'_> {
     async fn payout_latency(&self, plan_id: &[u8]) -> Result<Option<Duration>, DevnetError> {
         let (mut opened, mut published) = (f64::INFINITY, f64::INFINITY);
         for url in &self.net.processor_dbs {
-            let Ok(p) = PgPool::connect(url).await else {
+            let Ok(p) = crate::invariants::db::reader_pool(url).await else {
                 continue; // an offline processor's database may be gone
             };
-            let row: Option<(Option<f64>, f64)> = sqlx::query_as(
-                "SELECT EXTRACT(EPOCH FROM p.published_at)::float8, EXTRACT(EPOCH FROM w.opened_at)::float8
-                 FROM plans p JOIN windows w ON w.\"window\" = p.\"window\" WHERE p.plan_id = $1",
-            )
-            .bind(plan_id)
-            .fetch_optional(&p)
-            .await?;
+            let row = db::plan_times(&p, plan_id).await?;
             p.close().await;
             if let Some((at, window)) = row {
                 opened = opened.min(window);
@@ -1573,24 +1549,32 @@ impl Scenario<'_> {
         i: usize,
         burned: u64,
     ) -> Result<(u64, u64, u64, u64), DevnetError> {
-        let p = PgPool::connect(&self.net.processor_dbs[i]).await?;
-        let books = wait_for("the processor's books to settle", Duration::from_secs(60), &self.stop, None, || async {
-            let sum = |sql: &'static str| {
-                let p = p.clone();
-                async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(&p).await }
-            };
-            let deposits = sum("SELECT COALESCE(sum(amount), 0)::bigint FROM outputs WHERE account > 0 AND status <> 'received'").await?;
-            let paid = sum("SELECT COALESCE(sum(amount), 0)::bigint FROM burns WHERE status = 'paid'").await?;
-            let fees = sum("SELECT COALESCE(sum(fee), 0)::bigint FROM plans WHERE status = 'completed'").await?;
-            let unspent = sum(
-                "SELECT COALESCE(sum(amount), 0)::bigint FROM outputs
-                 WHERE status IN ('included', 'reserved') AND (account > 0 OR subaddress_minor = 1)",
-            )
-            .await?;
-            let as_u64 = |v: i64| u64::try_from(v).unwrap_or(0);
-            Ok((deposits == paid + fees + unspent && as_u64(paid) == burned)
-                .then(|| (as_u64(deposits), as_u64(paid), as_u64(fees), as_u64(unspent))))
-        })
+        let p = crate::invariants::db::reader_pool(&self.net.processor_dbs[i]).await?;
+        let books = wait_for(
+            "the processor's books to settle",
+            Duration::from_secs(60),
+            &self.stop,
+            None,
+            || async {
+                let db::Books {
+                    deposits,
+                    paid,
+                    fees,
+                    unspent,
+                } = db::books(&p).await?;
+                let as_u64 = |v: i64| u64::try_from(v).unwrap_or(0);
+                Ok(
+                    (deposits == paid + fees + unspent && as_u64(paid) == burned).then(|| {
+                        (
+                            as_u64(deposits),
+                            as_u64(paid),
+                            as_u64(fees),
+                            as_u64(unspent),
+                        )
+                    }),
+                )
+            },
+        )
         .await;
         p.close().await;
         books

@@ -373,7 +373,7 @@ impl ProcessorAdmin for Admin {
                 block_height: b.block_height,
                 instructions: u32::try_from(decoded.instructions.len()).unwrap_or(u32::MAX),
                 total: total.piconero(),
-                status: b.status,
+                status: b.status.as_str().to_owned(),
                 signature: b.signature.map(hex::encode).unwrap_or_default(),
             });
         }

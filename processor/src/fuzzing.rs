@@ -143,18 +143,9 @@ async fn create_database(server_url: &str, name: &str) -> Result<String, String>
     let admin = PgPool::connect(server_url)
         .await
         .map_err(|e| format!("Postgres at {server_url}: {e}"))?;
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(name)
-            .fetch_one(&admin)
-            .await
-            .map_err(|e| e.to_string())?;
-    if !exists {
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&admin)
-            .await
-            .map_err(|e| e.to_string())?;
-    }
+    service::db::create_database_if_missing(&admin, name)
+        .await
+        .map_err(|e| e.to_string())?;
     admin.close().await;
     let base = server_url
         .rsplit_once('/')
@@ -166,13 +157,10 @@ async fn create_database(server_url: &str, name: &str) -> Result<String, String>
 /// Runs a 2-of-3 DKG through the processor's own handlers, the other two
 /// participants played by in-memory keystores, and confirms the key.
 async fn seed(pool: &PgPool, handler: &CoordinatorHandler, own: &Keystore) -> Result<(), String> {
-    let confirmed: Option<i64> =
-        sqlx::query_scalar("SELECT session FROM keys WHERE session = $1 AND status = 'confirmed'")
-            .bind(i64::try_from(SESSION).map_err(|e| e.to_string())?)
-            .fetch_optional(pool)
-            .await
-            .map_err(|e| e.to_string())?;
-    if confirmed.is_some() {
+    let confirmed = crate::keygen::db::is_confirmed(pool, SESSION)
+        .await
+        .map_err(|e| e.to_string())?;
+    if confirmed {
         return Ok(());
     }
     crate::link::db::ensure_link(pool, LINK, 1 << 20)
@@ -293,14 +281,10 @@ async fn handle(pool: &PgPool, handler: &CoordinatorHandler, kind: In) -> Result
 
 /// The last message of `kind` the processor enqueued.
 async fn sent(pool: &PgPool, kind: &str) -> Result<Out, String> {
-    let payload: Vec<u8> = sqlx::query_scalar(
-        "SELECT payload FROM send_log WHERE link_id = $1 AND kind = $2 ORDER BY id DESC LIMIT 1",
-    )
-    .bind(LINK)
-    .bind(kind)
-    .fetch_one(pool)
-    .await
-    .map_err(|e| format!("no {kind} in the send log: {e}"))?;
+    let payload = crate::link::db::last_sent(pool, LINK, kind)
+        .await
+        .map_err(|e| format!("reading the send log: {e}"))?
+        .ok_or_else(|| format!("no {kind} in the send log"))?;
     ProcessorMessage::decode(payload.as_slice())
         .map_err(|e| e.to_string())?
         .kind

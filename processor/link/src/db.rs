@@ -843,3 +843,18 @@ pub async fn restore_position(
     }
     Ok(())
 }
+
+/// The payload of the newest message of `kind` enqueued for `link_id`.
+pub async fn last_sent(
+    pool: &PgPool,
+    link_id: &str,
+    kind: &str,
+) -> Result<Option<Vec<u8>>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT payload FROM send_log WHERE link_id = $1 AND kind = $2 ORDER BY id DESC LIMIT 1",
+    )
+    .bind(link_id)
+    .bind(kind)
+    .fetch_optional(pool)
+    .await
+}

@@ -199,6 +199,28 @@ pub fn assemble(sets: &[&Migrator]) -> Result<Migrator, DbError> {
     Ok(migrator)
 }
 
+/// Creates database `name` on the server `admin` is connected to, unless it
+/// exists. `name` must be a plain identifier (letters, digits, `_`): it is
+/// spliced into the statement, as `CREATE DATABASE` takes no parameters.
+pub async fn create_database_if_missing(admin: &PgPool, name: &str) -> Result<(), sqlx::Error> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(sqlx::Error::Protocol(format!(
+            "database name {name:?}: use letters, digits and _"
+        )));
+    }
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(name)
+            .fetch_one(admin)
+            .await?;
+    if !exists {
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(admin)
+            .await?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

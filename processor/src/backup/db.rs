@@ -251,3 +251,12 @@ pub async fn insert_settlement_block(
     .await?;
     Ok(())
 }
+
+/// Makes the caller's fresh transaction one read-only snapshot, so every
+/// part of a backup taken from a running processor agrees with the others.
+pub async fn snapshot(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(conn)
+        .await?;
+    Ok(())
+}

@@ -690,9 +690,7 @@ pub async fn collect(
     node_id: &str,
 ) -> Result<(Contents, ExportSummary), BackupError> {
     let mut tx = pool.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        .execute(&mut *tx)
-        .await?;
+    db::snapshot(&mut tx).await?;
     let Some((public, sealed)) = db::identity(&mut tx).await? else {
         return Err(BackupError::Nothing(
             "this database has no identity key: the processor was never started on it, \

@@ -6,12 +6,15 @@ use proto::processor_v1::{
     Batch, BatchProposal, Fault, InInstruction, ProcessorMessage, SignId, SignKind,
     processor_message::Kind,
 };
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 
 use crate::keystore::Keystore;
 use crate::link::{self, HandleError, OutMessage};
 use crate::signer;
-use service::db::{to_i64, to_u64};
+
+pub mod db;
+
+pub use db::{BatchStatus, StoredBatch, list, lock};
 
 /// Domain separation of what the group signs for a batch.
 pub const BATCH_DOMAIN: &[u8] = b"monero-custody/batch/v1";
@@ -94,25 +97,10 @@ pub async fn create(
             .collect(),
     };
     let encoded = batch.encode_to_vec();
-    sqlx::query(
-        "INSERT INTO batches (id, session, block_height, block_hash, encoded) VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(to_i64(id))
-    .bind(to_i64(session))
-    .bind(to_i64(block_height))
-    .bind(block_hash.as_slice())
-    .bind(&encoded)
-    .execute(&mut *conn)
-    .await?;
+    db::insert(conn, id, session, block_height, block_hash, &encoded).await?;
     // The other processors may have signed it, and the settlement chain
     // included it, before this processor's scanner got here.
-    let included: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM settlement_blocks WHERE $1 = ANY(included_batch_ids))",
-    )
-    .bind(to_i64(id))
-    .fetch_one(&mut *conn)
-    .await?;
-    if included {
+    if crate::settlement::db::includes_batch(conn, id).await? {
         mark_included(conn, &[id]).await?;
         return Ok(id);
     }
@@ -133,94 +121,14 @@ pub async fn create(
     Ok(id)
 }
 
-/// A stored batch: its encoding and status.
-#[derive(Debug, Clone)]
-pub struct StoredBatch {
-    /// Id.
-    pub id: u64,
-    /// Key session.
-    pub session: u64,
-    /// Encoded `Batch`.
-    pub encoded: Vec<u8>,
-    /// Status.
-    pub status: String,
-    /// Signature, once signed.
-    pub signature: Option<Vec<u8>>,
-    /// Block.
-    pub block_height: u64,
-}
-
-/// A `batches` row as [`lock`] and [`list`] read it.
-#[derive(sqlx::FromRow)]
-struct BatchRecord {
-    id: i64,
-    session: i64,
-    encoded: Vec<u8>,
-    status: String,
-    signature: Option<Vec<u8>>,
-    block_height: i64,
-}
-
-impl From<BatchRecord> for StoredBatch {
-    fn from(r: BatchRecord) -> Self {
-        StoredBatch {
-            id: to_u64(r.id),
-            session: to_u64(r.session),
-            encoded: r.encoded,
-            status: r.status,
-            signature: r.signature,
-            block_height: to_u64(r.block_height),
-        }
-    }
-}
-
-/// Loads (and locks) a batch.
-pub async fn lock(conn: &mut PgConnection, id: u64) -> Result<Option<StoredBatch>, sqlx::Error> {
-    let row = sqlx::query_as::<_, BatchRecord>(
-        "SELECT id, session, encoded, status, signature, block_height FROM batches WHERE id = $1 FOR NO KEY UPDATE",
-    )
-    .bind(to_i64(id))
-    .fetch_optional(conn)
-    .await?;
-    Ok(row.map(StoredBatch::from))
-}
-
-/// Every batch, newest last (admin API).
-pub async fn list(pool: &PgPool, after: u64, limit: u32) -> Result<Vec<StoredBatch>, sqlx::Error> {
-    let rows = sqlx::query_as::<_, BatchRecord>(
-        "SELECT id, session, encoded, status, signature, block_height FROM batches
-         WHERE id >= $1 ORDER BY id LIMIT $2",
-    )
-    .bind(to_i64(after))
-    .bind(i64::from(limit))
-    .fetch_all(pool)
-    .await?;
-    Ok(rows.into_iter().map(StoredBatch::from).collect())
-}
-
 /// Marks batches the settlement chain included: each moves from proposed or
 /// signed to included, and its outputs from received to included (only
 /// those: a reserved or spent output never moves back). Returns the ids that
 /// moved.
 pub async fn mark_included(conn: &mut PgConnection, ids: &[u64]) -> Result<Vec<u64>, sqlx::Error> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let ids: Vec<i64> = ids.iter().map(|&i| to_i64(i)).collect();
-    let moved: Vec<i64> = sqlx::query_scalar(
-        "UPDATE batches SET status = 'included' WHERE id = ANY($1) AND status IN ('proposed', 'signed')
-         RETURNING id",
-    )
-    .bind(&ids)
-    .fetch_all(&mut *conn)
-    .await?;
-    sqlx::query(
-        "UPDATE outputs SET status = 'included' WHERE batch_id = ANY($1) AND status = 'received'",
-    )
-    .bind(&moved)
-    .execute(conn)
-    .await?;
-    Ok(moved.into_iter().map(to_u64).collect())
+    let moved = db::set_included(conn, ids).await?;
+    crate::scanner::db::include_outputs_of(conn, &moved).await?;
+    Ok(moved)
 }
 
 /// A settlement block's `included_batch_ids`, checked against this
@@ -250,22 +158,14 @@ pub async fn include(
             ));
             continue;
         }
-        let status: Option<String> = sqlx::query_scalar("SELECT status FROM batches WHERE id = $1")
-            .bind(to_i64(id))
-            .fetch_optional(&mut *conn)
-            .await?;
-        let earlier: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM settlement_blocks WHERE $1 = ANY(included_batch_ids))",
-        )
-        .bind(to_i64(id))
-        .fetch_one(&mut *conn)
-        .await?;
-        match status.as_deref() {
+        let status = db::status(conn, id).await?;
+        let earlier = crate::settlement::db::includes_batch(conn, id).await?;
+        match status {
             _ if earlier => refusals.push((
                 id,
                 format!("batch {id} (key {session}, block {height}) was already included by an earlier settlement block"),
             )),
-            Some("included") => refusals.push((
+            Some(BatchStatus::Included) => refusals.push((
                 id,
                 format!("batch {id} (key {session}, block {height}) is already included"),
             )),

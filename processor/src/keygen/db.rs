@@ -336,3 +336,63 @@ pub async fn participation(
         threshold: small(r.try_get("threshold")?),
     }))
 }
+
+/// A confirmed `keys` row as [`confirmed_packages`] reads it.
+#[derive(sqlx::FromRow)]
+struct PackagesRecord {
+    own_index: i32,
+    sealed_key_package: Option<Vec<u8>>,
+    public_key_package: Option<Vec<u8>>,
+}
+
+/// A confirmed key's packages for signing: our index, sealed key package,
+/// public key package; `None` if session `session` has no confirmed key.
+pub async fn confirmed_packages(
+    conn: &mut PgConnection,
+    session: u64,
+) -> Result<Option<(u16, Vec<u8>, Vec<u8>)>, sqlx::Error> {
+    let row = sqlx::query_as::<_, PackagesRecord>(
+        "SELECT own_index, sealed_key_package, public_key_package FROM keys
+         WHERE session = $1 AND status = 'confirmed'",
+    )
+    .bind(to_i64(session))
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|r| {
+        (
+            u16::try_from(r.own_index).unwrap_or(0),
+            r.sealed_key_package.unwrap_or_default(),
+            r.public_key_package.unwrap_or_default(),
+        )
+    }))
+}
+
+/// A `keys` row as [`shape`] reads it.
+#[derive(sqlx::FromRow)]
+struct ShapeRecord {
+    threshold: i32,
+    n: i32,
+    own_index: i32,
+}
+
+/// A key's shape: (threshold, participants, our index).
+pub async fn shape(conn: &mut PgConnection, session: u64) -> Result<(u16, u16, u16), sqlx::Error> {
+    let row = sqlx::query_as::<_, ShapeRecord>(
+        "SELECT threshold, cardinality(participant_keys) AS n, own_index FROM keys WHERE session = $1",
+    )
+    .bind(to_i64(session))
+    .fetch_one(conn)
+    .await?;
+    let small = |v: i32| u16::try_from(v).unwrap_or(0);
+    Ok((small(row.threshold), small(row.n), small(row.own_index)))
+}
+
+/// Whether session `session` has a confirmed key.
+pub async fn is_confirmed(pool: &PgPool, session: u64) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM keys WHERE session = $1 AND status = 'confirmed')",
+    )
+    .bind(to_i64(session))
+    .fetch_one(pool)
+    .await
+}

@@ -369,3 +369,22 @@ pub async fn finalized_count(pool: &PgPool) -> Result<u64, sqlx::Error> {
         .await?;
     Ok(to_u64(n))
 }
+
+/// The outputs of included batches move from received to included (only
+/// those: a reserved or spent output never moves back).
+pub async fn include_outputs_of(
+    conn: &mut PgConnection,
+    batch_ids: &[u64],
+) -> Result<(), sqlx::Error> {
+    if batch_ids.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = batch_ids.iter().map(|&i| to_i64(i)).collect();
+    sqlx::query(
+        "UPDATE outputs SET status = 'included' WHERE batch_id = ANY($1) AND status = 'received'",
+    )
+    .bind(&ids)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -117,3 +117,13 @@ pub async fn list(pool: &PgPool, from: u64, limit: u32) -> Result<Vec<BlockView>
         })
         .collect())
 }
+
+/// Whether a stored settlement block already includes batch `id`.
+pub async fn includes_batch(conn: &mut PgConnection, id: u64) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM settlement_blocks WHERE $1 = ANY(included_batch_ids))",
+    )
+    .bind(to_i64(id))
+    .fetch_one(conn)
+    .await
+}

@@ -5,6 +5,7 @@
 //! in the keystore's memory: after a restart an earlier attempt is never
 //! signed; the coordinator's re-attempt (attempt + 1) brings fresh nonces.
 
+pub mod db;
 pub mod plan;
 
 use std::collections::{BTreeMap, HashMap};
@@ -21,7 +22,6 @@ use crate::batch;
 use crate::keystore::Keystore;
 use crate::keystore::sign::{AttemptKey, SignError, aggregate};
 use crate::link::{self, HandleError, OutMessage};
-use service::db::to_i64;
 
 fn kind_name(id: &SignId) -> &'static str {
     match SignKind::try_from(id.kind) {
@@ -61,32 +61,24 @@ fn out(uid: String, kind: &'static str, message: Kind) -> OutMessage {
     }
 }
 
-/// A confirmed `keys` row as [`key`] reads it.
-#[derive(sqlx::FromRow)]
-struct KeyRecord {
-    own_index: i32,
-    sealed_key_package: Option<Vec<u8>>,
-    public_key_package: Option<Vec<u8>>,
-}
-
 /// The session's key as stored: our index, sealed key package, public package.
 async fn key(
     conn: &mut PgConnection,
     session: u64,
 ) -> Result<(u16, Vec<u8>, Vec<u8>), HandleError> {
-    let row = sqlx::query_as::<_, KeyRecord>(
-        "SELECT own_index, sealed_key_package, public_key_package FROM keys
-         WHERE session = $1 AND status = 'confirmed'",
-    )
-    .bind(to_i64(session))
-    .fetch_optional(&mut *conn)
-    .await?
-    .ok_or_else(|| HandleError::Rejected(format!("no confirmed key for session {session}")))?;
-    Ok((
-        u16::try_from(row.own_index).unwrap_or(0),
-        row.sealed_key_package.unwrap_or_default(),
-        row.public_key_package.unwrap_or_default(),
-    ))
+    crate::keygen::db::confirmed_packages(conn, session)
+        .await?
+        .ok_or_else(|| HandleError::Rejected(format!("no confirmed key for session {session}")))
+}
+
+/// The row of an attempt in `sign_attempts`.
+fn attempt_row(id: &SignId) -> db::Attempt<'_> {
+    db::Attempt {
+        session: id.session,
+        kind: kind_name(id),
+        id: &id.id,
+        attempt: id.attempt,
+    }
 }
 
 fn is_plan(id: &SignId) -> bool {
@@ -171,17 +163,7 @@ pub async fn begin(
     link_id: &str,
     id: &SignId,
 ) -> Result<(), HandleError> {
-    let recorded = sqlx::query(
-        "INSERT INTO sign_attempts (session, kind, id, attempt) VALUES ($1, $2, $3, $4)
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(to_i64(id.session))
-    .bind(kind_name(id))
-    .bind(&id.id)
-    .bind(i32::try_from(id.attempt).unwrap_or(i32::MAX))
-    .execute(&mut *conn)
-    .await?;
-    if recorded.rows_affected() == 0 {
+    if !db::record(conn, attempt_row(id)).await? {
         return Ok(());
     }
     metrics::counter!(crate::metrics::SIGN_PREPROCESSES, "kind" => kind_name(id)).increment(1);
@@ -275,21 +257,11 @@ pub async fn preprocesses(
         keystore.abandon_attempt(&attempt_key(&id));
         return Ok(());
     }
-    if batch.status != "proposed" {
+    if batch.status != batch::BatchStatus::Proposed {
         keystore.forget_signing(id.session, kind_name(&id), &id.id);
         return Ok(());
     }
-    sqlx::query(
-        "UPDATE sign_attempts SET commitments = $5, status = 'chosen'
-         WHERE session = $1 AND kind = $2 AND id = $3 AND attempt = $4",
-    )
-    .bind(to_i64(id.session))
-    .bind(kind_name(&id))
-    .bind(&id.id)
-    .bind(i32::try_from(id.attempt).unwrap_or(i32::MAX))
-    .bind(m.encode_to_vec())
-    .execute(&mut *conn)
-    .await?;
+    db::choose(conn, attempt_row(&id), &m.encode_to_vec()).await?;
     // Fault injection for crash tests: stop here, chosen but not yet
     // signed, as a process killed at this point would.
     if crate::failpoint::eval("signer-before-share", |_| ()).is_some() {
@@ -387,20 +359,11 @@ pub async fn shares(
         return Ok(());
     };
     let (own, _, public) = key(conn, id.session).await?;
-    if batch.status != "proposed" {
+    if batch.status != batch::BatchStatus::Proposed {
         keystore.forget_signing(id.session, kind_name(&id), &id.id);
         return Ok(());
     }
-    let stored: Option<Option<Vec<u8>>> = sqlx::query_scalar(
-        "SELECT commitments FROM sign_attempts WHERE session = $1 AND kind = $2 AND id = $3 AND attempt = $4",
-    )
-    .bind(to_i64(id.session))
-    .bind(kind_name(&id))
-    .bind(&id.id)
-    .bind(i32::try_from(id.attempt).unwrap_or(i32::MAX))
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some(Some(stored)) = stored else {
+    let Some(Some(stored)) = db::commitments(conn, attempt_row(&id)).await? else {
         // Not a signer of this attempt.
         return Ok(());
     };
@@ -415,13 +378,7 @@ pub async fn shares(
     ) {
         Ok(signature) => {
             keystore.forget_signing(id.session, kind_name(&id), &id.id);
-            sqlx::query(
-                "UPDATE batches SET status = 'signed', signature = $2 WHERE id = $1 AND status = 'proposed'",
-            )
-                .bind(to_i64(batch_id))
-                .bind(signature.as_slice())
-                .execute(&mut *conn)
-                .await?;
+            batch::db::set_signed(conn, batch_id, signature.as_slice()).await?;
             let decoded = proto::processor_v1::Batch::decode(batch.encoded.as_slice())
                 .map_err(|e| HandleError::Local(format!("stored batch: {e}")))?;
             link::enqueue(
@@ -506,7 +463,7 @@ pub async fn reattempt(
     let Some(batch) = batch_for(conn, link_id, &id).await? else {
         return Ok(());
     };
-    if batch.status != "proposed" {
+    if batch.status != batch::BatchStatus::Proposed {
         keystore.forget_signing(id.session, kind_name(&id), &id.id);
         return Ok(());
     }

@@ -17,29 +17,24 @@ use crate::link::{self, HandleError};
 use crate::scheduler::db as sched;
 use monero_wallet::send::SignableTransaction;
 use proto::processor_v1::{SignPreprocess, processor_message::Kind};
-use service::db::to_i64;
-
-/// A `keys` row as [`shape`] reads it.
-#[derive(sqlx::FromRow)]
-struct ShapeRecord {
-    threshold: i32,
-    n: i32,
-    own_index: i32,
-}
 
 async fn shape(conn: &mut PgConnection, session: u64) -> Result<KeyShape, HandleError> {
-    let row = sqlx::query_as::<_, ShapeRecord>(
-        "SELECT threshold, cardinality(participant_keys) AS n, own_index FROM keys WHERE session = $1",
-    )
-    .bind(to_i64(session))
-    .fetch_one(conn)
-    .await?;
-    let small = |v: i32| u16::try_from(v).unwrap_or(0);
+    let (threshold, n, own_index) = crate::keygen::db::shape(conn, session).await?;
     Ok(KeyShape {
-        threshold: small(row.threshold),
-        n: small(row.n),
-        own_index: small(row.own_index),
+        threshold,
+        n,
+        own_index,
     })
+}
+
+/// The row of a plan attempt in `sign_attempts`.
+fn attempt_row(id: &SignId) -> super::db::Attempt<'_> {
+    super::db::Attempt {
+        session: id.session,
+        kind: "plan",
+        id: &id.id,
+        attempt: id.attempt,
+    }
 }
 
 /// The plan being signed, if it still is.
@@ -118,18 +113,7 @@ pub async fn preprocesses(
         keystore.forget_signing(id.session, "plan", &id.id);
         return Ok(());
     }
-    let recorded = sqlx::query(
-        "UPDATE sign_attempts SET commitments = $5, status = 'chosen'
-         WHERE session = $1 AND kind = $2 AND id = $3 AND attempt = $4",
-    )
-    .bind(to_i64(id.session))
-    .bind("plan")
-    .bind(&id.id)
-    .bind(i32::try_from(id.attempt).unwrap_or(i32::MAX))
-    .bind(m.encode_to_vec())
-    .execute(&mut *conn)
-    .await?;
-    if recorded.rows_affected() == 0 {
+    if !super::db::choose(conn, attempt_row(&id), &m.encode_to_vec()).await? {
         // We never began this attempt (the plan was still being checked).
         return Ok(());
     }
@@ -221,14 +205,7 @@ async fn chosen_preprocesses(
     conn: &mut PgConnection,
     id: &SignId,
 ) -> Result<HashMap<u32, Vec<u8>>, HandleError> {
-    let stored: Option<Option<Vec<u8>>> = sqlx::query_scalar(
-        "SELECT commitments FROM sign_attempts WHERE session = $1 AND kind = 'plan' AND id = $2 AND attempt = $3",
-    )
-    .bind(to_i64(id.session))
-    .bind(&id.id)
-    .bind(i32::try_from(id.attempt).unwrap_or(i32::MAX))
-    .fetch_optional(&mut *conn)
-    .await?;
+    let stored = super::db::commitments(conn, attempt_row(id)).await?;
     Ok(stored
         .flatten()
         .and_then(|b| SignPreprocesses::decode(b.as_slice()).ok())
