@@ -138,10 +138,11 @@ pub async fn run(
         .health
         .set_service_status(HEALTH_NAME, tonic_health::ServingStatus::Serving)
         .await;
+    let mut prefetched = None;
     loop {
         let result = tokio::select! {
             () = shutdown.cancelled() => return,
-            r = step(&pool, &daemon, &config, &context) => r,
+            r = step(&pool, &daemon, &config, &context, &mut prefetched) => r,
         };
         let wait = match result {
             Ok(0) => {
@@ -390,12 +391,31 @@ fn check_local_config(
     )))
 }
 
+/// The next range's blocks, being fetched while this one is scanned.
+struct Prefetch {
+    range: std::ops::RangeInclusive<u64>,
+    task: tokio::task::JoinHandle<
+        Result<Vec<monero_wallet::interface::ScannableBlock>, crate::monero::DaemonError>,
+    >,
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Scans the next batch of finalized blocks. Returns how many it stored.
+/// While they are scanned, the batch after them (if already final) is
+/// fetched into `prefetched`, for the next step to take if it asks for the
+/// same first block; either way that step checks the first block against
+/// the stored hash of the one before, as any fetch is checked.
 async fn step(
     pool: &PgPool,
-    daemon: &Daemon,
+    daemon: &Arc<Daemon>,
     config: &MoneroConfig,
     context: &ScanContext,
+    prefetched: &mut Option<Prefetch>,
 ) -> Result<u64, StepError> {
     let started = std::time::Instant::now();
     let Some((next, halted)) = resume_at(pool).await? else {
@@ -422,10 +442,11 @@ async fn step(
     let Some(finalized_tip) = tip.checked_sub(key.key.chain.confirmations) else {
         return Ok(0);
     };
-    let mut end = finalized_tip.min(next + config.scan_batch - 1).min(horizon);
+    let mut limit = finalized_tip.min(horizon);
     if let Some(until) = key.until {
-        end = end.min(until.saturating_sub(1));
+        limit = limit.min(until.saturating_sub(1));
     }
+    let mut end = limit.min(next + config.scan_batch - 1);
     if end < next {
         debug!(
             next,
@@ -437,7 +458,25 @@ async fn step(
     }
     // Fetch the last finalized block again to notice a reorg below the depth.
     let from = next.saturating_sub(1);
-    let mut blocks = fetch(daemon, from..=end).await?;
+    let mut blocks = match prefetched.take() {
+        // Fetched while the previous batch was scanned: no further than is
+        // final now (it was final then, and finality only grows).
+        Some(mut p) if *p.range.start() == from && *p.range.end() <= end => {
+            end = *p.range.end();
+            (&mut p.task)
+                .await
+                .map_err(|e| StepError::Local(format!("the block prefetch failed: {e}")))??
+        }
+        _ => fetch(daemon, from..=end).await?,
+    };
+    if end < limit {
+        let range = end..=limit.min(end + config.scan_batch);
+        let (daemon, r) = (daemon.clone(), range.clone());
+        *prefetched = Some(Prefetch {
+            range,
+            task: tokio::spawn(async move { fetch(&daemon, r).await }),
+        });
+    }
     if next > 0 {
         let stored = db::block_hash(pool, next - 1).await?;
         let seen = blocks.first().map(|b| b.block.hash());
