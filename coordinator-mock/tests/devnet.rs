@@ -44,6 +44,15 @@ async fn the_custody_cycle_completes_with_three_processors() {
     assert_eq!(summary.batches.len(), 1);
     assert_eq!(summary.batches[0].1, 5_000_000_000_000, "both deposits");
     assert_eq!(summary.payouts.len(), 1);
+    // The processors recorded when the payout's window opened and when it
+    // was published: what the operator's latency figure is made of.
+    let latency = summary
+        .payout_latency
+        .expect("a processor recorded the payout's window opening and publication");
+    assert!(
+        latency < std::time::Duration::from_secs(60),
+        "window opened to published: {latency:?}"
+    );
     assert_eq!(summary.received, summary.burned);
     assert_eq!(summary.accounting.len(), 3);
     for (name, deposits, paid, fees, unspent) in &summary.accounting {
