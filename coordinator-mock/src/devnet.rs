@@ -556,7 +556,7 @@ fn nobody() -> String {
     let key = curve25519_dalek::EdwardsPoint::mul_base_clamped([3; 32])
         .compress()
         .to_bytes();
-    processor::keystore::dkg::monero_address(&key).unwrap_or_default()
+    keystore::dkg::monero_address(&key).unwrap_or_default()
 }
 
 /// Runs the devnet scenario; returns its summary once every check held.
@@ -1040,7 +1040,7 @@ impl Scenario<'_> {
             let kek = net.dir.join(format!("kek-{}.hex", i + 1));
             std::fs::write(
                 &kek,
-                processor::keystore::Kek::generate().to_hex().as_bytes(),
+                keystore::Kek::generate().to_hex().as_bytes(),
             )?;
             let config = net.dir.join(format!("processor-{}.toml", i + 1));
             std::fs::write(

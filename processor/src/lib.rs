@@ -14,7 +14,6 @@ pub mod error;
 pub mod fuzzing;
 pub mod inbound;
 pub mod keygen;
-pub mod keystore;
 pub mod monero;
 pub mod run;
 pub mod scanner;
@@ -24,6 +23,7 @@ pub mod signer;
 
 // The role and infrastructure crates under the paths the processor has always
 // had, for the binary's modules, the tests, benches and fuzz targets.
+pub use keystore;
 pub use link;
 pub use primitives::amount;
 pub use service::{auth, failpoint, metrics, server, telemetry, tls};

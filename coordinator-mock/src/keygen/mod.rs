@@ -549,9 +549,9 @@ pub async fn blame(
     let ciphertext = db::round2_ciphertext(conn, s.session, accused_index, index).await?;
     let small = |v: i32| u16::try_from(v).unwrap_or(0);
     let finding = if accused_index == index {
-        processor::keystore::dkg::Finding::Accuser("it accused itself".into())
+        keystore::dkg::Finding::Accuser("it accused itself".into())
     } else {
-        processor::keystore::dkg::judge_blame(&processor::keystore::dkg::BlameCase {
+        keystore::dkg::judge_blame(&keystore::dkg::BlameCase {
             session: to_u64(s.session),
             attempt: m.attempt,
             threshold: small(threshold),
@@ -564,12 +564,12 @@ pub async fn blame(
         })
     };
     let (culprit, culprit_name, failure) = match &finding {
-        processor::keystore::dkg::Finding::Accused(why) => (
+        keystore::dkg::Finding::Accused(why) => (
             accused_index,
             accused.clone(),
             format!("{processor} blamed {accused}, proven: {why} ({})", m.reason),
         ),
-        processor::keystore::dkg::Finding::Accuser(why) => (
+        keystore::dkg::Finding::Accuser(why) => (
             index,
             processor.to_owned(),
             format!(

@@ -392,7 +392,7 @@ async fn judge(
             .into_iter()
             .filter_map(|r| Some((u16::try_from(r.idx).ok()?, r.bytes?)))
             .collect();
-    let unverifiable = |e: processor::keystore::sign::SignError| {
+    let unverifiable = |e: keystore::sign::SignError| {
         HandleError::Rejected(format!(
             "the blame cannot be checked against key {}: {e}",
             id.session
@@ -402,13 +402,13 @@ async fn judge(
     // if that fails, the fault is here, not the accuser's (retried, never
     // acknowledged without a verdict).
     let public =
-        processor::keystore::sign::public_key_package_from_round1(&round1).map_err(|e| {
+        keystore::sign::public_key_package_from_round1(&round1).map_err(|e| {
             HandleError::Local(format!(
                 "key {}'s public package does not rebuild from the stored round-1 packages: {e}",
                 id.session
             ))
         })?;
-    let at_fault = processor::keystore::sign::signer_at_fault(
+    let at_fault = keystore::sign::signer_at_fault(
         &public,
         &preprocesses,
         &shares,

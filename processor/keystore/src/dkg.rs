@@ -259,7 +259,7 @@ impl Keystore {
             })
         })?;
         let mut out = BTreeMap::new();
-        let mut corrupt = crate::failpoint::eval("keygen-corrupt-share", |_| ()).is_some();
+        let mut corrupt = service::failpoint::eval("keygen-corrupt-share", |_| ()).is_some();
         for (id, package) in packages {
             let to = index_of(params, &id).ok_or_else(|| {
                 DkgError::Invalid("frost produced a package for a stranger".into())
@@ -369,7 +369,7 @@ impl Keystore {
             .map_err(|e| blame_from(params, &e, evidence_of))?;
         // Fault injection for blame tests: accuse a participant whose share
         // was valid (a false accusation, with a true decryption proof).
-        if crate::failpoint::eval("keygen-false-blame", |_| ()).is_some()
+        if service::failpoint::eval("keygen-false-blame", |_| ()).is_some()
             && let Some(&victim) = round2_ciphertexts.keys().find(|&&i| i != params.own_index)
         {
             tracing::warn!(victim, "fault injection: falsely blaming a DKG participant");
@@ -990,7 +990,7 @@ pub(crate) fn generate_for_tests(t: u16, n: u16) -> TestKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keystore::Kek;
+    use crate::Kek;
 
     fn keystores(n: u16) -> Vec<Keystore> {
         (0..n)

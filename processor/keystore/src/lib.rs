@@ -190,7 +190,7 @@ impl Keystore {
     }
 }
 
-// What a share backup (`crate::backup`) needs: the sealed secrets opened for
+// What a share backup (the processor's `backup` module) needs: the sealed secrets opened for
 // export and sealed again under another processor's KEK at import. Kept here
 // so that the purposes the seals are bound to stay this module's business.
 

@@ -244,7 +244,7 @@ mod tests {
 
     #[test]
     fn re_attempts_and_completion_drop_earlier_nonces() {
-        let (keys, _) = crate::keystore::dkg::generate_for_tests(2, 3);
+        let (keys, _) = crate::dkg::generate_for_tests(2, 3);
         let (store, key) = &keys[0];
         let batch = |attempt| {
             (
@@ -285,7 +285,7 @@ mod tests {
 
     #[test]
     fn a_share_is_judged_from_public_data_only() {
-        let (keys, round1) = crate::keystore::dkg::generate_for_tests(2, 3);
+        let (keys, round1) = crate::dkg::generate_for_tests(2, 3);
         let public = public_key_package_from_round1(&round1).expect("public key package");
         let stored =
             frost_ed25519::keys::PublicKeyPackage::deserialize(&keys[0].1.public_key_package)
