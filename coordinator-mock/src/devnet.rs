@@ -1038,10 +1038,7 @@ impl Scenario<'_> {
         net.processor_ports = (0..n).map(|_| free_port()).collect();
         for i in 0..n {
             let kek = net.dir.join(format!("kek-{}.hex", i + 1));
-            std::fs::write(
-                &kek,
-                keystore::Kek::generate().to_hex().as_bytes(),
-            )?;
+            std::fs::write(&kek, keystore::Kek::generate().to_hex().as_bytes())?;
             let config = net.dir.join(format!("processor-{}.toml", i + 1));
             std::fs::write(
                 &config,

@@ -401,13 +401,12 @@ async fn judge(
     // The key's public package is rebuilt from this coordinator's own rows:
     // if that fails, the fault is here, not the accuser's (retried, never
     // acknowledged without a verdict).
-    let public =
-        keystore::sign::public_key_package_from_round1(&round1).map_err(|e| {
-            HandleError::Local(format!(
-                "key {}'s public package does not rebuild from the stored round-1 packages: {e}",
-                id.session
-            ))
-        })?;
+    let public = keystore::sign::public_key_package_from_round1(&round1).map_err(|e| {
+        HandleError::Local(format!(
+            "key {}'s public package does not rebuild from the stored round-1 packages: {e}",
+            id.session
+        ))
+    })?;
     let at_fault = keystore::sign::signer_at_fault(
         &public,
         &preprocesses,
