@@ -417,7 +417,7 @@ impl ProcessorAdmin for Admin {
                     plan_id: hex::encode(&p.plan_id),
                     window: p.window,
                     leader: u32::from(p.leader),
-                    status: p.status,
+                    status: p.status.as_str().to_owned(),
                     burn_ids: p.burn_ids,
                     inputs: p.inputs,
                     tx_hash: hex_or_empty(p.tx_hash),

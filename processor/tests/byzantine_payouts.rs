@@ -492,7 +492,7 @@ async fn plans_end_at_their_lifetime_and_give_back_what_they_reserved() {
         db::insert_plan(&mut conn, &id, 0, *window, 1, b"plan", &burns, "received")
             .await
             .unwrap();
-        db::set_plan_status(&mut conn, &id, status, None)
+        db::set_plan_status(&mut conn, &id, db::PlanStatus::parse(status).unwrap(), None)
             .await
             .unwrap();
         ids.push(id);
@@ -532,7 +532,14 @@ async fn plans_end_at_their_lifetime_and_give_back_what_they_reserved() {
     assert_eq!(ended.len(), 6, "{ended:?}");
     let mut now = Vec::new();
     for id in &ids {
-        now.push(db::lock_plan(&mut conn, id).await.unwrap().unwrap().status);
+        now.push(
+            db::lock_plan(&mut conn, id)
+                .await
+                .unwrap()
+                .unwrap()
+                .status
+                .as_str(),
+        );
     }
     assert_eq!(
         now,
@@ -595,16 +602,24 @@ async fn a_final_payout_supersedes_only_what_this_processor_accepted() {
         db::insert_plan(&mut conn, &id, 0, 10, 1, b"plan", &[], "received")
             .await
             .unwrap();
-        db::set_plan_status(&mut conn, &id, status, Some("as decided here"))
-            .await
-            .unwrap();
+        db::set_plan_status(
+            &mut conn,
+            &id,
+            db::PlanStatus::parse(status).unwrap(),
+            Some("as decided here"),
+        )
+        .await
+        .unwrap();
         let _ = db::release(&mut conn, &id).await.unwrap();
         ids.push(id);
     }
     let mut now = Vec::new();
     for id in &ids {
         let plan = db::lock_plan(&mut conn, id).await.unwrap().unwrap();
-        now.push((plan.status, plan.reason.unwrap_or_default()));
+        now.push((
+            plan.status.as_str().to_owned(),
+            plan.reason.unwrap_or_default(),
+        ));
     }
     let kept = |s: &str| (s.to_owned(), "as decided here".to_owned());
     let closed = || {
@@ -650,13 +665,13 @@ async fn plans_are_matched_on_chain_in_relay_order() {
     }
     tx.commit().await.unwrap();
     let mut conn = pool.acquire().await.unwrap();
-    db::set_plan_status(&mut conn, &first, "signing", None)
+    db::set_plan_status(&mut conn, &first, db::PlanStatus::Signing, None)
         .await
         .unwrap();
-    db::set_plan_status(&mut conn, &second, "refused", Some("bad"))
+    db::set_plan_status(&mut conn, &second, db::PlanStatus::Refused, Some("bad"))
         .await
         .unwrap();
-    db::set_plan_status(&mut conn, &first, "signed", None)
+    db::set_plan_status(&mut conn, &first, db::PlanStatus::Signed, None)
         .await
         .unwrap();
     let open: Vec<Vec<u8>> = db::open_plans(&mut conn, 0)

@@ -83,7 +83,8 @@ pub async fn open_plans_exist(pool: &PgPool, session: u64) -> Result<bool, sqlx:
 }
 
 /// An output's status (column `outputs.status`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
 pub enum OutputStatus {
     /// An additional timelock not yet passed: not reported yet.
     Locked,

@@ -6,6 +6,78 @@ use sqlx::{PgConnection, PgExecutor, PgPool};
 use crate::amount::{Amount, AmountError};
 use service::db::{to_i64, to_u64};
 
+/// Where a plan is (`plans.status`, whose CHECK holds the same names). A
+/// leader's own plan is `proposed` until the coordinator relays it back;
+/// every relayed plan is then checked in relay order: `received` (->
+/// `waiting`) -> `signing` | `refused`; `signing` -> `signed` ->
+/// `published` -> `completed`. An open plan can also end `superseded`
+/// (another plan's transaction spent its inputs), `expired` (its window
+/// passed unsigned) or `abandoned` (its window passed while being signed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+pub enum PlanStatus {
+    /// This processor's own plan, not yet relayed back.
+    Proposed,
+    /// Relayed, not yet checked.
+    Received,
+    /// Checked, waiting for what it depends on.
+    Waiting,
+    /// Refused by this processor's checks.
+    Refused,
+    /// Accepted; signing under way.
+    Signing,
+    /// Signed.
+    Signed,
+    /// Published to monerod.
+    Published,
+    /// Found final on chain.
+    Completed,
+    /// Closed by another plan's final transaction.
+    Superseded,
+    /// Its window passed before it was signed.
+    Expired,
+    /// Its window passed while it was being signed.
+    Abandoned,
+}
+
+impl PlanStatus {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Proposed => "proposed",
+            Self::Received => "received",
+            Self::Waiting => "waiting",
+            Self::Refused => "refused",
+            Self::Signing => "signing",
+            Self::Signed => "signed",
+            Self::Published => "published",
+            Self::Completed => "completed",
+            Self::Superseded => "superseded",
+            Self::Expired => "expired",
+            Self::Abandoned => "abandoned",
+        }
+    }
+
+    /// From the stored name.
+    pub fn parse(name: &str) -> Option<Self> {
+        [
+            Self::Proposed,
+            Self::Received,
+            Self::Waiting,
+            Self::Refused,
+            Self::Signing,
+            Self::Signed,
+            Self::Published,
+            Self::Completed,
+            Self::Superseded,
+            Self::Expired,
+            Self::Abandoned,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == name)
+    }
+}
+
 /// The active key as the scheduler needs it.
 #[derive(Debug, Clone)]
 pub struct ActiveKey {
@@ -454,7 +526,7 @@ pub struct StoredPlan {
     /// Burns paid.
     pub burn_ids: Vec<String>,
     /// Status.
-    pub status: String,
+    pub status: PlanStatus,
     /// Why it waits or was refused.
     pub reason: Option<String>,
     /// The highest settlement horizon taken in when it was relayed here
@@ -471,7 +543,7 @@ struct PlanRecord {
     leader: i32,
     signable: Vec<u8>,
     burn_ids: Vec<String>,
-    status: String,
+    status: PlanStatus,
     reason: Option<String>,
     relay_horizon: Option<i64>,
 }
@@ -505,7 +577,7 @@ pub async fn lock_plan(
 pub async fn set_plan_status(
     conn: &mut PgConnection,
     plan_id: &[u8],
-    status: &str,
+    status: PlanStatus,
     reason: Option<&str>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE plans SET status = $2, reason = $3, updated_at = now() WHERE plan_id = $1")
@@ -784,7 +856,7 @@ pub struct PlanView {
     /// Leader.
     pub leader: u16,
     /// Status.
-    pub status: String,
+    pub status: PlanStatus,
     /// Burns.
     pub burn_ids: Vec<String>,
     /// Inputs count.
@@ -816,7 +888,7 @@ struct PlanViewRecord {
     plan_id: Vec<u8>,
     window: i64,
     leader: i32,
-    status: String,
+    status: PlanStatus,
     burn_ids: Vec<String>,
     inputs: i64,
     tx_hash: Option<Vec<u8>>,
@@ -965,7 +1037,7 @@ pub enum Expiry {
 #[derive(sqlx::FromRow)]
 struct ExpiredPlanRecord {
     plan_id: Vec<u8>,
-    status: String,
+    status: PlanStatus,
 }
 
 /// Ends the plans of `session` for windows up to `last_window` that are
@@ -994,7 +1066,7 @@ pub async fn expire_plans(
     .await?;
     let mut ended = Vec::with_capacity(rows.len());
     for ExpiredPlanRecord { plan_id, status } in rows {
-        let how = if status == "abandoned" {
+        let how = if status == PlanStatus::Abandoned {
             release_reservations(conn, &plan_id).await?;
             Expiry::Abandoned
         } else {
@@ -1025,7 +1097,7 @@ pub struct OwnOutput {
     /// Its index there.
     pub index_in_tx: i64,
     /// `outputs.status`.
-    pub status: String,
+    pub status: crate::scanner::db::OutputStatus,
     /// The block holding it.
     pub block_height: u64,
     /// monero-wallet's `WalletOutput`.
@@ -1037,7 +1109,7 @@ pub struct OwnOutput {
 struct OwnOutputRecord {
     tx_hash: Vec<u8>,
     index_in_tx: i64,
-    status: String,
+    status: crate::scanner::db::OutputStatus,
     block_height: i64,
     wallet_output: Vec<u8>,
 }

@@ -45,6 +45,8 @@ use crate::amount::Amount;
 use crate::keystore::Keystore;
 use crate::link::{self, HandleError, OutMessage, Outbox};
 use crate::monero::{Daemon, KeyImage};
+use crate::scanner::db::OutputStatus;
+use db::PlanStatus;
 
 /// How far past the settlement horizon a proposal was relayed under (the
 /// highest Monero height the coordinator had announced before it, the same
@@ -940,7 +942,7 @@ async fn abandoned_status(
     for input in inputs {
         if let Some(own) =
             db::own_output(conn, key.session, &input.key().compress().to_bytes()).await?
-            && own.status == "spent"
+            && own.status == OutputStatus::Spent
         {
             return Ok(Abandoned::Void);
         }
@@ -995,7 +997,7 @@ async fn check(
     let Some(proposal) = db::lock_plan(&mut tx, plan_id).await? else {
         return Ok(false);
     };
-    if !matches!(proposal.status.as_str(), "received" | "waiting") {
+    if !matches!(proposal.status, PlanStatus::Received | PlanStatus::Waiting) {
         return Ok(false);
     }
     let verdict = verify(&mut tx, daemon, context, key, &proposal, own_fee_rate).await?;
@@ -1006,7 +1008,7 @@ async fn check(
                 tx.rollback().await?;
                 return Ok(false);
             }
-            db::set_plan_status(&mut tx, plan_id, "signing", None).await?;
+            db::set_plan_status(&mut tx, plan_id, PlanStatus::Signing, None).await?;
             crate::signer::begin(
                 &mut tx,
                 &context.keystore,
@@ -1022,26 +1024,28 @@ async fn check(
             );
         }
         Verdict::WaitWindow(reason) | Verdict::Wait(reason) => {
-            if proposal.status != "waiting" || proposal.reason.as_deref() != Some(reason.as_str()) {
+            if proposal.status != PlanStatus::Waiting
+                || proposal.reason.as_deref() != Some(reason.as_str())
+            {
                 info!(plan = %hex::encode(plan_id), "plan waits: {reason}");
             }
-            db::set_plan_status(&mut tx, plan_id, "waiting", Some(&reason)).await?;
+            db::set_plan_status(&mut tx, plan_id, PlanStatus::Waiting, Some(&reason)).await?;
         }
         Verdict::Stale(reason) => {
             info!(plan = %hex::encode(plan_id), leader = proposal.leader, "plan overtaken by an earlier one: {reason}");
-            db::set_plan_status(&mut tx, plan_id, "superseded", Some(&reason)).await?;
+            db::set_plan_status(&mut tx, plan_id, PlanStatus::Superseded, Some(&reason)).await?;
         }
         Verdict::Expire(reason) => {
             info!(plan = %hex::encode(plan_id), leader = proposal.leader, "proposal expired: {reason}");
-            db::set_plan_status(&mut tx, plan_id, "expired", Some(&reason)).await?;
+            db::set_plan_status(&mut tx, plan_id, PlanStatus::Expired, Some(&reason)).await?;
         }
         Verdict::Decline(reason) => {
             warn!(plan = %hex::encode(plan_id), leader = proposal.leader, "plan declined: {reason}");
-            db::set_plan_status(&mut tx, plan_id, "refused", Some(&reason)).await?;
+            db::set_plan_status(&mut tx, plan_id, PlanStatus::Refused, Some(&reason)).await?;
         }
         Verdict::Refuse(reason) => {
             warn!(plan = %hex::encode(plan_id), leader = proposal.leader, "plan refused: {reason}");
-            db::set_plan_status(&mut tx, plan_id, "refused", Some(&reason)).await?;
+            db::set_plan_status(&mut tx, plan_id, PlanStatus::Refused, Some(&reason)).await?;
             db::insert_fault(
                 &mut tx,
                 key.session,
@@ -1208,9 +1212,9 @@ async fn verify(
                 hex::encode(output_key)
             )));
         }
-        match own.status.as_str() {
-            "included" => {}
-            "reserved" | "spent" => {
+        match own.status {
+            OutputStatus::Included => {}
+            OutputStatus::Reserved | OutputStatus::Spent => {
                 // As for burns: the same reason whether the earlier plan is
                 // being signed or final.
                 return Ok(Verdict::Stale(format!(
@@ -1219,7 +1223,8 @@ async fn verify(
             }
             other => {
                 return Ok(Verdict::Refuse(format!(
-                    "input {i} is {other}, not spendable"
+                    "input {i} is {}, not spendable",
+                    other.as_str()
                 )));
             }
         }

@@ -43,7 +43,7 @@ async fn signing(
     id: &SignId,
 ) -> Result<Option<sched::StoredPlan>, HandleError> {
     let plan = sched::lock_plan(conn, &id.id).await?;
-    Ok(plan.filter(|p| p.status == "signing"))
+    Ok(plan.filter(|p| p.status == sched::PlanStatus::Signing))
 }
 
 /// Makes this signer's preprocess for a recorded attempt and sends it.
