@@ -310,31 +310,24 @@ async fn measure(chain: Chain, ecdh: Duration, cores: u32) -> Figures {
         let wallet = wallet.insert(fresh);
         // The first wallet a wallet-rpc process creates may sync as it is
         // created; one restored at the tip (nothing to scan) goes first.
+        let view_only = |restore_height: u64, filename: &str| monero_rpc::GenerateFromKeysArgs {
+            restore_height: Some(restore_height),
+            filename: filename.to_owned(),
+            address: address.parse().unwrap(),
+            spendkey: None,
+            viewkey: monero_rpc::monero::PrivateKey::from_slice(&view.to_bytes()).unwrap(),
+            password: String::new(),
+            autosave_current: Some(false),
+        };
         wallet
             .client
-            .generate_from_keys(monero_rpc::GenerateFromKeysArgs {
-                restore_height: Some(tip),
-                filename: "at-tip".to_owned(),
-                address: address.parse().unwrap(),
-                spendkey: None,
-                viewkey: monero_rpc::monero::PrivateKey::from_slice(&view.to_bytes()).unwrap(),
-                password: String::new(),
-                autosave_current: Some(false),
-            })
+            .generate_from_keys(view_only(tip, "at-tip"))
             .await
             .unwrap();
         wallet.client.close_wallet().await.unwrap();
         wallet
             .client
-            .generate_from_keys(monero_rpc::GenerateFromKeysArgs {
-                restore_height: Some(0),
-                filename: "view".to_owned(),
-                address: address.parse().unwrap(),
-                spendkey: None,
-                viewkey: monero_rpc::monero::PrivateKey::from_slice(&view.to_bytes()).unwrap(),
-                password: String::new(),
-                autosave_current: Some(false),
-            })
+            .generate_from_keys(view_only(0, "view"))
             .await
             .unwrap();
         wallet
