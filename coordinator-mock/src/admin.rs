@@ -47,17 +47,21 @@ impl CoordinatorAdmin for Admin {
     ) -> Result<Response<CoordinatorStatus>, Status> {
         let c = &self.coordinator;
         let mut processors = Vec::with_capacity(c.peers.len());
+        let mut reports = Vec::with_capacity(c.peers.len());
         for peer in &c.peers {
             let link = peer.link.status().await.map_err(CoordinatorError::from)?;
             let acked = settlement::db::acked_by(&c.pool, &peer.endpoint.name)
                 .await
                 .map_err(CoordinatorError::from)?;
             let scan = scan_status(peer).await;
+            let keys = processor_keys(peer).await;
+            reports.push((peer.endpoint.name.clone(), keys.clone()));
             let faults = crate::payouts::db::faults_against(&c.pool, &peer.endpoint.name)
                 .await
                 .map_err(CoordinatorError::from)?;
             processors.push(ProcessorView {
                 scan,
+                keys,
                 faults: u32::try_from(faults).unwrap_or(u32::MAX),
                 name: peer.endpoint.name.clone(),
                 endpoint: peer.endpoint.endpoint.clone(),
@@ -75,10 +79,14 @@ impl CoordinatorAdmin for Admin {
         let settlement_height = settlement::db::height(&c.pool)
             .await
             .map_err(CoordinatorError::from)?;
+        let keys = crate::keygen::rotation(&c.pool, &reports)
+            .await
+            .map_err(CoordinatorError::from)?;
         Ok(Response::new(CoordinatorStatus {
             node_id: c.node_id.clone(),
             processors,
             settlement_height,
+            keys,
         }))
     }
 
@@ -306,6 +314,35 @@ impl CoordinatorAdmin for Admin {
 /// Plaintext runs only: with mutual TLS the processor's admin API is the
 /// operators' alone (`tls.operator_names`), and the coordinator's
 /// certificate may open the link and nothing else, so it does not ask.
+/// A processor's keys as its admin API lists them now (empty: unreachable,
+/// or its admin API needs TLS).
+async fn processor_keys(peer: &crate::coordinator::Peer) -> Vec<proto::processor_v1::KeyInfo> {
+    use proto::processor_v1::processor_admin_client::ProcessorAdminClient;
+    if peer.tls.is_some() {
+        return Vec::new();
+    }
+    let Some(channel) = (match peer.endpoint() {
+        Ok(e) => e
+            .connect_timeout(std::time::Duration::from_millis(500))
+            .timeout(std::time::Duration::from_secs(1))
+            .connect()
+            .await
+            .ok(),
+        Err(_) => None,
+    }) else {
+        return Vec::new();
+    };
+    ProcessorAdminClient::new(channel)
+        .list_keys({
+            let mut request = tonic::Request::new(proto::processor_v1::ListKeysRequest {});
+            service::telemetry::inject(request.metadata_mut());
+            request
+        })
+        .await
+        .map(|r| r.into_inner().keys)
+        .unwrap_or_default()
+}
+
 async fn scan_status(peer: &crate::coordinator::Peer) -> Option<proto::processor_v1::ScanStatus> {
     use proto::processor_v1::processor_admin_client::ProcessorAdminClient;
     if peer.tls.is_some() {

@@ -187,6 +187,10 @@ pub struct KeygenConfig {
     /// If set, start session 0 with this threshold among every configured
     /// processor as soon as all have announced their identity keys.
     pub auto_start_threshold: Option<u32>,
+    /// The participants of that automatic first key generation, by name
+    /// (empty: every configured processor). Those left out can join a later
+    /// key (a rotation).
+    pub auto_start_processors: Vec<String>,
     /// Fixed with each new key: a Monero block is final once this many
     /// blocks are on top of it.
     pub confirmations: u64,
@@ -210,6 +214,7 @@ impl Default for KeygenConfig {
         Self {
             round_timeout: Duration::from_secs(60),
             auto_start_threshold: None,
+            auto_start_processors: Vec::new(),
             confirmations: 10,
             window_blocks: 5,
         }
@@ -384,11 +389,22 @@ impl Config {
         if self.keygen.round_timeout.is_zero() {
             return invalid("keygen.round_timeout must be more than 0".into());
         }
+        for name in &self.keygen.auto_start_processors {
+            if !self.processors.iter().any(|p| &p.name == name) {
+                return invalid(format!(
+                    "keygen.auto_start_processors names {name:?}, which is not a configured processor"
+                ));
+            }
+        }
         if let Some(t) = self.keygen.auto_start_threshold {
-            let n = self.processors.len();
+            let n = match self.keygen.auto_start_processors.len() {
+                0 => self.processors.len(),
+                named => named,
+            };
             if t < 2 || t as usize > n {
                 return invalid(format!(
-                    "keygen.auto_start_threshold {t} is not within 2..={n} (the configured processors)"
+                    "keygen.auto_start_threshold {t} is not within 2..={n} (the processors it starts \
+                     among)"
                 ));
             }
         }

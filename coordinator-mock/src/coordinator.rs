@@ -335,7 +335,10 @@ async fn keygen_timer(
                 auto = None;
                 continue;
             }
-            match coordinator.start_keygen(threshold, &[]).await {
+            match coordinator
+                .start_keygen(threshold, &config.auto_start_processors)
+                .await
+            {
                 Ok(session) => {
                     info!(session, threshold, "automatic key generation started");
                     auto = None;

@@ -285,12 +285,83 @@ async fn unbalanced_books_and_an_output_spent_by_nothing_are_found() {
             deposits: 5,
             paid: 0,
             fees: 0,
-            unspent: 3
+            unspent: 3,
+            forwarded_in: 0,
+            forwarded_out: 0,
         }),
         "{v:?}"
     );
     assert!(
         v.iter().any(|v| matches!(v, Violation::OutputSpentByNothing { processor, .. } if processor == "validator-1")),
+        "{v:?}"
+    );
+}
+
+#[tokio::test]
+async fn books_balance_across_a_forward_and_a_lost_forward_is_found() {
+    let w = World::new("forward").await;
+    let p = w.p(0);
+    block(p, 10).await;
+    // Key 0 took in 9 and forwarded it all (fee 1) to key 1, which holds 8.
+    output(p, 1, 1, 0, 9, "spent").await;
+    let forward = [0xf0_u8; 32];
+    sqlx::query(
+        r#"INSERT INTO plans (plan_id, session, "window", leader, signable, burn_ids, status, tx_hash, fee)
+           VALUES ($1, 0, 1, 1, '\x01', '{}', 'completed', $2, 1)"#,
+    )
+    .bind(forward.to_vec())
+    .bind(vec![0xaa_u8; 32])
+    .execute(p)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE outputs SET plan_id = $1")
+        .bind(forward.to_vec())
+        .execute(p)
+        .await
+        .unwrap();
+    let forwarded = |amount: i64| async move {
+        sqlx::query(
+            "INSERT INTO outputs (tx_hash, index_in_tx, session, block_height, account, subaddress_minor,
+                                  amount, wallet_output, status, output_key)
+             VALUES ($1, 0, 1, 10, 0, 2, $2, '\\x00', 'included', $3)",
+        )
+        .bind(vec![0xaa_u8; 32])
+        .bind(amount)
+        .bind(vec![0xab_u8; 32])
+        .execute(p)
+        .await
+        .unwrap();
+    };
+    forwarded(8).await;
+    // Only the books matter here (the coordinator never saw this plan).
+    let books = |v: Vec<Violation>| {
+        v.into_iter()
+            .filter(|v| {
+                matches!(
+                    v,
+                    Violation::BooksUnbalanced { .. } | Violation::ForwardShort { .. }
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        books(w.violations().await),
+        Vec::new(),
+        "a forward between two keys balances"
+    );
+    // The forward arrived short by 3 at the new key: key 1's books show it.
+    sqlx::query("UPDATE outputs SET amount = 5 WHERE session = 1")
+        .execute(p)
+        .await
+        .unwrap();
+    let v = w.violations().await;
+    assert!(
+        v.contains(&Violation::ForwardShort {
+            processor: "validator-1".into(),
+            plan_id: hex::encode(forward),
+            sent: 8,
+            arrived: 5,
+        }),
         "{v:?}"
     );
 }

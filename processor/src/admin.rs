@@ -232,10 +232,40 @@ impl ProcessorAdmin for Admin {
         let rows = keygen::db::list(&self.pool)
             .await
             .map_err(ServiceError::from)?;
+        let chain = crate::lifecycle::db::chain(&self.pool)
+            .await
+            .map_err(ServiceError::from)?;
+        let balances = crate::lifecycle::db::balances(&self.pool)
+            .await
+            .map_err(ServiceError::from)?;
+        // Stages as of the last finalized block scanned.
+        let scanned = scanner::db::cursor(&self.pool)
+            .await
+            .map_err(ServiceError::from)?
+            .map(|(next, _)| next.saturating_sub(1));
         Ok(Response::new(KeyList {
             keys: rows
                 .into_iter()
-                .map(|k| KeyInfo {
+                .map(|k| {
+                    let link = chain.iter().find(|c| c.own && c.session == k.session);
+                    let (balance, unspent_outputs) = balances
+                        .iter()
+                        .find(|b| b.0 == k.session)
+                        .map_or((0, 0), |b| (b.1, b.2));
+                    let stage = link.map_or(String::new(), |c| {
+                        let at = scanned.unwrap_or(0);
+                        c.heights.stage_at(at).as_str().to_owned()
+                    });
+                    (k, link.map(|c| c.heights), stage, balance, unspent_outputs)
+                })
+                .map(|(k, heights, stage, balance, unspent_outputs)| KeyInfo {
+                    stage,
+                    activation_height: heights.map(|h| h.activation),
+                    forwarding_height: heights.and_then(|h| h.forwarding),
+                    finishing_height: heights.and_then(|h| h.finishing),
+                    retired_height: heights.and_then(|h| h.retired),
+                    balance,
+                    unspent_outputs,
                     session: k.session,
                     threshold: u32::from(k.threshold),
                     participants: u32::try_from(k.participant_keys.len()).unwrap_or(u32::MAX),

@@ -14,6 +14,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod inbound;
 pub mod keygen;
+pub mod lifecycle;
 pub mod monero;
 pub mod run;
 pub mod scanner;

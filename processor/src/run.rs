@@ -125,6 +125,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
                     query: "SELECT status, count(*) FROM plans GROUP BY status",
                 },
                 crate::metrics::DbGauge {
+                    name: crate::metrics::KEY_BALANCE,
+                    label: "session",
+                    query: "SELECT session::text, COALESCE(SUM(amount), 0)::BIGINT FROM outputs
+                            WHERE status IN ('locked', 'received', 'included', 'reserved')
+                            GROUP BY session",
+                },
+                crate::metrics::DbGauge {
                     name: crate::metrics::BATCHES,
                     label: "status",
                     query: "SELECT status, count(*) FROM batches GROUP BY status",

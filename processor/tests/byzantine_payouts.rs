@@ -117,6 +117,8 @@ async fn a_far_future_proposal_and_a_payout_never_mined_do_not_stop_payouts() {
             plan_id: bogus.to_vec(),
             signable_transaction: vec![1, 2, 3],
             burn_ids: vec![],
+            // The coordinator fills in the key from the leader's newest.
+            session: None,
         },
     )
     .await
@@ -385,6 +387,8 @@ async fn a_second_conflicting_proposal_for_a_window_is_decided_alike_everywhere_
             plan_id: second.to_vec(),
             signable_transaction: signable,
             burn_ids: vec!["burn-twice".into()],
+            // The coordinator fills in the key from the leader's newest.
+            session: None,
         },
     )
     .await
@@ -712,6 +716,8 @@ async fn one_byzantine_participant_doing_everything_at_once_cannot_stop_the_othe
             plan_id: bogus.to_vec(),
             signable_transaction: vec![7; 64],
             burn_ids: vec!["burn-byz".into()],
+            // The coordinator fills in the key from the leader's newest.
+            session: None,
         },
     )
     .await

@@ -330,11 +330,9 @@ async fn an_output_key_received_twice_is_credited_once() {
         scheduler: processor::scheduler::SchedulerConfig::default(),
         finalized: std::sync::Arc::default(),
     };
-    let key = processor::scanner::key_for(&pool, next)
-        .await
-        .unwrap()
-        .unwrap();
-    let stored = processor::scanner::ingest(&pool, &context, &key, next, blocks)
+    let (keys, _) = processor::scanner::keys_at(&pool, next).await.unwrap();
+    assert_eq!(keys.len(), 1, "one key is scanned");
+    let stored = processor::scanner::ingest(&pool, &context, &keys, next, blocks)
         .await
         .unwrap();
     assert_eq!(stored, tip - next + 1);

@@ -452,10 +452,13 @@ async fn proposals_are_checked_in_relay_order_even_the_leaders_own() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_small_deposits_are_consolidated_and_a_large_burn_is_paid() {
     use processor::scheduler::plan::MAX_INPUTS;
-    const DEPOSITS: usize = MAX_INPUTS + 20;
+    const DEPOSITS: usize = 200;
     const EACH: u64 = 1_000_000_000_000;
-    // More than the MAX_INPUTS largest outputs hold, less than all of them.
-    let burn = u64::try_from(MAX_INPUTS + 6).unwrap() * EACH;
+    // More than the MAX_INPUTS largest outputs hold even after one
+    // consolidation (two halves of 64 plus 62 ones: 126), less than after
+    // two (two halves of 126 plus 62: 188): two consolidations, then the
+    // payout.
+    let burn = 150 * EACH;
     let setup = Setup::start_with("payconsol", 2, SCHEDULER, |_| None).await;
     let (to, minor) = user_subaddress(&setup).await;
 
@@ -526,14 +529,17 @@ async fn many_small_deposits_are_consolidated_and_a_large_burn_is_paid() {
         },
     )
     .await;
-    // One consolidation (no burns) came first; then the payout.
-    assert_eq!(plans.len(), 2, "{plans:?}");
+    // Two consolidations (no burns) came first; then the payout.
+    assert_eq!(plans.len(), 3, "{plans:?}");
     assert!(
-        plans[0].3.is_empty(),
-        "the first plan pays no burn: {plans:?}"
+        plans[0].3.is_empty() && plans[1].3.is_empty(),
+        "the first two plans pay no burn: {plans:?}"
     );
-    let consolidation_tx = hex::encode(plans[0].2.clone().unwrap());
-    let payout_tx = hex::encode(plans[1].2.clone().unwrap());
+    let consolidation_txs = [
+        hex::encode(plans[0].2.clone().unwrap()),
+        hex::encode(plans[1].2.clone().unwrap()),
+    ];
+    let payout_tx = hex::encode(plans[2].2.clone().unwrap());
     // Every processor reports the same transaction for each plan.
     let reported: Vec<(Vec<u8>, Vec<u8>)> =
         sqlx::query_as("SELECT plan_id, tx_hash FROM plan_completions")
@@ -561,31 +567,33 @@ async fn many_small_deposits_are_consolidated_and_a_large_burn_is_paid() {
         assert_eq!(deposits, i64::try_from(DEPOSITS as u64 * EACH).unwrap());
         assert_eq!(paid, i64::try_from(burn).unwrap());
         assert_eq!(deposits, paid + fees + unspent);
-        // The consolidation spent exactly MAX_INPUTS deposits, paid a fee,
+        // Each consolidation spent exactly MAX_INPUTS outputs, paid a fee,
         // and its two outputs came back to the change subaddress.
-        let consolidation: (i64, i64) = sqlx::query_as(
+        for consolidation_tx in &consolidation_txs {
+            let consolidation: (i64, i64) = sqlx::query_as(
             "SELECT (SELECT count(*) FROM outputs o WHERE o.plan_id = p.plan_id AND o.status = 'spent'),
                     fee
              FROM plans p WHERE tx_hash = $1",
         )
-        .bind(hex::decode(&consolidation_tx).unwrap())
+        .bind(hex::decode(consolidation_tx).unwrap())
         .fetch_one(&p)
         .await
         .unwrap();
-        assert_eq!(consolidation.0, i64::try_from(MAX_INPUTS).unwrap());
-        assert!(consolidation.1 > 0, "the consolidation paid a fee");
-        assert_eq!(
-            scalar_i64(
-                &p,
-                &format!(
-                    "SELECT count(*) FROM outputs WHERE account = 0 AND subaddress_minor = 1
+            assert_eq!(consolidation.0, i64::try_from(MAX_INPUTS).unwrap());
+            assert!(consolidation.1 > 0, "the consolidation paid a fee");
+            assert_eq!(
+                scalar_i64(
+                    &p,
+                    &format!(
+                        "SELECT count(*) FROM outputs WHERE account = 0 AND subaddress_minor = 1
                      AND tx_hash = decode('{consolidation_tx}', 'hex')"
+                    )
                 )
-            )
-            .await,
-            2,
-            "both consolidated outputs are the group's own change"
-        );
+                .await,
+                2,
+                "both consolidated outputs are the group's own change"
+            );
+        }
         // No output is credited twice: the deposits are the only outputs of
         // an account, and every batch holds only them.
         assert_eq!(

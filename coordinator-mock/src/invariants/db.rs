@@ -249,15 +249,22 @@ pub struct Books {
     pub paid: i64,
     /// Fees of completed plans.
     pub fees: i64,
-    /// Outputs still the group's: deposits and change not yet spent.
+    /// Outputs still the group's: deposits, change and forwards received,
+    /// not yet spent.
     pub unspent: i64,
+    /// What an earlier key forwarded to this one.
+    pub forwarded_in: i64,
+    /// What this key forwarded to a newer one: the inputs of its completed
+    /// burn-less plans less their fee and what came back to it (a
+    /// consolidation returns everything but the fee, a forward nothing).
+    pub forwarded_out: i64,
 }
 
 /// Each key's books on a processor. Deposits are outputs to an account
 /// (account > 0) that were credited (included, then maybe reserved or
-/// spent); change (account 0, minor 1) is never a deposit but is unspent
-/// money. Sums are NUMERIC until compared, so no overflow hides a
-/// difference.
+/// spent); change (account 0, minor 1) and forwards (account 0, minor 2)
+/// are never deposits but are unspent money. Sums are NUMERIC until
+/// compared, so no overflow hides a difference.
 pub async fn books(pool: &PgPool) -> Result<Vec<Books>, sqlx::Error> {
     sqlx::query_as(
         "WITH sessions AS (
@@ -274,20 +281,72 @@ pub async fn books(pool: &PgPool) -> Result<Vec<Books>, sqlx::Error> {
              SELECT session, sum(fee) AS v FROM plans WHERE status = 'completed' GROUP BY session
          ), unspent AS (
              SELECT session, sum(amount) AS v FROM outputs
-             WHERE status IN ('included', 'reserved') AND (account > 0 OR subaddress_minor = 1)
+             WHERE status IN ('included', 'reserved')
+               AND (account > 0 OR subaddress_minor IN (1, 2))
              GROUP BY session
+         ), forwarded_in AS (
+             SELECT session, sum(amount) AS v FROM outputs
+             WHERE account = 0 AND subaddress_minor = 2
+               AND status IN ('included', 'reserved', 'spent')
+             GROUP BY session
+         ), forwarded_out AS (
+             SELECT p.session,
+                    sum((SELECT COALESCE(sum(i.amount), 0) FROM outputs i WHERE i.plan_id = p.plan_id)
+                        - p.fee
+                        - (SELECT COALESCE(sum(o.amount), 0) FROM outputs o
+                           WHERE o.tx_hash = p.tx_hash AND o.session = p.session)) AS v
+             FROM plans p
+             WHERE p.status = 'completed' AND cardinality(p.burn_ids) = 0
+             GROUP BY p.session
          )
          SELECT s.session,
                 COALESCE(d.v, 0)::bigint AS deposits,
                 COALESCE(p.v, 0)::bigint AS paid,
                 COALESCE(f.v, 0)::bigint AS fees,
-                COALESCE(u.v, 0)::bigint AS unspent
+                COALESCE(u.v, 0)::bigint AS unspent,
+                COALESCE(fi.v, 0)::bigint AS forwarded_in,
+                COALESCE(fo.v, 0)::bigint AS forwarded_out
          FROM sessions s
          LEFT JOIN deposits d ON d.session = s.session
          LEFT JOIN paid p ON p.session = s.session
          LEFT JOIN fees f ON f.session = s.session
          LEFT JOIN unspent u ON u.session = s.session
+         LEFT JOIN forwarded_in fi ON fi.session = s.session
+         LEFT JOIN forwarded_out fo ON fo.session = s.session
          ORDER BY s.session",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// A forward seen at both ends on one processor.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Forward {
+    /// The plan.
+    pub plan_id: Vec<u8>,
+    /// The key that forwarded.
+    pub session: i64,
+    /// What left it: inputs less fee less what came back to it.
+    pub sent: i64,
+    /// What arrived at other keys held here.
+    pub arrived: i64,
+}
+
+/// Completed burn-less plans whose transaction paid another key this
+/// processor holds: what left and what arrived must be equal.
+pub async fn forwards(pool: &PgPool) -> Result<Vec<Forward>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT p.plan_id, p.session,
+                ((SELECT COALESCE(sum(i.amount), 0) FROM outputs i WHERE i.plan_id = p.plan_id)
+                 - p.fee
+                 - (SELECT COALESCE(sum(o.amount), 0) FROM outputs o
+                    WHERE o.tx_hash = p.tx_hash AND o.session = p.session))::bigint AS sent,
+                (SELECT COALESCE(sum(o.amount), 0) FROM outputs o
+                 WHERE o.tx_hash = p.tx_hash AND o.session <> p.session)::bigint AS arrived
+         FROM plans p
+         WHERE p.status = 'completed' AND cardinality(p.burn_ids) = 0
+           AND EXISTS (SELECT 1 FROM outputs o WHERE o.tx_hash = p.tx_hash AND o.session <> p.session)
+         ORDER BY p.plan_id",
     )
     .fetch_all(pool)
     .await

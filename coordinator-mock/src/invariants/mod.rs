@@ -217,6 +217,21 @@ pub enum Violation {
         fees: i64,
         /// Atomic units.
         unspent: i64,
+        /// Atomic units.
+        forwarded_in: i64,
+        /// Atomic units.
+        forwarded_out: i64,
+    },
+    /// A forward between two keys one processor holds did not arrive whole.
+    ForwardShort {
+        /// The processor.
+        processor: String,
+        /// The forward (hex).
+        plan_id: String,
+        /// What left the old key.
+        sent: i64,
+        /// What reached the new one.
+        arrived: i64,
     },
 }
 
@@ -318,6 +333,15 @@ impl fmt::Display for Violation {
                  its deposits are never credited there"
             ),
             Self::PlanDiffers { plan_id, detail } => write!(f, "plan {plan_id}: {detail}"),
+            Self::ForwardShort {
+                processor,
+                plan_id,
+                sent,
+                arrived,
+            } => write!(
+                f,
+                "{processor}: forward {plan_id} sent {sent} but {arrived} reached the newer key"
+            ),
             Self::BooksUnbalanced {
                 processor,
                 session,
@@ -325,13 +349,16 @@ impl fmt::Display for Violation {
                 paid,
                 fees,
                 unspent,
+                forwarded_in,
+                forwarded_out,
             } => write!(
                 f,
-                "{processor} key {session}: deposits {deposits} != paid {paid} + fees {fees} + unspent {unspent} \
-                 (off by {})",
-                i128::from(*deposits)
+                "{processor} key {session}: deposits {deposits} + forwarded in {forwarded_in} != paid \
+                 {paid} + fees {fees} + forwarded out {forwarded_out} + unspent {unspent} (off by {})",
+                i128::from(*deposits) + i128::from(*forwarded_in)
                     - i128::from(*paid)
                     - i128::from(*fees)
+                    - i128::from(*forwarded_out)
                     - i128::from(*unspent)
             ),
         }
@@ -594,10 +621,14 @@ async fn signing(name: &str, pool: &PgPool, found: &mut Vec<Violation>) -> Resul
     Ok(())
 }
 
-/// deposits = paid + fees + unspent, per key.
+/// deposits + forwarded in = paid + fees + forwarded out + unspent, per key.
 async fn books(name: &str, pool: &PgPool, found: &mut Vec<Violation>) -> Result<(), sqlx::Error> {
     for b in db::books(pool).await? {
-        if i128::from(b.deposits) != i128::from(b.paid) + i128::from(b.fees) + i128::from(b.unspent)
+        if i128::from(b.deposits) + i128::from(b.forwarded_in)
+            != i128::from(b.paid)
+                + i128::from(b.fees)
+                + i128::from(b.forwarded_out)
+                + i128::from(b.unspent)
         {
             found.push(Violation::BooksUnbalanced {
                 processor: name.to_owned(),
@@ -606,6 +637,18 @@ async fn books(name: &str, pool: &PgPool, found: &mut Vec<Violation>) -> Result<
                 paid: b.paid,
                 fees: b.fees,
                 unspent: b.unspent,
+                forwarded_in: b.forwarded_in,
+                forwarded_out: b.forwarded_out,
+            });
+        }
+    }
+    for f in db::forwards(pool).await? {
+        if f.sent != f.arrived {
+            found.push(Violation::ForwardShort {
+                processor: name.to_owned(),
+                plan_id: hex::encode(&f.plan_id),
+                sent: f.sent,
+                arrived: f.arrived,
             });
         }
     }

@@ -424,6 +424,45 @@ pub async fn newest_key_of(
     Ok(row.map(|r| (r.session, r.idx)))
 }
 
+/// Every confirmed key's activation height, once given: (session,
+/// activation).
+pub async fn activations(pool: &PgPool) -> Result<Vec<(i64, Option<i64>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT session, activation_height FROM keygen_sessions WHERE status = $1 ORDER BY session",
+    )
+    .bind(SessionStatus::Confirmed)
+    .fetch_all(pool)
+    .await
+}
+
+/// The newest key given an activation height, if any.
+pub async fn newest_activated(conn: &mut PgConnection) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT session FROM keygen_sessions WHERE status = $1 AND activation_height IS NOT NULL
+         ORDER BY activation_height DESC, session DESC LIMIT 1",
+    )
+    .bind(SessionStatus::Confirmed)
+    .fetch_optional(conn)
+    .await
+}
+
+/// `processor`'s index in confirmed key `session`, if it holds a share.
+pub async fn index_in(
+    conn: &mut PgConnection,
+    processor: &str,
+    session: i64,
+) -> Result<Option<i32>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT p.idx FROM keygen_sessions s JOIN keygen_participants p USING (session)
+         WHERE s.status = $3 AND p.processor = $1 AND s.session = $2",
+    )
+    .bind(processor)
+    .bind(session)
+    .bind(SessionStatus::Confirmed)
+    .fetch_optional(conn)
+    .await
+}
+
 /// The newest confirmed key: (session, group key).
 pub async fn newest_confirmed(
     pool: &PgPool,

@@ -484,7 +484,11 @@ pub async fn generated(
 /// `KeyConfirmed` to its participants, after that block on every link: no
 /// processor can have scanned the activation block before it learns of the
 /// key. Runs in the settlement block's transaction.
-pub async fn activate(conn: &mut PgConnection, monero_horizon: u64) -> Result<(), sqlx::Error> {
+pub async fn activate(
+    conn: &mut PgConnection,
+    monero_horizon: u64,
+    links: &[String],
+) -> Result<(), sqlx::Error> {
     let activation = monero_horizon.saturating_add(1);
     for (session, group_key) in db::activate(conn, to_i64(activation)).await? {
         let message = Kind::KeyConfirmed(KeyConfirmed {
@@ -492,10 +496,22 @@ pub async fn activate(conn: &mut PgConnection, monero_horizon: u64) -> Result<()
             group_key,
             activation_height: activation,
         });
+        // Every processor learns every key of the group, in one order with
+        // the settlement blocks: its participants to scan it, the others to
+        // know it (a leaving set's keys forward to it; a joining processor
+        // learns which keys came before its own, and so which burns are not
+        // its to pay).
+        let mut to: Vec<String> = links.to_vec();
         for p in db::participant_links(conn, session, None).await? {
+            if !to.contains(&p.processor) {
+                to.push(p.processor);
+            }
+        }
+        to.sort();
+        for processor in to {
             link::enqueue(
                 conn,
-                &p.processor,
+                &processor,
                 &[out(
                     format!("keygen-confirmed/{session}"),
                     "key_confirmed",
@@ -507,7 +523,7 @@ pub async fn activate(conn: &mut PgConnection, monero_horizon: u64) -> Result<()
         info!(
             session,
             activation_height = activation,
-            "key confirmed to its participants, scanned from its activation height"
+            "key confirmed to every processor, scanned by its participants from its activation height"
         );
     }
     Ok(())
@@ -668,6 +684,62 @@ pub async fn status(
             excluded: s.excluded,
             retried_by: s.retried_by.map(to_u64),
             attempt: to_u32(s.try_number),
+        });
+    }
+    Ok(out)
+}
+
+/// The confirmed keys as the rotation schedules them, oldest first; each
+/// processor's own report (`ListKeys`) says where each key retired.
+pub async fn rotation(
+    pool: &PgPool,
+    reports: &[(String, Vec<proto::processor_v1::KeyInfo>)],
+) -> Result<Vec<proto::coordinator_v1::KeyRotationView>, sqlx::Error> {
+    let horizon = crate::settlement::db::monero_horizon(pool).await?;
+    let activations: HashMap<i64, Option<i64>> = db::activations(pool).await?.into_iter().collect();
+    let known: Vec<processor::lifecycle::KnownKey> = activations
+        .iter()
+        .filter_map(|(&session, &activation)| {
+            Some(processor::lifecycle::KnownKey {
+                session: to_u64(session),
+                group_key: [0; 32],
+                activation: to_u64(activation?),
+                retired: None,
+                own: true,
+            })
+        })
+        .collect();
+    let chain = processor::lifecycle::chain(known);
+    let mut out = Vec::new();
+    for s in status(pool, None).await? {
+        if s.status != "confirmed" {
+            continue;
+        }
+        let heights = chain
+            .iter()
+            .find(|k| k.session == s.session)
+            .map(|k| k.heights);
+        out.push(proto::coordinator_v1::KeyRotationView {
+            session: s.session,
+            threshold: s.threshold,
+            participants: s.participants.into_iter().map(|p| p.processor).collect(),
+            monero_address: s.monero_address,
+            activation_height: heights.map(|h| h.activation),
+            forwarding_height: heights.and_then(|h| h.forwarding),
+            finishing_height: heights.and_then(|h| h.finishing),
+            scheduled_stage: match (heights, horizon) {
+                (Some(h), Some(at)) => h.stage_at(to_u64(at)).as_str().to_owned(),
+                (Some(_), None) => processor::lifecycle::Stage::Pending.as_str().to_owned(),
+                (None, _) => String::new(),
+            },
+            retired_on: reports
+                .iter()
+                .filter(|(_, keys)| {
+                    keys.iter()
+                        .any(|k| k.session == s.session && k.stage == "retired")
+                })
+                .map(|(name, _)| name.clone())
+                .collect(),
         });
     }
     Ok(out)

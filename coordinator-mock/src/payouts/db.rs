@@ -305,6 +305,7 @@ pub async fn take_burns(
             burn_id: r.burn_id,
             monero_address: r.monero_address,
             amount: to_u64(r.amount),
+            session: None,
         })
         .collect())
 }

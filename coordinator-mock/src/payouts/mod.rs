@@ -46,7 +46,22 @@ pub async fn proposal(
     processor: &str,
     m: PlanProposal,
 ) -> Result<(), HandleError> {
-    let (session, index) = key_of(conn, processor).await?;
+    // The key whose window it is: while one key forwards to the next, a
+    // processor leads windows of both.
+    let (session, index) = match m.session {
+        Some(session) => {
+            let session = to_i64(session);
+            let index = crate::keygen::db::index_in(conn, processor, session)
+                .await?
+                .ok_or_else(|| {
+                    HandleError::Rejected(format!(
+                        "{processor} proposed a plan for key {session}, of which it holds no confirmed share"
+                    ))
+                })?;
+            (session, index)
+        }
+        None => key_of(conn, processor).await?,
+    };
     if i64::from(index) != i64::from(m.leader_index) {
         return Err(HandleError::Rejected(format!(
             "{processor} is participant {index} but proposed as leader {}",
@@ -67,6 +82,10 @@ pub async fn proposal(
         return Ok(());
     }
     let plan = hex::encode(&m.plan_id);
+    // Relayed with the key it was recorded under, whether the leader named
+    // it or not.
+    let mut m = m;
+    m.session = Some(to_u64(session));
     let relay = out(
         format!("plan-proposal/{plan}"),
         "plan_proposal",
@@ -231,7 +250,15 @@ pub async fn take_for_block(
     number: i64,
     max: usize,
 ) -> Result<Vec<Burn>, sqlx::Error> {
-    db::take_burns(conn, number, i64::try_from(max).unwrap_or(i64::MAX)).await
+    // Each burn is the newest activated key's to pay (activated by an
+    // earlier block: this block's activations come after it on every link).
+    // Before any key is activated, none is named: the first key pays it.
+    let payer = crate::keygen::db::newest_activated(conn).await?;
+    let mut burns = db::take_burns(conn, number, i64::try_from(max).unwrap_or(i64::MAX)).await?;
+    for burn in &mut burns {
+        burn.session = payer.map(to_u64);
+    }
+    Ok(burns)
 }
 
 /// A plan for the admin API.

@@ -73,6 +73,13 @@ pub async fn height(pool: &PgPool) -> Result<i64, sqlx::Error> {
         .await
 }
 
+/// The highest Monero horizon announced (`None`: no block yet).
+pub async fn monero_horizon(pool: &PgPool) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT max(monero_horizon) FROM settlement_blocks")
+        .fetch_one(pool)
+        .await
+}
+
 /// The highest block `processor` acknowledged (-1: none).
 pub async fn acked_by(pool: &PgPool, processor: &str) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT COALESCE(MAX(number), -1) FROM settlement_acks WHERE processor = $1")

@@ -74,7 +74,7 @@ pub async fn emit_block(
     for link_id in sorted {
         link::enqueue(&mut tx, link_id, &out).await?;
     }
-    crate::keygen::activate(&mut tx, monero_horizon).await?;
+    crate::keygen::activate(&mut tx, monero_horizon, links).await?;
     tx.commit().await?;
     Ok(Emitted {
         number,

@@ -71,6 +71,12 @@ pub const PAYOUTS_PUBLISHED: &str = "custody_payouts_published_total";
 /// final here) to this processor publishing the window's payout: what an
 /// operator waits for, every hop through the coordinator included.
 pub const PAYOUT_PUBLISH_SECONDS: &str = "custody_payout_publish_seconds";
+/// Per key (label `session`): what it holds, outputs not spent (atomic
+/// units).
+pub const KEY_BALANCE: &str = "custody_key_balance_piconero";
+/// Per key (labels `session`, `stage`): 1 for the stage it is in at the
+/// last finalized block scanned, 0 for the others.
+pub const KEY_STAGE: &str = "custody_key_stage";
 /// Payouts found final on chain.
 pub const PAYOUTS_COMPLETED: &str = "custody_payouts_completed_total";
 
@@ -191,6 +197,14 @@ fn describe() {
         ),
         (BATCHES, "batches by status"),
         (PLANS, "payout plans by status"),
+        (
+            KEY_BALANCE,
+            "what each key holds: outputs not spent (atomic units)",
+        ),
+        (
+            KEY_STAGE,
+            "1 for each key's rotation stage (pending, active, forwarding, finishing, retired)",
+        ),
     ] {
         describe_gauge!(name, help);
     }

@@ -563,6 +563,22 @@ pub struct Contents {
     pub settlement_blocks: Vec<SettlementRecord>,
     /// Link positions.
     pub links: Vec<LinkRecord>,
+    /// Keys of the group this processor holds no share of (a successor its
+    /// keys forward to). Absent in backups written before key rotation.
+    #[serde(default)]
+    pub foreign_keys: Vec<ForeignKeyRecord>,
+}
+
+/// A key this processor knows but holds no share of.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForeignKeyRecord {
+    /// Session.
+    pub session: u64,
+    /// Group key, hex.
+    pub group_key: String,
+    /// Its activation height.
+    pub activation_height: u64,
 }
 
 impl std::fmt::Debug for Contents {
@@ -702,6 +718,7 @@ pub async fn collect(
     let accounts = db::accounts(&mut tx).await?;
     let blocks = db::settlement_blocks(&mut tx).await?;
     let links = link::db::positions(&mut tx).await?;
+    let foreign = crate::lifecycle::db::foreign_keys(&mut *tx).await?;
     tx.commit().await?;
 
     let secret = keystore::open_identity(kek, &public, &sealed)?;
@@ -745,6 +762,14 @@ pub async fn collect(
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         identity: IdentityRecord { public, secret },
         keys,
+        foreign_keys: foreign
+            .into_iter()
+            .map(|(session, group_key, activation_height)| ForeignKeyRecord {
+                session,
+                group_key: hex::encode(group_key),
+                activation_height,
+            })
+            .collect(),
         accounts: accounts
             .iter()
             .map(|a| AccountRecord {
@@ -913,6 +938,21 @@ pub async fn restore(
                 window_blocks: key.window_blocks,
                 activation_height: key.activation_height,
             },
+        )
+        .await?;
+    }
+    for foreign in &contents.foreign_keys {
+        let group_key = hex::decode(&foreign.group_key)
+            .ok()
+            .filter(|k| k.len() == 32)
+            .ok_or_else(|| {
+                BackupError::Malformed(format!("foreign key {}: group key", foreign.session))
+            })?;
+        crate::lifecycle::db::insert_foreign(
+            &mut tx,
+            foreign.session,
+            &group_key,
+            foreign.activation_height,
         )
         .await?;
     }
@@ -1140,6 +1180,11 @@ mod tests {
                 monero_horizon: 150,
             }],
             links: vec![],
+            foreign_keys: vec![ForeignKeyRecord {
+                session: 1,
+                group_key: hex::encode([9; 32]),
+                activation_height: 160,
+            }],
         }
     }
 
@@ -1164,6 +1209,13 @@ mod tests {
         assert_eq!(back.keys[0].activation_height, Some(140));
         assert_eq!(back.accounts, c.accounts);
         assert_eq!(back.settlement_blocks, c.settlement_blocks);
+        assert_eq!(back.foreign_keys.len(), 1);
+        assert_eq!(back.foreign_keys[0].activation_height, 160);
+        // A backup written before rotation (no foreign keys) still opens.
+        let mut old: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        old.as_object_mut().unwrap().remove("foreign_keys");
+        let old = Contents::from_bytes(&serde_json::to_vec(&old).unwrap()).unwrap();
+        assert!(old.foreign_keys.is_empty());
         assert!(
             !format!("{back:?}").contains(&hex::encode(c.identity.secret.as_slice())),
             "Debug shows no secret"

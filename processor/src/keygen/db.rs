@@ -313,7 +313,7 @@ pub async fn active(pool: &PgPool) -> Result<Option<(u64, [u8; 32])>, sqlx::Erro
 
 /// What the scheduler needs of a confirmed key: our index, n and t.
 pub async fn participation(
-    pool: &PgPool,
+    conn: impl sqlx::PgExecutor<'_>,
     session: u64,
 ) -> Result<Option<crate::scheduler::db::ActiveKey>, sqlx::Error> {
     let row = sqlx::query(
@@ -321,7 +321,7 @@ pub async fn participation(
          WHERE session = $1 AND status = 'confirmed'",
     )
     .bind(to_i64(session))
-    .fetch_optional(pool)
+    .fetch_optional(conn)
     .await?;
     let Some(r) = row else { return Ok(None) };
     let group_key: Option<Vec<u8>> = r.try_get("group_key")?;

@@ -359,9 +359,9 @@ pub async fn round2_packages(
 
 /// `KeyConfirmed`: the key becomes active.
 pub async fn confirmed(conn: &mut PgConnection, message: KeyConfirmed) -> Result<(), HandleError> {
-    let row = db::lock(conn, message.session)
-        .await?
-        .ok_or_else(|| HandleError::Rejected(format!("no key for session {}", message.session)))?;
+    let Some(row) = db::lock(conn, message.session).await? else {
+        return foreign_confirmed(conn, message).await;
+    };
     if row.status != "generated" {
         return Err(HandleError::Rejected(format!(
             "session {} is in status {}, not generated",
@@ -395,5 +395,53 @@ pub async fn confirmed(conn: &mut PgConnection, message: KeyConfirmed) -> Result
         activation_height = message.activation_height,
         "key confirmed: scanned from its activation height"
     );
+    Ok(())
+}
+
+/// `KeyConfirmed` for a key this processor holds no share of: every
+/// processor learns every key of the group. A leaving validator set's keys
+/// forward to it; a joining processor learns which keys came before its
+/// own (burns named for none are the first key's).
+async fn foreign_confirmed(
+    conn: &mut PgConnection,
+    message: KeyConfirmed,
+) -> Result<(), HandleError> {
+    if message.group_key.len() != 32
+        || crate::accounts::view_pair(
+            &<[u8; 32]>::try_from(message.group_key.as_slice()).unwrap_or_default(),
+        )
+        .is_none()
+    {
+        return Err(HandleError::Rejected(format!(
+            "the coordinator confirmed key {}, of which this processor holds no share, but its group \
+             key is not a valid point",
+            message.session
+        )));
+    }
+    let horizon = crate::settlement::db::horizon(&mut *conn).await?;
+    if horizon.is_some_and(|h| message.activation_height <= h) {
+        return Err(HandleError::Rejected(format!(
+            "the coordinator activates key {} at Monero block {}, at or below the horizon \
+             {} of a settlement block it sent before: this processor's keys may have scanned past it",
+            message.session,
+            message.activation_height,
+            horizon.unwrap_or_default()
+        )));
+    }
+    if crate::lifecycle::db::insert_foreign(
+        conn,
+        message.session,
+        &message.group_key,
+        message.activation_height,
+    )
+    .await?
+    {
+        info!(
+            session = message.session,
+            activation_height = message.activation_height,
+            "a key of which this processor holds no share was confirmed: known for the rotation \
+             (its own keys forward to a newer one)"
+        );
+    }
     Ok(())
 }

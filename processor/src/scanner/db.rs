@@ -231,7 +231,7 @@ pub async fn unlock(
     let passed = "session = $1 AND status = 'locked'
          AND (unlock_height <= $2 OR unlock_time <= $3)";
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "UPDATE outputs SET status = 'included' WHERE {passed} AND account = 0 AND subaddress_minor = 1"
+        "UPDATE outputs SET status = 'included' WHERE {passed} AND account = 0 AND subaddress_minor IN (1, 2)"
     )))
     .bind(to_i64(session))
     .bind(to_i64(height))

@@ -29,6 +29,10 @@ use crate::monero::Daemon;
 /// The subaddress change returns to: account 0, minor 1.
 pub const CHANGE_SUBADDRESS: (u32, u32) = (0, 1);
 
+/// The subaddress an earlier key forwards its outputs to: account 0, minor
+/// 2. Taken, like change, as the group's own funds, never a deposit.
+pub const FORWARD_SUBADDRESS: (u32, u32) = (0, 2);
+
 /// Where and how to scan. What a processor reports is fixed by the key
 /// (`KeyGenStart`), not here: `confirmations` may only repeat the key's value.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -314,32 +318,50 @@ pub fn scan_all(
     })
 }
 
-/// The key a block is scanned for, with what the scheduler needs of it.
+/// A key blocks are scanned for, with what the scheduler needs of it.
 #[derive(Debug, Clone)]
 pub struct ScanKey {
     /// The key as confirmed, with the parameters fixed with it.
     pub key: keygen::db::ConfirmedKey,
     /// What the scheduler needs (our index, n, t).
     pub active: crate::scheduler::db::ActiveKey,
-    /// The first block of the next key (this key is scanned below it).
-    pub until: Option<u64>,
+    /// Its transition heights (see [`crate::lifecycle`]).
+    pub heights: crate::lifecycle::Heights,
 }
 
-/// The key block `height` is scanned for: the newest key activated at or
-/// below it. `None` before the first key's activation.
-pub async fn key_for(pool: &PgPool, height: u64) -> Result<Option<ScanKey>, sqlx::Error> {
-    let keys = keygen::db::confirmed_keys(pool).await?;
-    let Some(position) = keys.iter().rposition(|k| k.activation_height <= height) else {
-        return Ok(None);
-    };
-    let key = keys[position].clone();
-    let until = keys
-        .get(position + 1..)
-        .and_then(|rest| rest.iter().map(|k| k.activation_height).min());
-    let Some(active) = keygen::db::participation(pool, key.session).await? else {
-        return Ok(None);
-    };
-    Ok(Some(ScanKey { key, active, until }))
+/// The keys this processor holds whose blocks from `height` on are
+/// processed (active, forwarding or finishing), and the last block before
+/// any key's stage changes by schedule: every block up to it is processed
+/// for the same keys. Empty before the first key's activation.
+pub async fn keys_at(
+    pool: &PgPool,
+    height: u64,
+) -> Result<(Vec<ScanKey>, Option<u64>), sqlx::Error> {
+    let chain = crate::lifecycle::db::chain(pool).await?;
+    let confirmed = keygen::db::confirmed_keys(pool).await?;
+    let until = chain
+        .iter()
+        .filter_map(|k| k.heights.next_boundary(height))
+        .min()
+        .map(|b| b.saturating_sub(1));
+    let mut keys = Vec::new();
+    for link in chain.iter().filter(|k| k.own) {
+        if !link.heights.stage_at(height).live() {
+            continue;
+        }
+        let Some(key) = confirmed.iter().find(|k| k.session == link.session) else {
+            continue;
+        };
+        let Some(active) = keygen::db::participation(pool, key.session).await? else {
+            continue;
+        };
+        keys.push(ScanKey {
+            key: key.clone(),
+            active,
+            heights: link.heights,
+        });
+    }
+    Ok((keys, until))
 }
 
 /// Where scanning resumes: the cursor, or the first key's activation height.
@@ -424,10 +446,19 @@ async fn step(
     if let Some(reason) = halted {
         return Err(StepError::Halt(reason));
     }
-    let Some(key) = key_for(pool, next).await? else {
+    let (keys, until) = keys_at(pool, next).await?;
+    if keys.is_empty() {
         return Ok(0);
-    };
-    check_local_config(config, &context.scheduler, &key.key)?;
+    }
+    for key in &keys {
+        check_local_config(config, &context.scheduler, &key.key)?;
+    }
+    // Final for every key processed: the deepest depth any of them fixes.
+    let confirmations = keys
+        .iter()
+        .map(|k| k.key.chain.confirmations)
+        .max()
+        .unwrap_or(u64::MAX);
     // The settlement chain's horizon: nothing it has yet to deliver can
     // change how a block at or below it is read.
     let Some(horizon) = crate::settlement::db::horizon(pool).await? else {
@@ -439,12 +470,12 @@ async fn step(
         metrics::gauge!(crate::metrics::SCAN_TIP).set(tip as f64);
         metrics::gauge!(crate::metrics::SCAN_LAG).set(tip.saturating_sub(next) as f64);
     }
-    let Some(finalized_tip) = tip.checked_sub(key.key.chain.confirmations) else {
+    let Some(finalized_tip) = tip.checked_sub(confirmations) else {
         return Ok(0);
     };
     let mut limit = finalized_tip.min(horizon);
-    if let Some(until) = key.until {
-        limit = limit.min(until.saturating_sub(1));
+    if let Some(until) = until {
+        limit = limit.min(until);
     }
     let mut end = limit.min(next + config.scan_batch - 1);
     if end < next {
@@ -489,14 +520,15 @@ async fn step(
                 next - 1,
                 hex::encode(&stored),
                 hex::encode(seen),
-                key.key.chain.confirmations
+                confirmations
             );
             db::halt(pool, &reason, next).await?;
             return Err(StepError::Halt(reason));
         }
         blocks.remove(0);
     }
-    let stored = ingest(pool, context, &key, next, blocks).await?;
+    let stored = ingest(pool, context, &keys, next, blocks).await?;
+    set_stage_gauges(pool, (next + stored).saturating_sub(1)).await?;
     debug!(
         from = next,
         to = end,
@@ -516,14 +548,35 @@ async fn step(
     Ok(stored)
 }
 
-/// Scans `blocks` (consecutive, the first numbered `next`, all for `key`)
+/// Sets each own key's stage gauge as of finalized block `height`.
+async fn set_stage_gauges(pool: &PgPool, height: u64) -> Result<(), sqlx::Error> {
+    for key in crate::lifecycle::db::chain(pool)
+        .await?
+        .into_iter()
+        .filter(|k| k.own)
+    {
+        let now = key.heights.stage_at(height);
+        for stage in crate::lifecycle::Stage::ALL {
+            metrics::gauge!(
+                crate::metrics::KEY_STAGE,
+                "session" => key.session.to_string(),
+                "stage" => stage.as_str()
+            )
+            .set(if stage == now { 1.0 } else { 0.0 });
+        }
+    }
+    Ok(())
+}
+
+/// Scans `blocks` (consecutive, the first numbered `next`) for every key
+/// in `keys` (those processed at `next`, the same for every block given)
 /// and stores what they hold with the cursor past them, in one transaction.
-/// Everything stored is a function of the blocks, the key and the accounts
+/// Everything stored is a function of the blocks, the keys and the accounts
 /// registered by the settlement chain: never of when this runs.
 pub async fn ingest(
     pool: &PgPool,
     context: &ScanContext,
-    key: &ScanKey,
+    keys: &[ScanKey],
     next: u64,
     blocks: Vec<monero_wallet::interface::ScannableBlock>,
 ) -> Result<u64, StepError> {
@@ -540,44 +593,67 @@ pub async fn ingest(
             )));
         }
     }
-    let session = key.key.session;
-    // Blocks' transactions are kept for matching only while a plan is open.
-    let watch_plans = db::open_plans_exist(pool, session).await?;
-    let pair = view_pair(&key.key.group_key).ok_or_else(|| {
-        StepError::Halt(format!("the key of session {session} is not a valid point"))
-    })?;
-    let mut scanner = Scanner::new(pair);
     // An account counts from the block its registration names; an output
     // to it before then is not credited (as if it had not been scanned).
     let accounts: std::collections::BTreeMap<u32, u64> = crate::accounts::db::active_by(pool, end)
         .await?
         .into_iter()
         .collect();
-    for &account in accounts.keys() {
-        if let Some(index) = SubaddressIndex::new(account, 0) {
-            scanner.register_subaddress(index);
+    let mut owned = Some(blocks);
+    let mut per_key = Vec::with_capacity(keys.len());
+    for (i, key) in keys.iter().enumerate() {
+        let session = key.key.session;
+        // Blocks' transactions are kept for matching only while a plan is open.
+        let watch_plans = db::open_plans_exist(pool, session).await?;
+        let pair = view_pair(&key.key.group_key).ok_or_else(|| {
+            StepError::Halt(format!("the key of session {session} is not a valid point"))
+        })?;
+        let mut scanner = Scanner::new(pair);
+        for &account in accounts.keys() {
+            if let Some(index) = SubaddressIndex::new(account, 0) {
+                scanner.register_subaddress(index);
+            }
         }
+        for (account, minor) in [CHANGE_SUBADDRESS, FORWARD_SUBADDRESS] {
+            if let Some(index) = SubaddressIndex::new(account, minor) {
+                scanner.register_subaddress(index);
+            }
+        }
+        let filter =
+            prefilter::ViewTagFilter::new(crate::keystore::dkg::view_key(&key.key.group_key));
+        // The last key takes the blocks; the others scan copies.
+        let blocks = if i + 1 == keys.len() {
+            owned.take().unwrap_or_default()
+        } else {
+            owned.clone().unwrap_or_default()
+        };
+        // Scanning is CPU work: off the async workers, on every core.
+        let scanned =
+            tokio::task::spawn_blocking(move || scan_all(&scanner, &filter, blocks, watch_plans))
+                .await
+                .map_err(|e| StepError::Halt(format!("the scanning task failed: {e}")))?
+                .map_err(StepError::Halt)?;
+        per_key.push(scanned);
     }
-    if let Some(index) = SubaddressIndex::new(CHANGE_SUBADDRESS.0, CHANGE_SUBADDRESS.1) {
-        scanner.register_subaddress(index);
-    }
-    // Scanning is CPU work: off the async workers, on every core.
-    let filter = prefilter::ViewTagFilter::new(crate::keystore::dkg::view_key(&key.key.group_key));
-    let scanned =
-        tokio::task::spawn_blocking(move || scan_all(&scanner, &filter, blocks, watch_plans))
-            .await
-            .map_err(|e| StepError::Halt(format!("the scanning task failed: {e}")))?
-            .map_err(StepError::Halt)?;
-    let mut sched = context.scheduler.clone();
-    sched.window_blocks = Some(key.key.chain.window_blocks);
     let mut tx = pool.begin().await?;
     db::lock_chain_order(&mut tx).await?;
     let mut stored = 0;
-    for block in scanned {
-        let span = info_span!("block", height = block.height, session);
-        store_block(&mut tx, context, &sched, key, &accounts, block)
+    let mut retired = std::collections::HashSet::new();
+    let mut iters: Vec<_> = per_key.into_iter().map(Vec::into_iter).collect();
+    for offset in 0..=(end - next) {
+        let height = next + offset;
+        let mut found = Vec::with_capacity(keys.len());
+        for (key, scanned) in keys.iter().zip(iters.iter_mut()) {
+            let block = scanned.next().ok_or_else(|| {
+                StepError::Local(format!("block {height} was not scanned for every key"))
+            })?;
+            found.push((key, block));
+        }
+        let span = info_span!("block", height);
+        let newly_retired = store_block(&mut tx, context, &accounts, &retired, found)
             .instrument(span)
             .await?;
+        retired.extend(newly_retired);
         stored += 1;
     }
     tx.commit().await?;
@@ -605,20 +681,29 @@ fn classify(
     let locked =
         unlock_height.is_some_and(|h| h > height) || unlock_time.is_some_and(|t| t > timestamp);
     let change = (account, minor) == CHANGE_SUBADDRESS;
-    let status = match (locked, change) {
+    let forwarded = (account, minor) == FORWARD_SUBADDRESS;
+    let status = match (locked, change || forwarded) {
         (true, _) => db::OutputStatus::Locked,
-        // Change is the group's own: spendable without a batch.
+        // Change and forwards are the group's own: spendable without a batch.
         (false, true) => db::OutputStatus::Included,
         (false, false) => db::OutputStatus::Received,
     };
-    let reason = locked.then(|| match (unlock_height, unlock_time) {
+    let reason = if forwarded && !locked {
+        Some(
+            "forwarded by an earlier key of the group: the group's own funds, not a deposit \
+             (deposits are credited once, when they reach a key's address)"
+                .to_owned(),
+        )
+    } else {
+        locked.then(|| match (unlock_height, unlock_time) {
         (Some(h), _) => format!("timelocked until block {h}: reported in the batch of block {h}"),
         (_, Some(t)) => format!(
             "timelocked until Unix time {t}: reported in the batch of the first finalized block \
              whose timestamp reaches it"
         ),
         _ => String::new(),
-    });
+        })
+    };
     db::NewOutput {
         tx_hash: o.transaction(),
         index_in_tx: o.index_in_transaction(),
@@ -636,136 +721,181 @@ fn classify(
     }
 }
 
-/// Stores one scanned block: its outputs (a one-time key seen before is a
-/// duplicate, never credited; a timelocked output waits), the batch of
+/// Stores one block as scanned for each key: its outputs (a one-time key
+/// seen before is a duplicate, never credited; a timelocked output waits;
+/// nothing for a key no longer scanned for deposits), per key the batch of
 /// what the block reports (its unlocked deposits, and earlier deposits
-/// whose lock this block passes), the scheduler's per-block work and the
-/// cursor.
+/// whose lock this block passes) and the scheduler's per-block work, the
+/// retirement of a finishing key left with nothing, and the cursor.
+/// Returns the sessions retired at this block.
 async fn store_block(
     tx: &mut sqlx::PgConnection,
     context: &ScanContext,
-    sched: &crate::scheduler::SchedulerConfig,
-    key: &ScanKey,
     accounts: &std::collections::BTreeMap<u32, u64>,
-    block: ScannedBlock,
-) -> Result<(), StepError> {
-    let session = key.key.session;
-    let (height, hash, timestamp) = (block.height, block.hash, block.timestamp);
-    let mut outputs = Vec::with_capacity(block.outputs.len());
+    retired: &std::collections::HashSet<u64>,
+    found: Vec<(&ScanKey, ScannedBlock)>,
+) -> Result<Vec<u64>, StepError> {
+    let Some((height, hash, timestamp)) =
+        found.first().map(|(_, b)| (b.height, b.hash, b.timestamp))
+    else {
+        return Err(StepError::Local("a block scanned for no key".into()));
+    };
+    let found: Vec<_> = found
+        .into_iter()
+        .filter(|(k, _)| !retired.contains(&k.key.session))
+        .collect();
+    let mut outputs = Vec::new();
     let mut keys_in_block = std::collections::HashMap::new();
-    for o in &block.outputs {
-        let mut new = classify(o, height, timestamp, session);
-        if new.account >= 1 && accounts.get(&new.account).is_none_or(|&from| height < from) {
-            debug!(
-                height,
-                account = new.account,
-                "output to an account not yet active at this block: not credited"
-            );
+    for (key, block) in &found {
+        let session = key.key.session;
+        if !key.heights.stage_at(height).scans_deposits() {
+            // Finishing: what reaches its address now is not seen (its
+            // transactions are still matched against its plans).
             continue;
         }
-        // Monero's burning bug: two outputs can carry one one-time key, and
-        // only one of them can ever be spent. The first in chain order is
-        // credited; any other is recorded, never reported or spent.
-        let first = match keys_in_block.get(&new.output_key) {
-            Some(first) => Some(first),
-            None => db::output_key_owner(&mut *tx, &new.output_key)
-                .await?
-                .map(|f| {
-                    keys_in_block.insert(new.output_key, f);
-                    &keys_in_block[&new.output_key]
-                }),
-        };
-        if let Some((first_tx, first_index, first_height)) = first {
-            warn!(
-                height,
-                tx = %hex::encode(new.tx_hash),
-                "output key received before: recorded as a duplicate, not credited"
-            );
-            metrics::counter!(crate::metrics::SCAN_DUPLICATE_OUTPUTS).increment(1);
-            new.reason = Some(format!(
-                "its one-time key {} was received before in transaction {} output {first_index} \
-                 (block {first_height}): only one of the two can ever be spent (the burning bug), so \
-                 this one is not credited",
-                hex::encode(new.output_key),
-                hex::encode(first_tx),
-            ));
-            new.status = db::OutputStatus::Duplicate;
-        } else {
-            keys_in_block.insert(new.output_key, (new.tx_hash, new.index_in_tx, height));
+        for o in &block.outputs {
+            let mut new = classify(o, height, timestamp, session);
+            if new.account >= 1 && accounts.get(&new.account).is_none_or(|&from| height < from) {
+                debug!(
+                    height,
+                    account = new.account,
+                    "output to an account not yet active at this block: not credited"
+                );
+                continue;
+            }
+            // Monero's burning bug: two outputs can carry one one-time key, and
+            // only one of them can ever be spent. The first in chain order is
+            // credited; any other is recorded, never reported or spent.
+            let first = match keys_in_block.get(&new.output_key) {
+                Some(first) => Some(first),
+                None => db::output_key_owner(&mut *tx, &new.output_key)
+                    .await?
+                    .map(|f| {
+                        keys_in_block.insert(new.output_key, f);
+                        &keys_in_block[&new.output_key]
+                    }),
+            };
+            if let Some((first_tx, first_index, first_height)) = first {
+                warn!(
+                    height,
+                    tx = %hex::encode(new.tx_hash),
+                    "output key received before: recorded as a duplicate, not credited"
+                );
+                metrics::counter!(crate::metrics::SCAN_DUPLICATE_OUTPUTS).increment(1);
+                new.reason = Some(format!(
+                    "its one-time key {} was received before in transaction {} output {first_index} \
+                     (block {first_height}): only one of the two can ever be spent (the burning bug), so \
+                     this one is not credited",
+                    hex::encode(new.output_key),
+                    hex::encode(first_tx),
+                ));
+                new.status = db::OutputStatus::Duplicate;
+            } else {
+                keys_in_block.insert(new.output_key, (new.tx_hash, new.index_in_tx, height));
+            }
+            info!(height, session, account = new.account, amount = new.amount, status = new.status.as_str(), tx = %hex::encode(new.tx_hash), "output found");
+            outputs.push(new);
         }
-        info!(height, account = new.account, amount = new.amount, status = new.status.as_str(), tx = %hex::encode(new.tx_hash), "output found");
-        outputs.push(new);
     }
     let found_count = outputs.len() as u64;
     db::insert_block(&mut *tx, height, &hash, &outputs).await?;
-    // Change that unlocks here is the group's own at once; deposits that
-    // unlock here are reported in this block's batch, before the block's
-    // own.
-    let mut deposits = db::unlock(&mut *tx, session, height, timestamp).await?;
-    deposits.extend(
-        outputs
-            .iter()
-            .filter(|o| o.status == db::OutputStatus::Received)
-            .map(|o| crate::batch::Deposit {
-                tx_hash: o.tx_hash,
-                index_in_tx: o.index_in_tx,
-                account: o.account,
-                amount: o.amount,
-            }),
-    );
-    if !deposits.is_empty() {
-        // Fault injection for the batch-inclusion race test: a scanner
-        // that reaches its batch late (`return(ms)`), after the others
-        // signed it and the settlement chain included it.
-        if let Some(ms) = crate::failpoint::eval("scanner-slow-batch", |arg| {
-            arg.and_then(|a| a.parse::<u64>().ok()).unwrap_or(1_000)
-        }) {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
+    let mut newly_retired = Vec::new();
+    for (key, block) in &found {
+        let session = key.key.session;
+        // Change that unlocks here is the group's own at once; deposits that
+        // unlock here are reported in this block's batch, before the block's
+        // own.
+        let mut deposits = db::unlock(&mut *tx, session, height, timestamp).await?;
+        deposits.extend(
+            outputs
+                .iter()
+                .filter(|o| o.session == session && o.status == db::OutputStatus::Received)
+                .map(|o| crate::batch::Deposit {
+                    tx_hash: o.tx_hash,
+                    index_in_tx: o.index_in_tx,
+                    account: o.account,
+                    amount: o.amount,
+                }),
+        );
+        if !deposits.is_empty() {
+            propose_batch(tx, context, session, height, &hash, &deposits).await?;
         }
-        let id = crate::batch::batch_id(session, height);
-        db::assign_batch(&mut *tx, id, &deposits).await?;
-        crate::batch::create(
+        let mut sched = context.scheduler.clone();
+        sched.window_blocks = Some(key.key.chain.window_blocks);
+        crate::scheduler::on_block(
             &mut *tx,
-            &context.keystore,
             &context.link_id,
-            session,
+            &sched,
+            &key.active,
             height,
             &hash,
-            &deposits,
+            block.transactions.as_ref(),
         )
         .await
         .map_err(|e| match e {
             HandleError::Storage(e) => StepError::Storage(e),
-            HandleError::Rejected(why) => {
-                StepError::Halt(format!("batch for block {height}: {why}"))
-            }
-            HandleError::Local(why) => StepError::Local(format!("batch for block {height}: {why}")),
+            HandleError::Rejected(why) => StepError::Halt(format!("block {height}: {why}")),
+            HandleError::Local(why) => StepError::Local(format!("block {height}: {why}")),
         })?;
-        info!(
-            batch = id,
-            height,
-            deposits = deposits.len(),
-            "batch proposed"
-        );
-        metrics::counter!(crate::metrics::BATCHES_CREATED).increment(1);
+        if key.heights.stage_at(height) == crate::lifecycle::Stage::Finishing
+            && crate::lifecycle::db::holds_nothing(&mut *tx, session).await?
+        {
+            crate::lifecycle::db::retire(&mut *tx, session, height).await?;
+            info!(
+                session,
+                height, "key retired: it holds nothing and has no plan in flight"
+            );
+            newly_retired.push(session);
+        }
     }
-    crate::scheduler::on_block(
+    db::set_cursor(&mut *tx, height + 1).await?;
+    metrics::counter!(crate::metrics::SCAN_OUTPUTS).increment(found_count);
+    Ok(newly_retired)
+}
+
+/// Stores the batch of a key's deposits reported at `height` and its first
+/// preprocess.
+async fn propose_batch(
+    tx: &mut sqlx::PgConnection,
+    context: &ScanContext,
+    session: u64,
+    height: u64,
+    hash: &[u8; 32],
+    deposits: &[crate::batch::Deposit],
+) -> Result<(), StepError> {
+    // Fault injection for the batch-inclusion race test: a scanner
+    // that reaches its batch late (`return(ms)`), after the others
+    // signed it and the settlement chain included it.
+    if let Some(ms) = crate::failpoint::eval("scanner-slow-batch", |arg| {
+        arg.and_then(|a| a.parse::<u64>().ok()).unwrap_or(1_000)
+    }) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let id = crate::batch::batch_id(session, height);
+    db::assign_batch(&mut *tx, id, deposits).await?;
+    crate::batch::create(
         &mut *tx,
+        &context.keystore,
         &context.link_id,
-        sched,
-        &key.active,
+        session,
         height,
-        &hash,
-        block.transactions.as_ref(),
+        hash,
+        deposits,
     )
     .await
     .map_err(|e| match e {
         HandleError::Storage(e) => StepError::Storage(e),
-        HandleError::Rejected(why) => StepError::Halt(format!("block {height}: {why}")),
-        HandleError::Local(why) => StepError::Local(format!("block {height}: {why}")),
+        HandleError::Rejected(why) => StepError::Halt(format!("batch for block {height}: {why}")),
+        HandleError::Local(why) => StepError::Local(format!("batch for block {height}: {why}")),
     })?;
-    db::set_cursor(&mut *tx, height + 1).await?;
-    metrics::counter!(crate::metrics::SCAN_OUTPUTS).increment(found_count);
+    info!(
+        batch = id,
+        session,
+        height,
+        deposits = deposits.len(),
+        "batch proposed"
+    );
+    metrics::counter!(crate::metrics::BATCHES_CREATED).increment(1);
     Ok(())
 }
 

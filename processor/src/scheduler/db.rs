@@ -174,20 +174,57 @@ struct BurnStatusRecord {
     monero_address: String,
     amount: i64,
     status: String,
+    session: Option<i64>,
 }
 
-/// A burn: (address, amount, status).
+/// A burn as a follower checks it.
+#[derive(Debug, Clone)]
+pub struct StoredBurn {
+    /// Destination.
+    pub address: String,
+    /// Amount.
+    pub amount: u64,
+    /// `burns.status`.
+    pub status: String,
+    /// The key that pays it (`None`: the first key).
+    pub session: Option<u64>,
+}
+
+impl StoredBurn {
+    /// Whether `payer` pays it.
+    pub fn paid_by(&self, payer: Payer) -> bool {
+        self.session
+            .map_or(payer.first, |session| session == payer.session)
+    }
+}
+
+/// A burn.
 pub async fn burn(
     conn: &mut PgConnection,
     burn_id: &str,
-) -> Result<Option<(String, u64, String)>, sqlx::Error> {
+) -> Result<Option<StoredBurn>, sqlx::Error> {
     let row = sqlx::query_as::<_, BurnStatusRecord>(
-        "SELECT monero_address, amount, status FROM burns WHERE burn_id = $1",
+        "SELECT monero_address, amount, status, session FROM burns WHERE burn_id = $1",
     )
     .bind(burn_id)
     .fetch_optional(conn)
     .await?;
-    Ok(row.map(|r| (r.monero_address, to_u64(r.amount), r.status)))
+    Ok(row.map(|r| StoredBurn {
+        address: r.monero_address,
+        amount: to_u64(r.amount),
+        status: r.status,
+        session: r.session.map(to_u64),
+    }))
+}
+
+/// The key whose burns a plan pays: burns name their key; a burn naming
+/// none is the first key's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Payer {
+    /// The key's session.
+    pub session: u64,
+    /// Whether it is the first key of the chain.
+    pub first: bool,
 }
 
 /// A queued burn.
@@ -201,11 +238,15 @@ pub struct QueuedBurn {
     pub amount: u64,
 }
 
-/// Queued burns in arrival order.
-pub async fn queued_burns(pool: &PgPool) -> Result<Vec<QueuedBurn>, sqlx::Error> {
+/// Burns queued for `payer`, in arrival order.
+pub async fn queued_burns(pool: &PgPool, payer: Payer) -> Result<Vec<QueuedBurn>, sqlx::Error> {
     let rows = sqlx::query_as::<_, BurnRecord>(
-        "SELECT burn_id, monero_address, amount FROM burns WHERE status = 'queued' ORDER BY seq",
+        "SELECT burn_id, monero_address, amount FROM burns
+         WHERE status = 'queued' AND (session = $1 OR (session IS NULL AND $2))
+         ORDER BY seq",
     )
+    .bind(to_i64(payer.session))
+    .bind(payer.first)
     .fetch_all(pool)
     .await?;
     Ok(rows
@@ -218,13 +259,21 @@ pub async fn queued_burns(pool: &PgPool) -> Result<Vec<QueuedBurn>, sqlx::Error>
         .collect())
 }
 
-/// The amounts of the queued burns (a follower judging whether a
-/// consolidation is needed).
-pub async fn queued_burn_amounts(conn: &mut PgConnection) -> Result<Vec<u64>, sqlx::Error> {
-    let amounts: Vec<i64> =
-        sqlx::query_scalar("SELECT amount FROM burns WHERE status = 'queued' ORDER BY seq")
-            .fetch_all(conn)
-            .await?;
+/// The amounts of the burns queued for `payer` (a follower judging whether
+/// a consolidation is needed).
+pub async fn queued_burn_amounts(
+    conn: &mut PgConnection,
+    payer: Payer,
+) -> Result<Vec<u64>, sqlx::Error> {
+    let amounts: Vec<i64> = sqlx::query_scalar(
+        "SELECT amount FROM burns
+         WHERE status = 'queued' AND (session = $1 OR (session IS NULL AND $2))
+         ORDER BY seq",
+    )
+    .bind(to_i64(payer.session))
+    .bind(payer.first)
+    .fetch_all(conn)
+    .await?;
     Ok(amounts.into_iter().map(to_u64).collect())
 }
 
@@ -261,14 +310,16 @@ struct WindowStartRecord {
     start_height: i64,
 }
 
-/// A window's leader and first block.
+/// A key's window's leader and first block.
 pub async fn window(
     conn: &mut PgConnection,
+    session: u64,
     window: u64,
 ) -> Result<Option<(u16, u64)>, sqlx::Error> {
     let row = sqlx::query_as::<_, WindowStartRecord>(
-        "SELECT leader, start_height FROM windows WHERE \"window\" = $1",
+        "SELECT leader, start_height FROM windows WHERE session = $1 AND \"window\" = $2",
     )
+    .bind(to_i64(session))
     .bind(to_i64(window))
     .fetch_optional(conn)
     .await?;
@@ -286,31 +337,39 @@ pub async fn open_windows(pool: &PgPool, session: u64) -> Result<Vec<u64>, sqlx:
     Ok(rows.into_iter().map(to_u64).collect())
 }
 
-/// Locks a window if it is still open.
-pub async fn lock_open_window(conn: &mut PgConnection, window: u64) -> Result<bool, sqlx::Error> {
+/// Locks a key's window if it is still open.
+pub async fn lock_open_window(
+    conn: &mut PgConnection,
+    session: u64,
+    window: u64,
+) -> Result<bool, sqlx::Error> {
     let row = sqlx::query(
-        "SELECT 1 FROM windows WHERE \"window\" = $1 AND outcome = 'open' FOR NO KEY UPDATE",
+        "SELECT 1 FROM windows WHERE session = $1 AND \"window\" = $2 AND outcome = 'open'
+         FOR NO KEY UPDATE",
     )
+    .bind(to_i64(session))
     .bind(to_i64(window))
     .fetch_optional(conn)
     .await?;
     Ok(row.is_some())
 }
 
-/// Records what a window led to.
+/// Records what a key's window led to.
 pub async fn close_window(
     conn: impl PgExecutor<'_>,
+    session: u64,
     window: u64,
     outcome: &str,
     plan_id: Option<&[u8]>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE windows SET outcome = $2, plan_id = $3, handled_at = now()
-         WHERE \"window\" = $1 AND outcome = 'open'",
+         WHERE \"window\" = $1 AND outcome = 'open' AND session = $4",
     )
     .bind(to_i64(window))
     .bind(outcome)
     .bind(plan_id)
+    .bind(to_i64(session))
     .execute(conn)
     .await?;
     Ok(())
@@ -642,7 +701,7 @@ pub async fn mark_published(
         "UPDATE plans p SET status = 'published', updated_at = now(), published_at = now()
          WHERE plan_id = $1 AND status = 'signed'
          RETURNING (SELECT EXTRACT(EPOCH FROM now() - w.opened_at)::float8
-                    FROM windows w WHERE w.\"window\" = p.\"window\")",
+                    FROM windows w WHERE w.\"window\" = p.\"window\" AND w.session = p.session)",
     )
     .bind(plan_id)
     .fetch_optional(pool)
@@ -952,7 +1011,8 @@ pub async fn schedule(pool: &PgPool, limit: u32) -> Result<ScheduleView, Schedul
     })
     .collect();
     let windows = sqlx::query_as::<_, WindowViewRecord>(
-        "SELECT \"window\", start_height, leader, outcome, plan_id FROM windows ORDER BY \"window\" DESC LIMIT $1",
+        "SELECT \"window\", start_height, leader, outcome, plan_id FROM windows
+         ORDER BY start_height DESC, session DESC LIMIT $1",
     )
     .bind(limit)
     .fetch_all(pool)
@@ -1081,7 +1141,8 @@ pub async fn expire_plans(
 /// (which this processor has finalized): a leader plans nothing meanwhile.
 pub async fn checkable_proposal_waits(pool: &PgPool, session: u64) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM plans p JOIN windows w ON w.\"window\" = p.\"window\"
+        "SELECT EXISTS (SELECT 1 FROM plans p
+                        JOIN windows w ON w.\"window\" = p.\"window\" AND w.session = p.session
                         WHERE p.session = $1 AND p.status IN ('received', 'waiting'))",
     )
     .bind(to_i64(session))

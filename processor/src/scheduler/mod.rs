@@ -437,9 +437,33 @@ async fn pass(
     context: &SchedulerContext,
     published: &mut std::collections::HashMap<Vec<u8>, Instant>,
 ) -> Result<(), PassError> {
-    let Some(key) = db::active_key(pool).await? else {
-        return Ok(());
-    };
+    // Every key this processor holds that is not retired: while one forwards
+    // to the next, both have windows, proposals and transactions.
+    let chain = crate::lifecycle::db::chain(pool).await?;
+    for link in chain
+        .iter()
+        .filter(|k| k.own && k.heights.retired.is_none())
+    {
+        let Some(key) = crate::keygen::db::participation(pool, link.session).await? else {
+            continue;
+        };
+        let span = info_span!("scheduler.key", session = key.session);
+        pass_key(pool, daemon, context, &chain, &key, published)
+            .instrument(span)
+            .await?;
+    }
+    Ok(())
+}
+
+/// One pass for one key.
+async fn pass_key(
+    pool: &PgPool,
+    daemon: &Daemon,
+    context: &SchedulerContext,
+    chain: &[crate::lifecycle::ChainKey],
+    key: &db::ActiveKey,
+    published: &mut std::collections::HashMap<Vec<u8>, Instant>,
+) -> Result<(), PassError> {
     let open_windows = db::open_windows(pool, key.session).await?;
     let to_check = db::plans_to_check(pool, key.session).await?;
     if !open_windows.is_empty() || !to_check.is_empty() {
@@ -452,7 +476,7 @@ async fn pass(
             let span =
                 info_span!("plan.check", plan = %hex::encode(&plan_id), session = key.session);
             crate::telemetry::set_remote_parent(&span, &db::traceparent(pool, &plan_id).await?);
-            let blocked = check(pool, daemon, context, &key, &plan_id, fee_rate)
+            let blocked = check(pool, daemon, context, chain, key, &plan_id, fee_rate)
                 .instrument(span)
                 .await?;
             if blocked {
@@ -460,7 +484,7 @@ async fn pass(
             }
         }
         for window in open_windows {
-            lead(pool, daemon, context, &key, window, fee_rate).await?;
+            lead(pool, daemon, context, chain, key, window, fee_rate).await?;
         }
     }
     for (plan_id, tx) in db::signed_transactions(pool, key.session).await? {
@@ -515,6 +539,7 @@ async fn lead(
     pool: &PgPool,
     daemon: &Daemon,
     context: &SchedulerContext,
+    chain: &[crate::lifecycle::ChainKey],
     key: &db::ActiveKey,
     window: u64,
     fee_rate: FeeRate,
@@ -529,7 +554,7 @@ async fn lead(
         // window's plan anyway (relay order), and it cannot wait for long
         // (PROPOSAL_PATIENCE_BLOCKS), so no participant can keep every
         // leader busy by proposing ahead.
-        db::close_window(pool, window, "busy", None).await?;
+        db::close_window(pool, key.session, window, "busy", None).await?;
         info!(
             window,
             "window led while a payout is in flight: nothing planned"
@@ -537,14 +562,17 @@ async fn lead(
         return Ok(());
     }
     let mut conn = pool.acquire().await?;
-    let Some((_, start_height)) = db::window(&mut conn, window).await? else {
+    let Some((_, start_height)) = db::window(&mut conn, key.session, window).await? else {
         return Ok(());
     };
-    let burns = db::queued_burns(pool).await?;
     // Inputs as of the window's first block, as every follower judges them.
     let mut spendable = db::spendable_outputs(pool, key.session, start_height).await?;
     // Largest first: fewest inputs.
     spendable.sort_by_key(|o| std::cmp::Reverse(o.amount));
+    // A key that has handed over still pays the burns it was given, then
+    // forwards what it holds.
+    let forwards = stage_of(chain, key.session, start_height).forwards();
+    let burns = db::queued_burns(pool, payer(chain, key.session)).await?;
     let queued_ids: Vec<String> = burns.iter().map(|b| b.burn_id.clone()).collect();
     let successors = successor_inputs(&mut conn, daemon, key, &queued_ids, &spendable).await?;
     let mut payments = Vec::new();
@@ -599,6 +627,21 @@ async fn lead(
         }
     }
     if chosen_burns.is_empty() {
+        if forwards && !consolidate {
+            drop(conn);
+            return forward_window(
+                pool,
+                daemon,
+                context,
+                chain,
+                key,
+                window,
+                start_height,
+                spendable,
+                fee_rate,
+            )
+            .await;
+        }
         if consolidate {
             drop(conn);
             return consolidate_window(
@@ -613,7 +656,7 @@ async fn lead(
             )
             .await;
         }
-        db::close_window(pool, window, "idle", None).await?;
+        db::close_window(pool, key.session, window, "idle", None).await?;
         return Ok(());
     }
     // An abandoned plan's burns are paid again only by a plan spending one
@@ -673,7 +716,7 @@ async fn lead(
                 Ok(signable) => break signable,
                 Err(SendError::NotEnoughFunds { .. }) => {}
                 Err(e) => {
-                    db::close_window(pool, window, "idle", None).await?;
+                    db::close_window(pool, key.session, window, "idle", None).await?;
                     warn!(window, "no transaction for this window: {e}");
                     return Ok(());
                 }
@@ -681,7 +724,7 @@ async fn lead(
         }
         // Short of funds: add the next largest output, up to the cap.
         if spendable.get(used).is_none() || used >= plan::MAX_INPUTS {
-            db::close_window(pool, window, "idle", None).await?;
+            db::close_window(pool, key.session, window, "idle", None).await?;
             warn!(
                 window,
                 "the spendable outputs do not cover the burns chosen"
@@ -717,7 +760,7 @@ async fn propose(
     let bytes = signable.serialize();
     let plan_id = plan::plan_id(&bytes);
     let mut tx = pool.begin().await?;
-    if !db::lock_open_window(&mut tx, window).await? {
+    if !db::lock_open_window(&mut tx, key.session, window).await? {
         return Ok(());
     }
     // Not reserved or signed yet: the leader checks its own plan like every
@@ -735,7 +778,7 @@ async fn propose(
         "proposed",
     )
     .await?;
-    db::close_window(&mut *tx, window, "planned", Some(&plan_id)).await?;
+    db::close_window(&mut *tx, key.session, window, "planned", Some(&plan_id)).await?;
     link::enqueue(
         &mut tx,
         &context.link_id,
@@ -748,6 +791,7 @@ async fn propose(
                 plan_id: plan_id.to_vec(),
                 signable_transaction: bytes,
                 burn_ids: burn_ids.to_vec(),
+                session: Some(key.session),
             }),
         )],
     )
@@ -796,7 +840,7 @@ async fn consolidate_window(
     let signable = match plan::build_consolidation(&key.group_key, &pair, inputs, fee_rate) {
         Ok(signable) => signable,
         Err(e) => {
-            db::close_window(pool, window, "idle", None).await?;
+            db::close_window(pool, key.session, window, "idle", None).await?;
             warn!(window, "no consolidation for this window: {e}");
             return Ok(());
         }
@@ -806,6 +850,95 @@ async fn consolidate_window(
         inputs = used,
         spendable = spendable.len(),
         "a queued burn exceeds what one transaction's inputs reach: consolidating"
+    );
+    propose(pool, context, key, window, &signable, &[], used).await
+}
+
+/// Whose burns key `session`'s plans pay.
+fn payer(chain: &[crate::lifecycle::ChainKey], session: u64) -> db::Payer {
+    db::Payer {
+        session,
+        first: chain.first().is_none_or(|k| k.session == session),
+    }
+}
+
+/// A key's stage at `height` (a key not in the chain is taken as active:
+/// it has no successor this processor knows of).
+fn stage_of(
+    chain: &[crate::lifecycle::ChainKey],
+    session: u64,
+    height: u64,
+) -> crate::lifecycle::Stage {
+    chain
+        .iter()
+        .find(|k| k.session == session)
+        .map_or(crate::lifecycle::Stage::Active, |k| {
+            k.heights.stage_at(height)
+        })
+}
+
+/// The view pair of the key a key that has handed over forwards to, as of
+/// the window starting at `start_height`.
+fn forward_target(
+    chain: &[crate::lifecycle::ChainKey],
+    session: u64,
+    start_height: u64,
+) -> Result<(u64, monero_wallet::ViewPair), String> {
+    let target = crate::lifecycle::forward_target(chain, start_height)
+        .filter(|t| t.session != session)
+        .ok_or_else(|| {
+            format!("key {session} forwards, but no newer key is active at block {start_height}")
+        })?;
+    let pair = view_pair(&target.group_key)
+        .ok_or_else(|| format!("the group key of session {} is not a point", target.session))?;
+    Ok((target.session, pair))
+}
+
+/// Plans a forward for a window of a key that has handed over: its
+/// [`plan::MAX_INPUTS`] largest spendable outputs (as of the window's first
+/// block) moved to the newest key's forwarding subaddress. Pays no burn.
+#[allow(clippy::too_many_arguments)]
+async fn forward_window(
+    pool: &PgPool,
+    daemon: &Daemon,
+    context: &SchedulerContext,
+    chain: &[crate::lifecycle::ChainKey],
+    key: &db::ActiveKey,
+    window: u64,
+    start_height: u64,
+    spendable: Vec<db::Spendable>,
+    fee_rate: FeeRate,
+) -> Result<(), PassError> {
+    if spendable.is_empty() {
+        db::close_window(pool, key.session, window, "idle", None).await?;
+        return Ok(());
+    }
+    let (target, target_pair) =
+        forward_target(chain, key.session, start_height).map_err(PassError::Handle)?;
+    let as_of = usize::try_from(start_height).unwrap_or(usize::MAX);
+    let rpc = daemon.rpc().await?;
+    let inputs = futures::future::try_join_all(
+        spendable
+            .iter()
+            .take(plan::MAX_INPUTS)
+            .map(|o| with_decoys(&rpc, as_of, o)),
+    )
+    .await?;
+    let used = inputs.len();
+    let signable = match plan::build_forward(&key.group_key, &target_pair, inputs, fee_rate) {
+        Ok(signable) => signable,
+        Err(e) => {
+            db::close_window(pool, key.session, window, "idle", None).await?;
+            warn!(window, "no forward for this window: {e}");
+            return Ok(());
+        }
+    };
+    info!(
+        window,
+        inputs = used,
+        spendable = spendable.len(),
+        to_session = target,
+        "key has handed over: forwarding its outputs"
     );
     propose(pool, context, key, window, &signable, &[], used).await
 }
@@ -989,6 +1122,7 @@ async fn check(
     pool: &PgPool,
     daemon: &Daemon,
     context: &SchedulerContext,
+    chain: &[crate::lifecycle::ChainKey],
     key: &db::ActiveKey,
     plan_id: &[u8],
     own_fee_rate: FeeRate,
@@ -1000,7 +1134,16 @@ async fn check(
     if !matches!(proposal.status, PlanStatus::Received | PlanStatus::Waiting) {
         return Ok(false);
     }
-    let verdict = verify(&mut tx, daemon, context, key, &proposal, own_fee_rate).await?;
+    let verdict = verify(
+        &mut tx,
+        daemon,
+        context,
+        chain,
+        key,
+        &proposal,
+        own_fee_rate,
+    )
+    .await?;
     let waits_for_window = matches!(verdict, Verdict::WaitWindow(_));
     match verdict {
         Verdict::Accept { reserved } => {
@@ -1096,10 +1239,12 @@ enum Verdict {
     Expire(String),
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn verify(
     conn: &mut PgConnection,
     daemon: &Daemon,
     context: &SchedulerContext,
+    chain: &[crate::lifecycle::ChainKey],
     key: &db::ActiveKey,
     proposal: &db::StoredPlan,
     own_fee_rate: FeeRate,
@@ -1141,7 +1286,9 @@ async fn verify(
              blocks ago"
         )));
     }
-    let Some((expected_leader, start_height)) = db::window(conn, proposal.window).await? else {
+    let Some((expected_leader, start_height)) =
+        db::window(conn, key.session, proposal.window).await?
+    else {
         return Ok(Verdict::WaitWindow(format!(
             "window {} (from block {start}) is not finalized here yet",
             proposal.window
@@ -1158,6 +1305,8 @@ async fn verify(
             "the plan id does not match its transaction".into(),
         ));
     }
+    let stage = stage_of(chain, key.session, start_height);
+    let payer = payer(chain, key.session);
     if db::other_active_plan(conn, key.session, &proposal.plan_id).await? {
         return Ok(Verdict::Wait(
             "another payout of this key is in flight".into(),
@@ -1178,8 +1327,8 @@ async fn verify(
     // A plan taken before this one may already pay these burns (and hold
     // its inputs): this one is overtaken, not faulty.
     for burn_id in &proposal.burn_ids {
-        if let Some((_, _, status)) = db::burn(conn, burn_id).await?
-            && (status == "planned" || status == "paid")
+        if let Some(burn) = db::burn(conn, burn_id).await?
+            && (burn.status == "planned" || burn.status == "paid")
         {
             // Not its status in the reason: whether the earlier plan is
             // still being signed or already final when this one is checked
@@ -1246,17 +1395,26 @@ async fn verify(
     let mut payments = Vec::new();
     for burn_id in &proposal.burn_ids {
         match db::burn(conn, burn_id).await? {
-            Some((address, amount, status)) if status == "queued" => {
-                let Ok(address) = plan::parse_address(&address) else {
+            Some(burn) if !burn.paid_by(payer) => {
+                return Ok(Verdict::Refuse(format!(
+                    "burn {burn_id} is paid by key {}, not by key {}",
+                    burn.session
+                        .map_or_else(|| "the first".to_owned(), |s| s.to_string()),
+                    key.session
+                )));
+            }
+            Some(burn) if burn.status == "queued" => {
+                let Ok(address) = plan::parse_address(&burn.address) else {
                     return Ok(Verdict::Refuse(format!(
                         "burn {burn_id} has an invalid address"
                     )));
                 };
-                payments.push((address, amount));
+                payments.push((address, burn.amount));
             }
-            Some((_, _, status)) => {
+            Some(burn) => {
                 return Ok(Verdict::Refuse(format!(
-                    "burn {burn_id} is {status}, not queued"
+                    "burn {burn_id} is {}, not queued",
+                    burn.status
                 )));
             }
             None => return Ok(Verdict::Refuse(format!("burn {burn_id} is unknown"))),
@@ -1311,6 +1469,43 @@ async fn verify(
     let pair = view_pair(&key.group_key)
         .ok_or_else(|| PassError::Handle("the group key is not a point".into()))?;
     let kind = plan::PlanKind::of(&proposal.burn_ids);
+    // A key that has handed over forwards (a plan naming no burn); it may
+    // also still pay the burns it was given, or consolidate for one of them.
+    if stage.forwards() && proposal.burn_ids.is_empty() {
+        if inputs.is_empty() || inputs.len() > plan::MAX_INPUTS {
+            return Ok(Verdict::Refuse(format!(
+                "a forward spends {} inputs; one spends 1 to {}",
+                inputs.len(),
+                plan::MAX_INPUTS
+            )));
+        }
+        let target_pair = match forward_target(chain, key.session, start_height) {
+            Ok((_, pair)) => pair,
+            Err(why) => return Ok(Verdict::Wait(why)),
+        };
+        let expected = match plan::build_forward(
+            &key.group_key,
+            &target_pair,
+            inputs.clone(),
+            leader_tx.fee_rate(),
+        ) {
+            Ok(t) => t,
+            Err(e) => {
+                return Ok(Verdict::Refuse(format!(
+                    "these inputs cannot be forwarded: {e}"
+                )));
+            }
+        };
+        if expected == leader_tx {
+            if let Err(reason) = rings::check(daemon, &inputs, start_height).await? {
+                return Ok(Verdict::Refuse(format!(
+                    "a ring monerod would refuse: {reason}"
+                )));
+            }
+            return Ok(Verdict::Accept { reserved });
+        }
+        // Not the forward: only a warranted consolidation remains.
+    }
     let expected = match kind {
         plan::PlanKind::Payout => plan::build(
             &key.group_key,
@@ -1322,7 +1517,7 @@ async fn verify(
         .map_err(|e| format!("the named burns cannot be paid from these inputs: {e}")),
         plan::PlanKind::Consolidation => {
             if let Some(refused) =
-                consolidation_warranted(conn, key, &inputs, start_height, leader_tx.fee_rate())
+                consolidation_warranted(conn, payer, &inputs, start_height, leader_tx.fee_rate())
                     .await?
             {
                 return Ok(refused);
@@ -1341,6 +1536,11 @@ async fn verify(
                 plan::PlanKind::Payout => {
                     "the transaction differs from the one the named burns, inputs and change make \
                  (an extra or altered payment, or a foreign change address)"
+                }
+                plan::PlanKind::Consolidation if stage.forwards() => {
+                    "the transaction is neither the forward of its inputs to the newest key's \
+                 forwarding subaddress nor their consolidation into the group's change subaddress \
+                 (a payment out, altered amounts, or a foreign address)"
                 }
                 plan::PlanKind::Consolidation => {
                     "the transaction differs from the consolidation of its inputs into the group's \
@@ -1373,7 +1573,7 @@ async fn verify(
 /// `None`: warranted.
 async fn consolidation_warranted(
     conn: &mut PgConnection,
-    key: &db::ActiveKey,
+    payer: db::Payer,
     inputs: &[monero_wallet::OutputWithDecoys],
     start_height: u64,
     fee_rate: FeeRate,
@@ -1385,10 +1585,10 @@ async fn consolidation_warranted(
             plan::MAX_INPUTS
         ))));
     }
-    let spendable = db::spendable_outputs(&mut *conn, key.session, start_height).await?;
+    let spendable = db::spendable_outputs(&mut *conn, payer.session, start_height).await?;
     let reach = plan::Reach::new(spendable.iter().map(|o| o.amount), fee_rate)
         .map_err(PassError::Handle)?;
-    let needs_it = db::queued_burn_amounts(conn)
+    let needs_it = db::queued_burn_amounts(conn, payer)
         .await?
         .into_iter()
         .any(|a| reach.covers(Amount::from_piconero(a)) == plan::Cover::AfterConsolidation);
@@ -1416,9 +1616,16 @@ pub async fn receive(conn: &mut PgConnection, m: PlanProposal) -> Result<(), Han
             crate::settlement::MAX_BURN_ID_BYTES,
         )?;
     }
-    let key = db::active_key(&mut *conn)
+    let session = m.session.ok_or_else(|| {
+        HandleError::Rejected("a plan proposal without the session of its key".into())
+    })?;
+    let key = crate::keygen::db::participation(&mut *conn, session)
         .await?
-        .ok_or_else(|| HandleError::Rejected("a plan proposal, but no key is active".into()))?;
+        .ok_or_else(|| {
+            HandleError::Rejected(format!(
+                "a plan proposal for key {session}, of which this processor holds no confirmed share"
+            ))
+        })?;
     let leader = u16::try_from(m.leader_index)
         .ok()
         .filter(|&l| (1..=key.n).contains(&l))

@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 use monero_wallet::interface::FeeRate;
 
 use crate::amount::Amount;
-use crate::scanner::CHANGE_SUBADDRESS;
+use crate::scanner::{CHANGE_SUBADDRESS, FORWARD_SUBADDRESS};
 
 /// Outputs of one transaction, change included (Monero's bulletproof limit).
 pub const MAX_OUTPUTS: usize = 16;
@@ -225,10 +225,31 @@ pub fn build(
     payments: Vec<(MoneroAddress, u64)>,
     fee_rate: FeeRate,
 ) -> Result<SignableTransaction, SendError> {
+    build_to(
+        group_key,
+        pair,
+        CHANGE_SUBADDRESS,
+        inputs,
+        payments,
+        fee_rate,
+    )
+}
+
+/// Builds the transaction paying `payments` from `inputs` of the key
+/// `group_key`, change to subaddress `change` of `change_pair` (the group's
+/// own, or the key it forwards to).
+fn build_to(
+    group_key: &[u8; 32],
+    change_pair: &ViewPair,
+    change: (u32, u32),
+    inputs: Vec<OutputWithDecoys>,
+    payments: Vec<(MoneroAddress, u64)>,
+    fee_rate: FeeRate,
+) -> Result<SignableTransaction, SendError> {
     let ovk = outgoing_view_key(group_key, &inputs);
     let change = Change::new(
-        pair.clone(),
-        SubaddressIndex::new(CHANGE_SUBADDRESS.0, CHANGE_SUBADDRESS.1),
+        change_pair.clone(),
+        SubaddressIndex::new(change.0, change.1),
     );
     SignableTransaction::new(
         RctType::ClsagBulletproofPlus,
@@ -270,6 +291,40 @@ pub fn build_consolidation(
         .ok_or(SendError::InvalidInputs)?;
     let own = pair.subaddress(BURN_NETWORK, index);
     build(group_key, pair, inputs, vec![(own, half)], fee_rate)
+}
+
+/// Builds a forward: `inputs` (outputs of the key `group_key`, which has
+/// handed over) moved whole to the forwarding subaddress of the key it
+/// forwards to (`target`), the fee paid from the inputs. Two outputs, as a
+/// consolidation makes them (half, and the rest less the fee as change), both
+/// to that subaddress: the new key's scanner takes either as the group's own
+/// funds, never as a deposit. Every amount is a function of the inputs and
+/// the fee rate alone: a follower rebuilds the same bytes.
+pub fn build_forward(
+    group_key: &[u8; 32],
+    target: &ViewPair,
+    inputs: Vec<OutputWithDecoys>,
+    fee_rate: FeeRate,
+) -> Result<SignableTransaction, SendError> {
+    let total: u128 = inputs
+        .iter()
+        .map(|i| u128::from(i.commitment().amount))
+        .sum();
+    let half = u64::try_from(total / 2).map_err(|_| SendError::AmountsUnrepresentable {
+        in_amount: total,
+        out_amount: total / 2,
+    })?;
+    let index = SubaddressIndex::new(FORWARD_SUBADDRESS.0, FORWARD_SUBADDRESS.1)
+        .ok_or(SendError::InvalidInputs)?;
+    let to = target.subaddress(BURN_NETWORK, index);
+    build_to(
+        group_key,
+        target,
+        FORWARD_SUBADDRESS,
+        inputs,
+        vec![(to, half)],
+        fee_rate,
+    )
 }
 
 fn read_varint(bytes: &mut &[u8]) -> Result<u64, String> {

@@ -58,15 +58,19 @@ pub async fn insert(
             .map(|b| b.monero_address.as_str())
             .collect();
         let amounts: Vec<i64> = block.burns.iter().map(|b| to_i64(b.amount)).collect();
+        let sessions: Vec<Option<i64>> =
+            block.burns.iter().map(|b| b.session.map(to_i64)).collect();
         sqlx::query(
-            "INSERT INTO burns (burn_id, block_number, monero_address, amount)
-             SELECT u.id, $1, u.address, u.amount
-             FROM UNNEST($2::text[], $3::text[], $4::bigint[]) AS u(id, address, amount)",
+            "INSERT INTO burns (burn_id, block_number, monero_address, amount, session)
+             SELECT u.id, $1, u.address, u.amount, u.session
+             FROM UNNEST($2::text[], $3::text[], $4::bigint[], $5::bigint[])
+                  AS u(id, address, amount, session)",
         )
         .bind(to_i64(block.number))
         .bind(&ids)
         .bind(&addresses)
         .bind(&amounts)
+        .bind(&sessions)
         .execute(&mut *conn)
         .await?;
     }

@@ -48,6 +48,19 @@ impl Setup {
         extra: &[(&'static str, &'static str)],
         failpoints: impl Fn(usize) -> Option<&'static str>,
     ) -> Self {
+        Self::start_among(tag, 3, &[], t, extra, failpoints).await
+    }
+
+    /// `n` processors, the first key generated among `participants` (empty:
+    /// all of them).
+    pub async fn start_among(
+        tag: &str,
+        n: usize,
+        participants: &[&str],
+        t: u32,
+        extra: &[(&'static str, &'static str)],
+        failpoints: impl Fn(usize) -> Option<&'static str>,
+    ) -> Self {
         let chain = tempfile::tempdir().unwrap();
         let monerod = Monerod::start(chain.path()).await;
         let url: &'static str = Box::leak(monerod.url.clone().into_boxed_str());
@@ -66,12 +79,17 @@ impl Setup {
         };
         let cluster = Cluster::start_with(
             tag,
-            3,
+            n,
             env,
             &format!("[signing]\nround_timeout = \"4s\"\n{}", chain_config(url)),
         )
         .await;
-        let session = cluster.coordinator.start_keygen(t, &[]).await.unwrap();
+        let participants: Vec<String> = participants.iter().map(|p| (*p).to_owned()).collect();
+        let session = cluster
+            .coordinator
+            .start_keygen(t, &participants)
+            .await
+            .unwrap();
         cluster.wait_status(session, "confirmed").await;
         assert!(cluster.coordinator.register_account(1).await.unwrap().0);
         assert!(cluster.coordinator.register_account(2).await.unwrap().0);
