@@ -44,6 +44,10 @@ pub struct Options {
     pub restart: Option<usize>,
     /// Leave everything running after the checks, until Ctrl-C.
     pub keep_running: bool,
+    /// After the cycle, rotate the key: one more processor joins, a
+    /// `(t+1)-of-(n+1)` key is generated, the first key forwards everything
+    /// to it and retires, with deposits and burns before, during and after.
+    pub rotate: bool,
     /// Print progress.
     pub verbose: bool,
     /// Export traces of the coordinator and the processors to this
@@ -122,7 +126,33 @@ pub struct Summary {
     /// processor to publish it), every hop through the coordinator
     /// included. `None` if no processor recorded both.
     pub payout_latency: Option<Duration>,
+    /// The rotation, with `--rotate`.
+    pub rotation: Option<RotationSummary>,
     /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// What `--rotate` did.
+#[derive(Debug, Clone, Default)]
+pub struct RotationSummary {
+    /// The new key's session and shape: (session, t, n).
+    pub new_key: (u64, u32, usize),
+    /// The new group address.
+    pub new_address: String,
+    /// The block the new key was activated at (the old key forwards from it).
+    pub activation: u64,
+    /// Forwards completed: (tx hash, amount moved, fee).
+    pub forwards: Vec<(String, u64, u64)>,
+    /// The deposit to the old address during the rotation, credited once.
+    pub late_deposit: u64,
+    /// Burns paid across the rotation: (id, amount, the key that paid).
+    pub burns: Vec<(String, u64, u64)>,
+    /// Per processor holding the old key: the block after which it retired.
+    pub retired: Vec<(String, u64)>,
+    /// Per processor: (name, deposits + forwarded in = paid + fees +
+    /// forwarded out + unspent), summed over its keys.
+    pub accounting: Vec<(String, i64, i64, i64, i64, i64, i64)>,
+    /// Wall time of the rotation step.
     pub elapsed: Duration,
 }
 
@@ -683,6 +713,44 @@ fn print_summary(summary: &Summary, net: &Net, options: &Options) {
             xmr(*unspent)
         );
     }
+    if let Some(r) = &summary.rotation {
+        let (session, t, n) = r.new_key;
+        println!(
+            "rotation           key 0 ({}-of-{}) -> key {session} ({t}-of-{n}), active from block {}",
+            options.t, options.n, r.activation
+        );
+        println!("new group address  {}", r.new_address);
+        for (tx, moved, fee) in &r.forwards {
+            println!(
+                "forward tx         {tx} ({} XMR to key {session}, fee {} XMR)",
+                xmr(*moved),
+                xmr(*fee)
+            );
+        }
+        println!(
+            "late deposit       {} XMR to the old address while it forwarded: credited once, to key 0",
+            xmr(r.late_deposit)
+        );
+        for (id, amount, payer) in &r.burns {
+            println!("burn {id:<13} {} XMR paid by key {payer}", xmr(*amount));
+        }
+        for (name, at) in &r.retired {
+            println!("retired {name:<10} key 0 after block {at}");
+        }
+        for (name, deposits, fwd_in, paid, fees, fwd_out, unspent) in &r.accounting {
+            let x = |v: &i64| xmr(u64::try_from(*v).unwrap_or(0));
+            println!(
+                "accounting {name:<8} deposits {} + forwarded in {} = paid {} + fees {} + forwarded out {} + unspent {}  \u{2713}",
+                x(deposits),
+                x(fwd_in),
+                x(paid),
+                x(fees),
+                x(fwd_out),
+                x(unspent)
+            );
+        }
+        println!("rotation time      {:.1} s", r.elapsed.as_secs_f64());
+    }
     println!("wall time          {:.1} s", summary.elapsed.as_secs_f64());
     println!("\nendpoints:");
     println!(
@@ -816,7 +884,12 @@ async fn port_open(port: u16) -> bool {
 
 /// The coordinator's settings: every processor, the chain, fast rounds; key
 /// generation starts by itself once every processor has announced itself.
-fn coordinator_config(net: &Net, db: &str, t: u32) -> Result<String, DevnetError> {
+fn coordinator_config(
+    net: &Net,
+    db: &str,
+    t: u32,
+    first_key: usize,
+) -> Result<String, DevnetError> {
     let processors: String = net
         .processor_ports
         .iter()
@@ -838,6 +911,7 @@ insecure = true
 [keygen]
 round_timeout = "30s"
 auto_start_threshold = {t}
+auto_start_processors = [{first}]
 # Fixed with the key for every processor: 4 confirmations, 4-block windows.
 confirmations = 4
 window_blocks = 4
@@ -854,6 +928,10 @@ filter = "info"
 "#,
         port = net.coordinator_port,
         monerod = net.monerod_port,
+        first = (1..=first_key)
+            .map(|i| format!("\"validator-{i}\""))
+            .collect::<Vec<_>>()
+            .join(", "),
     );
     // Refused here, with the reason, rather than by a child that exits.
     crate::config::Config::from_toml(&text)
@@ -894,8 +972,15 @@ async fn scenario(
         disturb.settle().await;
     }
     let checked = s.final_checks(deposited, &burns, &payout).await?;
+    let rotation = if options.rotate {
+        Some(s.rotate(&coordinator).await?)
+    } else {
+        None
+    };
     coordinator.close().await;
-    Ok(s.summary(key, batches, &burns, payout, checked))
+    let mut summary = s.summary(key, batches, &burns, payout, checked);
+    summary.rotation = rotation;
+    Ok(summary)
 }
 
 /// What one run of the scenario shares between its steps.
@@ -945,10 +1030,16 @@ impl Scenario<'_> {
         self.options.n
     }
 
+    /// Every processor run: the first key's, and with `--rotate` the one
+    /// that joins at the rotation.
+    fn total(&self) -> usize {
+        self.options.n + usize::from(self.options.rotate)
+    }
+
     /// Databases: one per processor, one for the coordinator (dropped first
     /// if they exist). Returns the coordinator's URL.
     async fn create_databases(&mut self) -> Result<String, DevnetError> {
-        let (options, n) = (self.options, self.n());
+        let (options, n) = (self.options, self.total());
         let mut names: Vec<String> = (1..=n)
             .map(|i| format!("{}_processor_{i}", options.db_prefix))
             .collect();
@@ -1030,7 +1121,7 @@ impl Scenario<'_> {
         &mut self,
         coordinator_db: &str,
     ) -> Result<PgPool, DevnetError> {
-        let (options, progress, n) = (self.options, self.progress, self.n());
+        let (options, progress, n) = (self.options, self.progress, self.total());
         let net = &mut *self.net;
         progress.step(&format!(
             "starting {n} processors, each with its own database"
@@ -1078,7 +1169,10 @@ impl Scenario<'_> {
             None => net.processor_ports.clone(),
         };
         let config = net.dir.join("coordinator.toml");
-        std::fs::write(&config, coordinator_config(net, coordinator_db, options.t)?)?;
+        std::fs::write(
+            &config,
+            coordinator_config(net, coordinator_db, options.t, options.n)?,
+        )?;
         net.coordinator = Some(Child::spawn(
             "coordinator",
             &options.exe,
@@ -1130,6 +1224,7 @@ impl Scenario<'_> {
             "key generation: FROST DKG {}-of-{n} through the coordinator",
             options.t
         ));
+        let total = self.total();
         wait_for(
             "every processor to connect and announce its identity key",
             Duration::from_secs(60),
@@ -1137,7 +1232,7 @@ impl Scenario<'_> {
             None,
             || async {
                 let known = db::identities(pool).await?;
-                Ok((usize::try_from(known).unwrap_or(0) >= n).then_some(()))
+                Ok((usize::try_from(known).unwrap_or(0) >= total).then_some(()))
             },
         )
         .await?;
@@ -1469,19 +1564,7 @@ impl Scenario<'_> {
         }
         progress.done("the user received exactly the burned amounts; deposits = payouts + fees + unspent on every processor");
         progress.step("checking every invariant (links, nonces, payouts, batches, plans, books)");
-        let targets = crate::invariants::Targets {
-            processors: (0..self.n())
-                .map(|i| {
-                    (
-                        format!("validator-{}", i + 1),
-                        self.net.processor_dbs[i].clone(),
-                    )
-                })
-                .collect(),
-            coordinator: self.coordinator_db.clone(),
-            monerod: format!("http://127.0.0.1:{}", self.net.monerod_port),
-        };
-        let violations = crate::invariants::check(&targets)
+        let violations = crate::invariants::check(&self.targets())
             .await
             .map_err(|e| failed(format!("the invariant checker could not check: {e}")))?;
         if !violations.is_empty() {
@@ -1492,6 +1575,324 @@ impl Scenario<'_> {
             received,
             accounting,
         })
+    }
+
+    /// What the invariant checker reads: every processor and the
+    /// coordinator.
+    fn targets(&self) -> crate::invariants::Targets {
+        crate::invariants::Targets {
+            processors: (0..self.total())
+                .map(|i| {
+                    (
+                        format!("validator-{}", i + 1),
+                        self.net.processor_dbs[i].clone(),
+                    )
+                })
+                .collect(),
+            coordinator: self.coordinator_db.clone(),
+            monerod: format!("http://127.0.0.1:{}", self.net.monerod_port),
+        }
+    }
+
+    /// The user pays `amount` to `address` (mined into the next block).
+    async fn pay(&self, address: &str, amount: u64) -> Result<(), DevnetError> {
+        let wallet = &self.net.rpc.wallet;
+        let _ = wallet.refresh(None).await;
+        let destinations = [(
+            parse_address(address)?,
+            monero_rpc::monero::Amount::from_pico(amount),
+        )]
+        .into_iter()
+        .collect();
+        wallet
+            .transfer(
+                destinations,
+                monero_rpc::TransferPriority::Default,
+                monero_rpc::TransferOptions::default(),
+            )
+            .await
+            .map_err(rpc_failed("transfer"))?;
+        self.net.mine(&nobody(), 1).await
+    }
+
+    /// A fresh subaddress of the user and a burn paying it, submitted.
+    async fn burn_to_the_user(
+        &self,
+        pool: &PgPool,
+        id: &str,
+        amount: u64,
+    ) -> Result<Burn, DevnetError> {
+        let (address, minor) = self
+            .net
+            .rpc
+            .wallet
+            .create_address(0, None)
+            .await
+            .map_err(rpc_failed("create_address"))?;
+        crate::payouts::submit_burn(pool, id, &address.to_string(), amount)
+            .await
+            .map_err(|e| failed(format!("submitting a burn: {e}")))?;
+        Ok(Burn {
+            amount,
+            address: address.to_string(),
+            minor,
+        })
+    }
+
+    /// `--rotate`: the processor that joins (the last) and the first key's
+    /// holders generate a `(t+1)`-of-`(n+1)` key through the coordinator
+    /// (StartKeyGen on its admin API, as an operator would). The first key
+    /// forwards everything to it and retires; a deposit to the old address
+    /// while it forwards is credited once; burns before (the cycle's),
+    /// during and after the rotation are paid; the books balance on every
+    /// processor and every invariant holds.
+    async fn rotate(&mut self, pool: &PgPool) -> Result<RotationSummary, DevnetError> {
+        let started = Instant::now();
+        let (options, progress) = (self.options, self.progress);
+        let (t, n) = (options.t + 1, self.total());
+        progress.step(&format!(
+            "rotation: validator-{n} joins; FROST DKG {t}-of-{n} through the coordinator's StartKeyGen"
+        ));
+        let endpoint = format!("http://127.0.0.1:{}", self.net.coordinator_port);
+        let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())
+            .map_err(|e| failed(format!("the coordinator's admin endpoint {endpoint}: {e}")))?
+            .connect()
+            .await
+            .map_err(|e| {
+                failed(format!(
+                    "connecting to the coordinator's admin API at {endpoint}: {e}"
+                ))
+            })?;
+        let mut admin =
+            proto::coordinator_v1::coordinator_admin_client::CoordinatorAdminClient::new(channel);
+        let started_keygen = admin
+            .start_key_gen(proto::coordinator_v1::StartKeyGenRequest {
+                threshold: t,
+                processors: Vec::new(),
+            })
+            .await
+            .map_err(|e| failed(format!("StartKeyGen: {}", e.message())))?
+            .into_inner();
+        let session = started_keygen.session;
+        let key = wait_for(
+            "the new key",
+            Duration::from_secs(120),
+            &self.stop,
+            None,
+            || async {
+                let status = crate::keygen::status(pool, Some(session)).await?;
+                match status.into_iter().next() {
+                    Some(s) if s.status == "confirmed" => Ok(Some(s)),
+                    Some(s) if s.status == "failed" => Err(failed(format!(
+                        "the rotation's key generation failed: {}",
+                        s.failure
+                    ))),
+                    _ => Ok(None),
+                }
+            },
+        )
+        .await?;
+        let new_key: [u8; 32] = hex::decode(&key.group_key)
+            .ok()
+            .and_then(|k| k.try_into().ok())
+            .ok_or_else(|| failed("the new group key is not 32 bytes"))?;
+        let activation = wait_for(
+            "the new key's activation height",
+            Duration::from_secs(60),
+            &self.stop,
+            None,
+            || async { Ok(db::activation_height(pool, session).await?) },
+        )
+        .await?;
+        let activation = u64::try_from(activation).unwrap_or(0);
+        progress.done(&format!(
+            "key {session} confirmed ({t}-of-{n}); address {}; active from block {activation}, \
+             where key 0 starts forwarding",
+            short(&key.monero_address)
+        ));
+
+        progress.step(
+            "mining to the activation; the user deposits to the OLD address and a burn arrives \
+             while key 0 forwards",
+        );
+        let monerod =
+            processor::monero::Daemon::new(format!("http://127.0.0.1:{}", self.net.monerod_port));
+        while monerod
+            .tip()
+            .await
+            .map_err(|e| failed(format!("monerod: {e}")))?
+            <= activation
+        {
+            self.net.mine(&nobody(), 1).await?;
+        }
+        let old_address = self.first_address(pool).await?;
+        let late_deposit = 1_000_000_000_000;
+        let old_one = processor::accounts::deposit_address(&old_address, 1).unwrap_or_default();
+        self.pay(&old_one, late_deposit).await?;
+        let during = self
+            .burn_to_the_user(pool, "devnet-burn-during-rotation", 900_000_000_000)
+            .await?;
+
+        progress.step("mining until key 0 has forwarded everything and retired on each holder");
+        let holders: Vec<usize> = (0..options.n).collect();
+        let mut retired = Vec::new();
+        for &i in &holders {
+            let p = crate::invariants::db::reader_pool(&self.net.processor_dbs[i]).await?;
+            let at = wait_for(
+                &format!("key 0 to retire on validator-{}", i + 1),
+                Duration::from_secs(300),
+                &self.stop,
+                self.mine_while_waiting()?,
+                || async { Ok(db::retired_height(&p, 0).await?) },
+            )
+            .await?;
+            p.close().await;
+            retired.push((
+                format!("validator-{}", i + 1),
+                u64::try_from(at).unwrap_or(0),
+            ));
+        }
+        let forwards = {
+            let p = crate::invariants::db::reader_pool(&self.net.processor_dbs[0]).await?;
+            let f = db::forwards(&p, 0).await?;
+            p.close().await;
+            f.into_iter()
+                .map(|(tx, moved, fee)| {
+                    (
+                        hex::encode(tx),
+                        u64::try_from(moved).unwrap_or(0),
+                        u64::try_from(fee).unwrap_or(0),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        if forwards.is_empty() {
+            return Err(failed("key 0 retired without a forward"));
+        }
+        progress.done(&format!(
+            "key 0 forwarded {} XMR in {} transaction(s) and retired at block{}",
+            xmr(forwards.iter().map(|f| f.1).sum()),
+            forwards.len(),
+            retired
+                .iter()
+                .map(|(name, at)| format!(" {at} ({name})"))
+                .collect::<String>()
+        ));
+
+        progress.step("after the rotation: the user deposits to the NEW address, and a burn");
+        let new_one = processor::accounts::deposit_address(&new_key, 1).unwrap_or_default();
+        self.pay(&new_one, 1_500_000_000_000).await?;
+        let after = self
+            .burn_to_the_user(pool, "devnet-burn-after-rotation", 600_000_000_000)
+            .await?;
+        let mut burns = Vec::new();
+        for (id, burn) in [
+            ("devnet-burn-during-rotation", &during),
+            ("devnet-burn-after-rotation", &after),
+        ] {
+            let (tx, payer) = wait_for(
+                &format!("burn {id} paid"),
+                Duration::from_secs(300),
+                &self.stop,
+                self.mine_while_waiting()?,
+                || async { Ok(db::plan_paying(pool, id).await?) },
+            )
+            .await?;
+            self.check_the_wallet(
+                std::slice::from_ref(burn),
+                &Payout {
+                    tx_hash: hex::encode(tx),
+                    latency: None,
+                },
+            )
+            .await?;
+            burns.push((
+                id.to_owned(),
+                burn.amount,
+                u64::try_from(payer).unwrap_or(0),
+            ));
+        }
+        progress.done("both burns paid by the new key, each received exactly once");
+
+        progress.step("checking the late deposit, every processor's books and every invariant");
+        let credited = {
+            let p = crate::invariants::db::reader_pool(&self.net.processor_dbs[0]).await?;
+            let c = db::credited(&p, late_deposit).await?;
+            p.close().await;
+            c
+        };
+        if credited != vec![(0, i64::try_from(late_deposit).unwrap_or(0))] {
+            return Err(failed(format!(
+                "the deposit of {} XMR to the old address was credited as {credited:?} (session, \
+                 amount), expected once to key 0",
+                xmr(late_deposit)
+            )));
+        }
+        let accounting = wait_for(
+            "every processor's books to balance over its keys",
+            Duration::from_secs(60),
+            &self.stop,
+            None,
+            || async {
+                let mut all = Vec::new();
+                for i in 0..n {
+                    let p = crate::invariants::db::reader_pool(&self.net.processor_dbs[i]).await?;
+                    let books = crate::invariants::db::books(&p).await?;
+                    p.close().await;
+                    let sum = |f: fn(&crate::invariants::db::Books) -> i64| {
+                        books.iter().map(f).sum::<i64>()
+                    };
+                    let row = (
+                        format!("validator-{}", i + 1),
+                        sum(|b| b.deposits),
+                        sum(|b| b.forwarded_in),
+                        sum(|b| b.paid),
+                        sum(|b| b.fees),
+                        sum(|b| b.forwarded_out),
+                        sum(|b| b.unspent),
+                    );
+                    if row.1 + row.2 != row.3 + row.4 + row.5 + row.6 {
+                        return Ok(None);
+                    }
+                    all.push(row);
+                }
+                Ok(Some(all))
+            },
+        )
+        .await?;
+        let violations = crate::invariants::check(&self.targets())
+            .await
+            .map_err(|e| failed(format!("the invariant checker could not check: {e}")))?;
+        if !violations.is_empty() {
+            return Err(DevnetError::Violations(violations));
+        }
+        progress.done(
+            "the late deposit was credited once, to key 0; books balance on every processor; \
+             every invariant holds",
+        );
+        Ok(RotationSummary {
+            new_key: (session, t, n),
+            new_address: key.monero_address,
+            activation,
+            forwards,
+            late_deposit,
+            burns,
+            retired,
+            accounting,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// The first key's group key.
+    async fn first_address(&self, pool: &PgPool) -> Result<[u8; 32], DevnetError> {
+        let status = crate::keygen::status(pool, None).await?;
+        status
+            .iter()
+            .filter(|s| s.status == "confirmed")
+            .min_by_key(|s| s.session)
+            .and_then(|s| hex::decode(&s.group_key).ok())
+            .and_then(|k| k.try_into().ok())
+            .ok_or_else(|| failed("no first key"))
     }
 
     /// Each burn's subaddress received exactly its amount in the payout.
@@ -1595,6 +1996,7 @@ impl Scenario<'_> {
             received: checked.received,
             burned: burns.iter().map(|b| b.amount).sum(),
             accounting: checked.accounting,
+            rotation: None,
             elapsed: self.started.elapsed(),
         }
     }

@@ -24,6 +24,7 @@ fn options(n: usize, t: u32, prefix: &str) -> Options {
         offline: Vec::new(),
         restart: None,
         keep_running: false,
+        rotate: false,
         verbose: true,
         otlp_endpoint: None,
         disturb: None,

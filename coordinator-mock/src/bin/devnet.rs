@@ -22,6 +22,11 @@ struct Cli {
     /// Signers needed (t).
     #[arg(long, default_value_t = 2)]
     threshold: u32,
+    /// After the cycle, rotate the key: one more processor joins, a
+    /// (t+1)-of-(n+1) key takes over and the first key forwards everything
+    /// to it and retires, with deposits and burns before, during and after.
+    #[arg(long)]
+    rotate: bool,
     /// Postgres server (devnet databases are created on it).
     #[arg(
         long,
@@ -86,6 +91,7 @@ fn main() -> ExitCode {
         offline: Vec::new(),
         restart: None,
         keep_running: cli.keep_running,
+        rotate: cli.rotate,
         verbose: true,
         // The processors (children) read it from the environment too.
         otlp_endpoint: std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")

@@ -251,6 +251,7 @@ pub async fn run_once(config: &Config, seed: u64, interrupt: CancellationToken) 
         offline: Vec::new(),
         restart: None,
         keep_running: false,
+        rotate: false,
         verbose: false,
         otlp_endpoint: None,
         disturb: Some(injector.clone()),

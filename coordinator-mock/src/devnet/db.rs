@@ -56,7 +56,7 @@ pub async fn plan_times(
     sqlx::query_as(
         "SELECT EXTRACT(EPOCH FROM p.published_at)::float8 AS published,
                 EXTRACT(EPOCH FROM w.opened_at)::float8 AS opened
-         FROM plans p JOIN windows w ON w.\"window\" = p.\"window\" WHERE p.plan_id = $1",
+         FROM plans p JOIN windows w ON w.\"window\" = p.\"window\" AND w.session = p.session WHERE p.plan_id = $1",
     )
     .bind(plan_id)
     .fetch_optional(pool)
@@ -88,5 +88,71 @@ pub async fn books(pool: &PgPool) -> Result<Books, sqlx::Error> {
              WHERE status IN ('included', 'reserved') AND (account > 0 OR subaddress_minor = 1)) AS unspent",
     )
     .fetch_one(pool)
+    .await
+}
+
+/// Coordinator: the activation height of key `session`, once given.
+pub async fn activation_height(pool: &PgPool, session: u64) -> Result<Option<i64>, sqlx::Error> {
+    let h: Option<Option<i64>> =
+        sqlx::query_scalar("SELECT activation_height FROM keygen_sessions WHERE session = $1")
+            .bind(i64::try_from(session).unwrap_or(i64::MAX))
+            .fetch_optional(pool)
+            .await?;
+    Ok(h.flatten())
+}
+
+/// Coordinator: the completed plan paying burn `burn_id`: (tx hash, its
+/// key's session).
+pub async fn plan_paying(
+    pool: &PgPool,
+    burn_id: &str,
+) -> Result<Option<(Vec<u8>, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT tx_hash, session FROM plans
+         WHERE status = 'completed' AND $1 = ANY(burn_ids) AND tx_hash IS NOT NULL",
+    )
+    .bind(burn_id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Processor: the block after which key `session` retired, once it has.
+pub async fn retired_height(pool: &PgPool, session: i64) -> Result<Option<i64>, sqlx::Error> {
+    let h: Option<Option<i64>> =
+        sqlx::query_scalar("SELECT retired_height FROM keys WHERE session = $1")
+            .bind(session)
+            .fetch_optional(pool)
+            .await?;
+    Ok(h.flatten())
+}
+
+/// Processor: key `session`'s completed forwards (burn-less plans nothing of
+/// which came back to it): (tx hash, amount moved, fee).
+pub async fn forwards(
+    pool: &PgPool,
+    session: i64,
+) -> Result<Vec<(Vec<u8>, i64, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT p.tx_hash,
+                ((SELECT COALESCE(sum(i.amount), 0) FROM outputs i WHERE i.plan_id = p.plan_id)
+                 - p.fee)::bigint AS moved,
+                p.fee
+         FROM plans p
+         WHERE p.session = $1 AND p.status = 'completed' AND cardinality(p.burn_ids) = 0
+           AND NOT EXISTS (SELECT 1 FROM outputs o WHERE o.tx_hash = p.tx_hash AND o.session = p.session)
+         ORDER BY p.completed_height, p.plan_id",
+    )
+    .bind(session)
+    .fetch_all(pool)
+    .await
+}
+
+/// Processor: outputs to account 1 of exactly `amount`: (session, amount).
+pub async fn credited(pool: &PgPool, amount: u64) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT session, amount FROM outputs WHERE account = 1 AND amount = $1 AND status <> 'duplicate'",
+    )
+    .bind(i64::try_from(amount).unwrap_or(i64::MAX))
+    .fetch_all(pool)
     .await
 }
