@@ -1225,9 +1225,11 @@ impl Scenario<'_> {
             options.t
         ));
         let total = self.total();
+        // Generous: five processors migrating and dialled through fault
+        // proxies on a loaded two-core machine can take most of a minute.
         wait_for(
             "every processor to connect and announce its identity key",
-            Duration::from_secs(60),
+            Duration::from_secs(120),
             &self.stop,
             None,
             || async {

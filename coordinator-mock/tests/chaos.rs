@@ -388,21 +388,43 @@ async fn processors_holding_different_batches_are_found() {
         "{v:?}"
     );
     // The coordinator included batch 11 of block 11, which validator-1
-    // scanned past without holding it.
-    sqlx::query("INSERT INTO scan_cursor (next_height) VALUES (20)")
-        .execute(w.p(0))
-        .await
-        .unwrap();
+    // (a holder of key 0) scanned past without holding it; validator-2
+    // scanned past it too but holds no share of key 0 (it joined with a
+    // later key), so it never had to report it.
+    for i in 0..2 {
+        sqlx::query("INSERT INTO scan_cursor (next_height) VALUES (20)")
+            .execute(w.p(i))
+            .await
+            .unwrap();
+    }
+    sqlx::query(
+        "INSERT INTO keys (session, threshold, own_index, participant_keys, status)
+         VALUES (0, 2, 1, '{}', 'confirmed')",
+    )
+    .execute(w.p(0))
+    .await
+    .unwrap();
     sqlx::query(
         "INSERT INTO batches (id, session, block_height, encoded, status) VALUES (11, 0, 11, '\\x01', 'included')",
     )
     .execute(&w.coordinator)
     .await
     .unwrap();
-    assert!(w.violations().await.contains(&Violation::BatchMissing {
-        processor: "validator-1".into(),
-        id: 11
-    }));
+    let v = w.violations().await;
+    assert!(
+        v.contains(&Violation::BatchMissing {
+            processor: "validator-1".into(),
+            id: 11
+        }),
+        "{v:?}"
+    );
+    assert!(
+        !v.contains(&Violation::BatchMissing {
+            processor: "validator-2".into(),
+            id: 11
+        }),
+        "{v:?}"
+    );
     // validator-2 took in a settlement block including its batch 10 but
     // left it proposed (the race chaos seed 204 found).
     sqlx::query("INSERT INTO settlement_blocks (number, included_batch_ids) VALUES (1, '{10}')")

@@ -63,6 +63,43 @@ async fn the_custody_cycle_completes_with_three_processors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rotation_to_three_of_four_strands_nothing() {
+    let mut options = options(3, 2, "e2e_rotate");
+    options.rotate = true;
+    let summary = run(options, CancellationToken::new())
+        .await
+        .expect("the devnet scenario with --rotate completes");
+    let r = summary.rotation.expect("--rotate reports the rotation");
+    assert_eq!(r.new_key, (1, 3, 4));
+    assert!(!r.forwards.is_empty());
+    assert!(
+        r.forwards
+            .iter()
+            .all(|(_, moved, fee)| *moved > 0 && *fee > 0)
+    );
+    assert_eq!(r.retired.len(), 3, "key 0 retired on each of its holders");
+    let heights: BTreeSet<u64> = r.retired.iter().map(|(_, at)| *at).collect();
+    assert_eq!(
+        heights.len(),
+        1,
+        "at the same block everywhere: {:?}",
+        r.retired
+    );
+    assert_eq!(
+        r.burns.iter().map(|b| b.2).collect::<Vec<_>>(),
+        vec![1, 1],
+        "burns after the activation are the new key's"
+    );
+    assert_eq!(r.accounting.len(), 4);
+    for (name, deposits, fwd_in, paid, fees, fwd_out, unspent) in &r.accounting {
+        assert_eq!(deposits + fwd_in, paid + fees + fwd_out + unspent, "{name}");
+    }
+    // Validator-4 holds only the new key: the forwards came in, none left.
+    let v4 = &r.accounting[3];
+    assert!(v4.2 > 0 && v4.5 == 0, "{v4:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_of_five_with_one_restarted_and_one_offline() {
     let mut options = options(5, 3, "e2e_five");
     // validator-2 is killed with SIGKILL after the deposits and restarted;

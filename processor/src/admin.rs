@@ -238,11 +238,12 @@ impl ProcessorAdmin for Admin {
         let balances = crate::lifecycle::db::balances(&self.pool)
             .await
             .map_err(ServiceError::from)?;
-        // Stages as of the last finalized block scanned.
+        // Stages for the next block to scan (a key retired at the last
+        // block scanned is retired from there).
         let scanned = scanner::db::cursor(&self.pool)
             .await
             .map_err(ServiceError::from)?
-            .map(|(next, _)| next.saturating_sub(1));
+            .map(|(next, _)| next);
         Ok(Response::new(KeyList {
             keys: rows
                 .into_iter()

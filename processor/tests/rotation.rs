@@ -90,7 +90,9 @@ async fn a_two_of_three_key_rotates_to_three_of_four_and_nothing_is_stranded() {
         &["validator-1", "validator-2", "validator-3"],
         2,
         SCHEDULER,
-        |_| None,
+        // validator-3 is dishonest: when it leads a window of the old key,
+        // it forwards to a key of its own instead of the new one.
+        |i| (i == 2).then_some("scheduler-forward-elsewhere=return"),
     )
     .await;
     let pool = setup.cluster.coordinator.pool.clone();
@@ -325,6 +327,96 @@ async fn a_two_of_three_key_rotates_to_three_of_four_and_nothing_is_stranded() {
         }
         let _ = deposits;
     }
+    // validator-3's forwards elsewhere were refused by the others and it was
+    // named; nothing of the old key reached a key that is not the group's
+    // (the old key retired and the books balance with every forward in).
+    let refused: Vec<(String, String)> = sqlx::query_as(
+        "SELECT k.processor, f.detail FROM faults f
+         JOIN keygen_participants k ON k.session = f.session AND k.idx = f.accused
+         WHERE f.kind = 'plan-refused' AND f.session = 0",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    if scalar_i64(
+        &pool,
+        "SELECT count(*) FROM plans p JOIN keygen_participants k
+           ON k.session = p.session AND k.processor = p.leader
+         WHERE p.session = 0 AND p.leader = 'validator-3' AND cardinality(p.burn_ids) = 0",
+    )
+    .await
+        > 0
+    {
+        assert!(
+            !refused.is_empty()
+                && refused
+                    .iter()
+                    .all(|(who, detail)| who == "validator-3" && detail.contains("forward")),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(
+        scalar_i64(
+            &pool,
+            "SELECT count(*) FROM plans WHERE session = 0 AND leader = 'validator-3'
+             AND cardinality(burn_ids) = 0 AND status = 'completed'",
+        )
+        .await,
+        0,
+        "a forward elsewhere was never signed"
+    );
+    // Every invariant the checker knows holds across the rotation: links,
+    // nonces, batches, plans, payouts against the chain, and per key the
+    // books with forwards in and out, each forward arrived whole.
+    let targets = coordinator_mock::invariants::Targets {
+        processors: (0..4)
+            .map(|i| (common::cluster::name(i), setup.cluster.dbs[i].url.clone()))
+            .collect(),
+        coordinator: setup.cluster.cdb.url.clone(),
+        monerod: setup.monerod.url.clone(),
+    };
+    let violations = coordinator_mock::invariants::check(&targets).await.unwrap();
+    assert!(violations.is_empty(), "{violations:#?}");
+    // The operator's views: each processor's ListKeys, and the
+    // coordinator's rotation.
+    let channel = tonic::transport::Endpoint::from_shared(format!(
+        "http://127.0.0.1:{}",
+        setup.cluster.ports[1]
+    ))
+    .unwrap()
+    .connect()
+    .await
+    .unwrap();
+    let keys = proto::processor_v1::processor_admin_client::ProcessorAdminClient::new(channel)
+        .list_keys(proto::processor_v1::ListKeysRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .keys;
+    let (old, new) = (&keys[0], &keys[1]);
+    assert_eq!(
+        (
+            old.session,
+            old.stage.as_str(),
+            old.balance,
+            old.unspent_outputs
+        ),
+        (0, "retired", 0, 0)
+    );
+    assert_eq!(old.forwarding_height, Some(activation));
+    assert!(old.retired_height.is_some() && old.finishing_height.is_some());
+    assert_eq!((new.session, new.stage.as_str()), (1, "active"));
+    assert_eq!(new.activation_height, Some(activation));
+    assert!(new.balance > 0 && new.forwarding_height.is_none());
+    let reports = vec![("validator-2".to_owned(), keys.clone())];
+    let rotation = coordinator_mock::keygen::rotation(&pool, &reports)
+        .await
+        .unwrap();
+    assert_eq!(rotation.len(), 2);
+    assert_eq!(rotation[0].forwarding_height, Some(activation));
+    assert_eq!(rotation[0].retired_on, vec!["validator-2".to_owned()]);
+    assert_eq!(rotation[1].scheduled_stage, "active");
+    assert_eq!(rotation[1].participants.len(), 4);
     // The old key's stage reads retired in the admin view of its holders.
     let chain = processor::lifecycle::db::chain(&old_dbs[0]).await.unwrap();
     let old = chain.iter().find(|k| k.session == 0).unwrap();

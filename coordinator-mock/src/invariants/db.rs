@@ -121,6 +121,13 @@ pub async fn scan_next_height(pool: &PgPool) -> Result<i64, sqlx::Error> {
     )
 }
 
+/// The keys (sessions) a processor holds a confirmed share of.
+pub async fn held_sessions(pool: &PgPool) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT session FROM keys WHERE status = 'confirmed' ORDER BY session")
+        .fetch_all(pool)
+        .await
+}
+
 /// A plan (one Monero transaction paying burns), on either side.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Plan {

@@ -689,8 +689,15 @@ async fn batches(
         let read = || db_error(name.as_str());
         let own = db::processor_batches(pool).await.map_err(read())?;
         let next = db::scan_next_height(pool).await.map_err(read())?;
+        let sessions = db::held_sessions(pool).await.map_err(read())?;
         for b in &included {
-            if b.block_height < next && !own.iter().any(|o| o.id == b.id) {
+            // Only a key's holders report its batches (a processor that
+            // joined with a later key never scanned an earlier one).
+            let (session, _) = processor::batch::batch_parts(u64::try_from(b.id).unwrap_or(0));
+            let holds = sessions
+                .iter()
+                .any(|&h| u64::try_from(h).is_ok_and(|h| h == session));
+            if holds && b.block_height < next && !own.iter().any(|o| o.id == b.id) {
                 found.push(Violation::BatchMissing {
                     processor: name.clone(),
                     id: b.id,
@@ -866,7 +873,7 @@ async fn payouts(
         }
     }
     for plan in on_chain.values() {
-        if let Some(detail) = pays_exactly(plan, &burns, keys.get(&plan.session)) {
+        if let Some(detail) = pays_exactly(plan, &burns, keys.get(&plan.session), &keys) {
             found.push(Violation::PaymentWrong {
                 plan_id: hex::encode(&plan.plan_id),
                 detail,
@@ -886,6 +893,7 @@ fn pays_exactly(
     plan: &db::Plan,
     burns: &[db::Burn],
     group_key: Option<&Vec<u8>>,
+    keys: &BTreeMap<i64, Vec<u8>>,
 ) -> Option<String> {
     use monero_wallet::send::SignableTransaction;
     use processor::scheduler::plan as p;
@@ -900,6 +908,12 @@ fn pays_exactly(
         Ok(i) => i,
         Err(e) => return Some(format!("its inputs do not parse: {e}")),
     };
+    let Some(pair) = processor::accounts::view_pair(&group_key) else {
+        return Some("the group key is not a point".into());
+    };
+    if plan.burn_ids.is_empty() {
+        return moves_only_within_the_group(&group_key, &pair, &signable, inputs, keys);
+    }
     let mut payments = Vec::new();
     for burn_id in &plan.burn_ids {
         let Some(burn) = burns.iter().find(|b| &b.burn_id == burn_id) else {
@@ -910,9 +924,6 @@ fn pays_exactly(
         };
         payments.push((address, u64::try_from(burn.amount).unwrap_or(0)));
     }
-    let Some(pair) = processor::accounts::view_pair(&group_key) else {
-        return Some("the group key is not a point".into());
-    };
     match p::build(&group_key, &pair, inputs, payments, signable.fee_rate()) {
         Ok(expected) if expected == signable => None,
         Ok(_) => Some(
@@ -922,6 +933,41 @@ fn pays_exactly(
         ),
         Err(e) => Some(format!("its burns cannot be paid from its inputs: {e}")),
     }
+}
+
+/// A plan paying no burn must keep the money in the group: the
+/// consolidation of its inputs into its own key's change, or their forward
+/// to another key of the group. `Some(what is wrong)` otherwise.
+fn moves_only_within_the_group(
+    group_key: &[u8; 32],
+    pair: &monero_wallet::ViewPair,
+    signable: &monero_wallet::send::SignableTransaction,
+    inputs: Vec<monero_wallet::OutputWithDecoys>,
+    keys: &BTreeMap<i64, Vec<u8>>,
+) -> Option<String> {
+    use processor::scheduler::plan as p;
+    let fee_rate = signable.fee_rate();
+    if p::build_consolidation(group_key, pair, inputs.clone(), fee_rate)
+        .is_ok_and(|expected| &expected == signable)
+    {
+        return None;
+    }
+    let forwards_within = keys.values().any(|other| {
+        <[u8; 32]>::try_from(other.as_slice())
+            .ok()
+            .filter(|other| other != group_key)
+            .and_then(|other| processor::accounts::view_pair(&other))
+            .and_then(|target| p::build_forward(group_key, &target, inputs.clone(), fee_rate).ok())
+            .is_some_and(|expected| &expected == signable)
+    });
+    if forwards_within {
+        return None;
+    }
+    Some(
+        "it pays no burn, yet it is neither the consolidation of its inputs into the group's \
+         change nor their forward to another key of the group"
+            .into(),
+    )
 }
 
 /// Each completed payout's transaction is in a block and matches its plan's

@@ -74,8 +74,8 @@ pub const PAYOUT_PUBLISH_SECONDS: &str = "custody_payout_publish_seconds";
 /// Per key (label `session`): what it holds, outputs not spent (atomic
 /// units).
 pub const KEY_BALANCE: &str = "custody_key_balance_piconero";
-/// Per key (labels `session`, `stage`): 1 for the stage it is in at the
-/// last finalized block scanned, 0 for the others.
+/// Per key (labels `session`, `stage`): 1 for the stage it is in from the
+/// next block to scan, 0 for the others.
 pub const KEY_STAGE: &str = "custody_key_stage";
 /// Payouts found final on chain.
 pub const PAYOUTS_COMPLETED: &str = "custody_payouts_completed_total";

@@ -528,7 +528,7 @@ async fn step(
         blocks.remove(0);
     }
     let stored = ingest(pool, context, &keys, next, blocks).await?;
-    set_stage_gauges(pool, (next + stored).saturating_sub(1)).await?;
+    set_stage_gauges(pool, next + stored).await?;
     debug!(
         from = next,
         to = end,
@@ -548,7 +548,7 @@ async fn step(
     Ok(stored)
 }
 
-/// Sets each own key's stage gauge as of finalized block `height`.
+/// Sets each own key's stage gauge for block `height` (the next to scan).
 async fn set_stage_gauges(pool: &PgPool, height: u64) -> Result<(), sqlx::Error> {
     for key in crate::lifecycle::db::chain(pool)
         .await?

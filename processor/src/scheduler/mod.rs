@@ -913,8 +913,25 @@ async fn forward_window(
         db::close_window(pool, key.session, window, "idle", None).await?;
         return Ok(());
     }
-    let (target, target_pair) =
+    let (target, mut target_pair) =
         forward_target(chain, key.session, start_height).map_err(PassError::Handle)?;
+    if let Some(stranger) = crate::failpoint::eval("scheduler-forward-elsewhere", |_| {
+        // Fault injection for the rotation test: a dishonest leader of the
+        // old key forwards to a key of its own instead of the newest one.
+        view_pair(
+            &curve25519_dalek::EdwardsPoint::mul_base_clamped([7; 32])
+                .compress()
+                .to_bytes(),
+        )
+    })
+    .flatten()
+    {
+        warn!(
+            window,
+            "fault injection: forwarding to a key that is not the group's"
+        );
+        target_pair = stranger;
+    }
     let as_of = usize::try_from(start_height).unwrap_or(usize::MAX);
     let rpc = daemon.rpc().await?;
     let inputs = futures::future::try_join_all(
@@ -1505,6 +1522,15 @@ async fn verify(
             return Ok(Verdict::Accept { reserved });
         }
         // Not the forward: only a warranted consolidation remains.
+        if inputs.len() != plan::MAX_INPUTS {
+            return Ok(Verdict::Refuse(format!(
+                "the transaction differs from the forward of its inputs to the newest key's \
+                 forwarding subaddress (a payment out, altered amounts, or a foreign address), \
+                 and a consolidation spends exactly {} inputs, not {}",
+                plan::MAX_INPUTS,
+                inputs.len()
+            )));
+        }
     }
     let expected = match kind {
         plan::PlanKind::Payout => plan::build(

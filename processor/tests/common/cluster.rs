@@ -17,7 +17,7 @@ pub struct Cluster {
     pub procs: Vec<Option<Proc>>,
     pub coordinator: Arc<Coordinator>,
     pub shutdown: CancellationToken,
-    _cdb: TestDb,
+    pub cdb: TestDb,
     // Last: fields drop in order, and the processes' logs (printed when a
     // test fails) live in this directory.
     pub dir: tempfile::TempDir,
@@ -97,7 +97,7 @@ impl Cluster {
             procs,
             coordinator,
             shutdown,
-            _cdb: cdb,
+            cdb,
         }
     }
 
