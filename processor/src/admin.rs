@@ -271,7 +271,7 @@ impl ProcessorAdmin for Admin {
                     threshold: u32::from(k.threshold),
                     participants: u32::try_from(k.participant_keys.len()).unwrap_or(u32::MAX),
                     own_index: u32::from(k.own_index),
-                    status: k.status,
+                    status: k.status.as_str().to_owned(),
                     group_key: k.group_key.map(hex::encode).unwrap_or_default(),
                     monero_address: k.monero_address.unwrap_or_default(),
                     failure: k.failure.unwrap_or_default(),

@@ -493,9 +493,18 @@ async fn plans_end_at_their_lifetime_and_give_back_what_they_reserved() {
         } else {
             vec![]
         };
-        db::insert_plan(&mut conn, &id, 0, *window, 1, b"plan", &burns, "received")
-            .await
-            .unwrap();
+        db::insert_plan(
+            &mut conn,
+            &id,
+            0,
+            *window,
+            1,
+            b"plan",
+            &burns,
+            db::PlanStatus::Received,
+        )
+        .await
+        .unwrap();
         db::set_plan_status(&mut conn, &id, db::PlanStatus::parse(status).unwrap(), None)
             .await
             .unwrap();
@@ -603,9 +612,18 @@ async fn a_final_payout_supersedes_only_what_this_processor_accepted() {
     let mut ids = Vec::new();
     for (i, status) in statuses.iter().enumerate() {
         let id = [u8::try_from(i).unwrap() + 1; 32];
-        db::insert_plan(&mut conn, &id, 0, 10, 1, b"plan", &[], "received")
-            .await
-            .unwrap();
+        db::insert_plan(
+            &mut conn,
+            &id,
+            0,
+            10,
+            1,
+            b"plan",
+            &[],
+            db::PlanStatus::Received,
+        )
+        .await
+        .unwrap();
         db::set_plan_status(
             &mut conn,
             &id,
@@ -663,9 +681,18 @@ async fn plans_are_matched_on_chain_in_relay_order() {
     let (first, second) = ([0xf0_u8; 32], [0x0f_u8; 32]);
     let mut tx = pool.begin().await.unwrap();
     for id in [first, second] {
-        db::insert_plan(&mut tx, &id, 0, 10, 1, b"same", &[], "received")
-            .await
-            .unwrap();
+        db::insert_plan(
+            &mut tx,
+            &id,
+            0,
+            10,
+            1,
+            b"same",
+            &[],
+            db::PlanStatus::Received,
+        )
+        .await
+        .unwrap();
     }
     tx.commit().await.unwrap();
     let mut conn = pool.acquire().await.unwrap();

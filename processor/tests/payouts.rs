@@ -427,19 +427,46 @@ async fn proposals_are_checked_in_relay_order_even_the_leaders_own() {
     // Our plan is stored (unrelayed) first; in the coordinator's relay the
     // rival comes first, then ours, then a third, two of them in one
     // transaction (one now()).
-    db::insert_plan(&mut conn, &own, 0, 10, 1, b"own", &[], "proposed")
-        .await
-        .unwrap();
+    db::insert_plan(
+        &mut conn,
+        &own,
+        0,
+        10,
+        1,
+        b"own",
+        &[],
+        db::PlanStatus::Proposed,
+    )
+    .await
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
     let mut tx = pool.begin().await.unwrap();
-    db::insert_plan(&mut tx, &rival, 0, 11, 2, b"rival", &[], "received")
-        .await
-        .unwrap();
+    db::insert_plan(
+        &mut tx,
+        &rival,
+        0,
+        11,
+        2,
+        b"rival",
+        &[],
+        db::PlanStatus::Received,
+    )
+    .await
+    .unwrap();
     assert!(db::mark_relayed(&mut tx, &own).await.unwrap());
     tx.commit().await.unwrap();
-    db::insert_plan(&mut conn, &third, 0, 12, 3, b"third", &[], "received")
-        .await
-        .unwrap();
+    db::insert_plan(
+        &mut conn,
+        &third,
+        0,
+        12,
+        3,
+        b"third",
+        &[],
+        db::PlanStatus::Received,
+    )
+    .await
+    .unwrap();
     let order = db::plans_to_check(&pool, 0).await.unwrap();
     assert_eq!(order, vec![rival.to_vec(), own.to_vec(), third.to_vec()]);
 }

@@ -4,6 +4,43 @@ use sqlx::{PgConnection, PgPool, Row};
 
 use service::db::{to_i64, to_u64};
 
+/// Where a key generation is (`keys.status`, whose CHECK holds the same
+/// names): `round1` -> `round2` -> `generated` (reported, awaiting the
+/// coordinator) -> `confirmed`; or `failed` with the reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+pub enum KeyState {
+    /// Round 1 sent, waiting for everyone's round-1 packages.
+    Round1,
+    /// Round 2 sent, waiting for the shares addressed here.
+    Round2,
+    /// Generated and reported, waiting for the coordinator's confirmation.
+    Generated,
+    /// Confirmed: scanned from its activation height and signed with.
+    Confirmed,
+    /// Failed (the reason and any culprit are stored).
+    Failed,
+}
+
+impl KeyState {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Round1 => "round1",
+            Self::Round2 => "round2",
+            Self::Generated => "generated",
+            Self::Confirmed => "confirmed",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for KeyState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A key's stored state.
 #[derive(Debug, Clone)]
 pub struct KeyRow {
@@ -18,7 +55,7 @@ pub struct KeyRow {
     /// Identity keys of participants 1..n.
     pub participant_keys: Vec<Vec<u8>>,
     /// Status.
-    pub status: String,
+    pub status: KeyState,
     /// Sealed round-1 secret (until round 2 is done).
     pub sealed_round1_secret: Option<Vec<u8>>,
     /// Sealed round-2 secret (until the key is generated).
@@ -65,7 +102,7 @@ struct KeyRecord {
     threshold: i32,
     own_index: i32,
     participant_keys: Vec<Vec<u8>>,
-    status: String,
+    status: KeyState,
     sealed_round1_secret: Option<Vec<u8>>,
     sealed_round2_secret: Option<Vec<u8>>,
     round1_packages: Option<Vec<Vec<u8>>>,

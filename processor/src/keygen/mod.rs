@@ -185,7 +185,7 @@ async fn load(
     conn: &mut PgConnection,
     session: u64,
     attempt: u32,
-    status: &str,
+    status: db::KeyState,
 ) -> Result<db::KeyRow, HandleError> {
     let row = db::lock(conn, session)
         .await?
@@ -261,7 +261,7 @@ pub async fn round1_packages(
     message: KeyGenRound1Packages,
 ) -> Result<(), HandleError> {
     metrics::counter!(crate::metrics::KEYGEN_ROUNDS, "round" => "2").increment(1);
-    let row = load(conn, message.session, message.attempt, "round1").await?;
+    let row = load(conn, message.session, message.attempt, db::KeyState::Round1).await?;
     let params = params_of(&row)?;
     let all = packages(&message.packages)?;
     let sealed = row
@@ -310,7 +310,7 @@ pub async fn round2_packages(
     keystore: &Keystore,
     message: KeyGenRound2Packages,
 ) -> Result<(), HandleError> {
-    let row = load(conn, message.session, message.attempt, "round2").await?;
+    let row = load(conn, message.session, message.attempt, db::KeyState::Round2).await?;
     let params = params_of(&row)?;
     let round1: BTreeMap<u16, Vec<u8>> = row
         .round1_packages
@@ -362,7 +362,7 @@ pub async fn confirmed(conn: &mut PgConnection, message: KeyConfirmed) -> Result
     let Some(row) = db::lock(conn, message.session).await? else {
         return foreign_confirmed(conn, message).await;
     };
-    if row.status != "generated" {
+    if row.status != db::KeyState::Generated {
         return Err(HandleError::Rejected(format!(
             "session {} is in status {}, not generated",
             row.session, row.status

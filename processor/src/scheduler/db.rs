@@ -78,6 +78,38 @@ impl PlanStatus {
     }
 }
 
+/// Where a burn is (`burns.status`, whose CHECK holds the same names): a
+/// settlement block's burn is `received`, then `queued` (valid) or
+/// `rejected` (reported back with the reason) when taken in; `planned` once
+/// a plan accepted here pays it; `paid` when that plan is final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+pub enum BurnStatus {
+    /// Taken in, not yet validated.
+    Received,
+    /// Valid, waiting for a plan.
+    Queued,
+    /// Invalid (zero amount, an address that does not parse).
+    Rejected,
+    /// Paid by a plan being signed or published.
+    Planned,
+    /// Paid by a final plan.
+    Paid,
+}
+
+impl BurnStatus {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Received => "received",
+            Self::Queued => "queued",
+            Self::Rejected => "rejected",
+            Self::Planned => "planned",
+            Self::Paid => "paid",
+        }
+    }
+}
+
 /// The active key as the scheduler needs it.
 #[derive(Debug, Clone)]
 pub struct ActiveKey {
@@ -156,7 +188,7 @@ pub async fn received_burns(
 pub async fn set_burn_status(
     conn: &mut PgConnection,
     burn_id: &str,
-    status: &str,
+    status: BurnStatus,
     reason: Option<&str>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE burns SET status = $2, reason = $3 WHERE burn_id = $1")
@@ -173,7 +205,7 @@ pub async fn set_burn_status(
 struct BurnStatusRecord {
     monero_address: String,
     amount: i64,
-    status: String,
+    status: BurnStatus,
     session: Option<i64>,
 }
 
@@ -185,7 +217,7 @@ pub struct StoredBurn {
     /// Amount.
     pub amount: u64,
     /// `burns.status`.
-    pub status: String,
+    pub status: BurnStatus,
     /// The key that pays it (`None`: the first key).
     pub session: Option<u64>,
 }
@@ -521,7 +553,7 @@ pub async fn insert_plan(
     leader: u16,
     signable: &[u8],
     burn_ids: &[String],
-    status: &str,
+    status: PlanStatus,
 ) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "INSERT INTO plans (plan_id, session, \"window\", leader, signable, burn_ids, status, traceparent,

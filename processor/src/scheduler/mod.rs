@@ -46,7 +46,7 @@ use crate::keystore::Keystore;
 use crate::link::{self, HandleError, OutMessage, Outbox};
 use crate::monero::{Daemon, KeyImage};
 use crate::scanner::db::OutputStatus;
-use db::PlanStatus;
+use db::{BurnStatus, PlanStatus};
 
 /// How far past the settlement horizon a proposal was relayed under (the
 /// highest Monero height the coordinator had announced before it, the same
@@ -149,10 +149,10 @@ pub async fn take_in_burns(
             plan::parse_address(&address).map(|_| ())
         };
         match verdict {
-            Ok(()) => db::set_burn_status(conn, &burn_id, "queued", None).await?,
+            Ok(()) => db::set_burn_status(conn, &burn_id, BurnStatus::Queued, None).await?,
             Err(reason) => {
                 warn!(burn = %burn_id, "burn rejected: {reason}");
-                db::set_burn_status(conn, &burn_id, "rejected", Some(&reason)).await?;
+                db::set_burn_status(conn, &burn_id, BurnStatus::Rejected, Some(&reason)).await?;
                 link::enqueue(
                     conn,
                     link_id,
@@ -775,7 +775,7 @@ async fn propose(
         key.own_index,
         &bytes,
         burn_ids,
-        "proposed",
+        PlanStatus::Proposed,
     )
     .await?;
     db::close_window(&mut *tx, key.session, window, "planned", Some(&plan_id)).await?;
@@ -1345,7 +1345,7 @@ async fn verify(
     // its inputs): this one is overtaken, not faulty.
     for burn_id in &proposal.burn_ids {
         if let Some(burn) = db::burn(conn, burn_id).await?
-            && (burn.status == "planned" || burn.status == "paid")
+            && matches!(burn.status, BurnStatus::Planned | BurnStatus::Paid)
         {
             // Not its status in the reason: whether the earlier plan is
             // still being signed or already final when this one is checked
@@ -1420,7 +1420,7 @@ async fn verify(
                     key.session
                 )));
             }
-            Some(burn) if burn.status == "queued" => {
+            Some(burn) if burn.status == BurnStatus::Queued => {
                 let Ok(address) = plan::parse_address(&burn.address) else {
                     return Ok(Verdict::Refuse(format!(
                         "burn {burn_id} has an invalid address"
@@ -1431,7 +1431,7 @@ async fn verify(
             Some(burn) => {
                 return Ok(Verdict::Refuse(format!(
                     "burn {burn_id} is {}, not queued",
-                    burn.status
+                    burn.status.as_str()
                 )));
             }
             None => return Ok(Verdict::Refuse(format!("burn {burn_id} is unknown"))),
@@ -1670,7 +1670,7 @@ pub async fn receive(conn: &mut PgConnection, m: PlanProposal) -> Result<(), Han
         leader,
         &m.signable_transaction,
         &m.burn_ids,
-        "received",
+        PlanStatus::Received,
     )
     .await?
     {
