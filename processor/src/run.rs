@@ -180,7 +180,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             link_id: COORDINATOR_LINK.to_owned(),
             outbox: link.outbox().clone(),
             health: health.clone(),
-            scheduler: config.scheduler.clone(),
+            blocks: Arc::new(config.scheduler.clone()),
             finalized: wake.clone(),
         };
         tokio::spawn(crate::scheduler::run(

@@ -327,7 +327,7 @@ async fn an_output_key_received_twice_is_credited_once() {
         link_id: "coordinator".into(),
         outbox: processor::link::Outbox::default(),
         health,
-        scheduler: processor::scheduler::SchedulerConfig::default(),
+        blocks: std::sync::Arc::new(processor::scheduler::SchedulerConfig::default()),
         finalized: std::sync::Arc::default(),
     };
     let (keys, _) = processor::scanner::keys_at(&pool, next).await.unwrap();

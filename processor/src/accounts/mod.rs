@@ -13,6 +13,14 @@ use zeroize::Zeroizing;
 use crate::keystore::dkg::view_key;
 use crate::link::HandleError;
 
+/// The subaddress change returns to: account 0, minor 1. The group's own
+/// funds, never a deposit.
+pub const CHANGE_SUBADDRESS: (u32, u32) = (0, 1);
+
+/// The subaddress an earlier key forwards its outputs to: account 0, minor
+/// 2. Taken, like change, as the group's own funds, never a deposit.
+pub const FORWARD_SUBADDRESS: (u32, u32) = (0, 2);
+
 /// A `RegisterAccount` of a settlement block: remember the account and the
 /// Monero block it is credited from (registering twice is harmless: the
 /// first registration stands).

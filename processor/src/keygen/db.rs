@@ -348,11 +348,26 @@ pub async fn active(pool: &PgPool) -> Result<Option<(u64, [u8; 32])>, sqlx::Erro
     Ok(row.and_then(|r| Some((to_u64(r.session), r.group_key.try_into().ok()?))))
 }
 
+/// A confirmed key as its windows, plans and signatures need it.
+#[derive(Debug, Clone)]
+pub struct ActiveKey {
+    /// Session.
+    pub session: u64,
+    /// Group key.
+    pub group_key: [u8; 32],
+    /// Our index.
+    pub own_index: u16,
+    /// Participants.
+    pub n: u16,
+    /// Signers needed.
+    pub threshold: u16,
+}
+
 /// What the scheduler needs of a confirmed key: our index, n and t.
 pub async fn participation(
     conn: impl sqlx::PgExecutor<'_>,
     session: u64,
-) -> Result<Option<crate::scheduler::db::ActiveKey>, sqlx::Error> {
+) -> Result<Option<ActiveKey>, sqlx::Error> {
     let row = sqlx::query(
         "SELECT session, group_key, own_index, cardinality(participant_keys) AS n, threshold FROM keys
          WHERE session = $1 AND status = 'confirmed'",
@@ -365,7 +380,7 @@ pub async fn participation(
     let Some(group_key) = group_key.and_then(|k| <[u8; 32]>::try_from(k).ok()) else {
         return Ok(None);
     };
-    Ok(Some(crate::scheduler::db::ActiveKey {
+    Ok(Some(ActiveKey {
         session: to_u64(r.try_get("session")?),
         group_key,
         own_index: small(r.try_get("own_index")?),

@@ -26,12 +26,7 @@ use crate::keystore::Keystore;
 use crate::link::{HandleError, Outbox};
 use crate::monero::Daemon;
 
-/// The subaddress change returns to: account 0, minor 1.
-pub const CHANGE_SUBADDRESS: (u32, u32) = (0, 1);
-
-/// The subaddress an earlier key forwards its outputs to: account 0, minor
-/// 2. Taken, like change, as the group's own funds, never a deposit.
-pub const FORWARD_SUBADDRESS: (u32, u32) = (0, 2);
+pub use crate::accounts::{CHANGE_SUBADDRESS, FORWARD_SUBADDRESS};
 
 /// Where and how to scan. What a processor reports is fixed by the key
 /// (`KeyGenStart`), not here: `confirmations` may only repeat the key's value.
@@ -118,11 +113,47 @@ pub struct ScanContext {
     pub outbox: Outbox,
     /// Reports the scanner's health as service [`HEALTH_NAME`].
     pub health: tonic_health::server::HealthReporter,
-    /// Coordination windows and payout completion are handled per block.
-    pub scheduler: crate::scheduler::SchedulerConfig,
+    /// What each finalized block is handed to, in its transaction
+    /// (coordination windows, payout completion: the scheduler).
+    pub blocks: Arc<dyn BlockHandler>,
     /// Notified after each commit of finalized blocks (a window may have
     /// opened), so what acts on them need not poll.
     pub finalized: Arc<tokio::sync::Notify>,
+}
+
+/// One finalized block's transactions, for matching plans against.
+#[derive(Debug)]
+pub struct BlockTransactions {
+    /// Transaction hashes, in block order (miner transaction excluded).
+    pub hashes: Vec<[u8; 32]>,
+    /// The transactions.
+    pub transactions:
+        Vec<monero_wallet::transaction::Transaction<monero_wallet::transaction::Pruned>>,
+}
+
+/// What acts on each finalized block, in the scanner's transaction for it
+/// (the scheduler: windows open, plans complete or end). A trait, so the
+/// scanner depends on nothing that acts on what it finds: the processor
+/// wires the scheduler in.
+pub trait BlockHandler: std::fmt::Debug + Send + Sync {
+    /// The window length this processor's config repeats, if any: checked
+    /// against the key's (local settings may repeat the key, never change it).
+    fn local_window_blocks(&self) -> Option<u64>;
+
+    /// Handles finalized block `height` for `key`, whose windows are
+    /// `window_blocks` long; `block` carries its transactions while a plan of
+    /// the key is open.
+    #[allow(clippy::too_many_arguments)]
+    fn on_block<'a>(
+        &'a self,
+        conn: &'a mut sqlx::PgConnection,
+        link_id: &'a str,
+        window_blocks: u64,
+        key: &'a keygen::db::ActiveKey,
+        height: u64,
+        hash: &'a [u8; 32],
+        block: Option<&'a BlockTransactions>,
+    ) -> futures::future::BoxFuture<'a, Result<(), HandleError>>;
 }
 
 /// The grpc.health.v1 service name that says whether scanning runs.
@@ -235,7 +266,7 @@ pub struct ScannedBlock {
     /// Its header's timestamp (what a time lock is compared with).
     pub timestamp: u64,
     /// Its transactions, when asked for (to match payouts against).
-    pub transactions: Option<crate::scheduler::BlockTransactions>,
+    pub transactions: Option<BlockTransactions>,
     /// The outputs found, timelocks not yet applied.
     pub outputs: Vec<monero_wallet::WalletOutput>,
 }
@@ -253,7 +284,7 @@ pub fn scan_all(
         let height = block.block.number() as u64;
         let hash = block.block.hash();
         let timestamp = block.block.header.timestamp;
-        let transactions = keep_transactions.then(|| crate::scheduler::BlockTransactions {
+        let transactions = keep_transactions.then(|| BlockTransactions {
             hashes: block.block.transactions.clone(),
             transactions: block.transactions.clone(),
         });
@@ -324,7 +355,7 @@ pub struct ScanKey {
     /// The key as confirmed, with the parameters fixed with it.
     pub key: keygen::db::ConfirmedKey,
     /// What the scheduler needs (our index, n, t).
-    pub active: crate::scheduler::db::ActiveKey,
+    pub active: keygen::db::ActiveKey,
     /// Its transition heights (see [`crate::lifecycle`]).
     pub heights: crate::lifecycle::Heights,
 }
@@ -381,7 +412,7 @@ pub async fn resume_at(pool: &PgPool) -> Result<Option<(u64, Option<String>)>, s
 /// settings may repeat the key's parameters, never change them.
 fn check_local_config(
     config: &MoneroConfig,
-    scheduler: &crate::scheduler::SchedulerConfig,
+    local_window_blocks: Option<u64>,
     key: &keygen::db::ConfirmedKey,
 ) -> Result<(), StepError> {
     let fixed = key.chain;
@@ -394,7 +425,7 @@ fn check_local_config(
             fixed.confirmations
         ));
     }
-    if let Some(local) = scheduler.window_blocks
+    if let Some(local) = local_window_blocks
         && local != fixed.window_blocks
     {
         differ.push(format!(
@@ -451,7 +482,7 @@ async fn step(
         return Ok(0);
     }
     for key in &keys {
-        check_local_config(config, &context.scheduler, &key.key)?;
+        check_local_config(config, context.blocks.local_window_blocks(), &key.key)?;
     }
     // Final for every key processed: the deepest depth any of them fixes.
     let confirmations = keys
@@ -820,23 +851,23 @@ async fn store_block(
         if !deposits.is_empty() {
             propose_batch(tx, context, session, height, &hash, &deposits).await?;
         }
-        let mut sched = context.scheduler.clone();
-        sched.window_blocks = Some(key.key.chain.window_blocks);
-        crate::scheduler::on_block(
-            &mut *tx,
-            &context.link_id,
-            &sched,
-            &key.active,
-            height,
-            &hash,
-            block.transactions.as_ref(),
-        )
-        .await
-        .map_err(|e| match e {
-            HandleError::Storage(e) => StepError::Storage(e),
-            HandleError::Rejected(why) => StepError::Halt(format!("block {height}: {why}")),
-            HandleError::Local(why) => StepError::Local(format!("block {height}: {why}")),
-        })?;
+        context
+            .blocks
+            .on_block(
+                &mut *tx,
+                &context.link_id,
+                key.key.chain.window_blocks,
+                &key.active,
+                height,
+                &hash,
+                block.transactions.as_ref(),
+            )
+            .await
+            .map_err(|e| match e {
+                HandleError::Storage(e) => StepError::Storage(e),
+                HandleError::Rejected(why) => StepError::Halt(format!("block {height}: {why}")),
+                HandleError::Local(why) => StepError::Local(format!("block {height}: {why}")),
+            })?;
         if key.heights.stage_at(height) == crate::lifecycle::Stage::Finishing
             && crate::lifecycle::db::holds_nothing(&mut *tx, session).await?
         {
@@ -926,11 +957,9 @@ mod tests {
 
     #[test]
     fn local_config_may_repeat_the_keys_parameters_never_change_them() {
-        let scheduler = crate::scheduler::SchedulerConfig::default();
-        assert!(check_local_config(&monero(None), &scheduler, &key(10, 5)).is_ok());
-        assert!(check_local_config(&monero(Some(10)), &scheduler, &key(10, 5)).is_ok());
-        let Err(StepError::Config(why)) =
-            check_local_config(&monero(Some(4)), &scheduler, &key(10, 5))
+        assert!(check_local_config(&monero(None), None, &key(10, 5)).is_ok());
+        assert!(check_local_config(&monero(Some(10)), None, &key(10, 5)).is_ok());
+        let Err(StepError::Config(why)) = check_local_config(&monero(Some(4)), None, &key(10, 5))
         else {
             panic!("a differing depth must refuse scanning");
         };
@@ -939,11 +968,7 @@ mod tests {
                 && why.contains("session 3"),
             "{why}"
         );
-        let windows = crate::scheduler::SchedulerConfig {
-            window_blocks: Some(4),
-            ..crate::scheduler::SchedulerConfig::default()
-        };
-        let Err(StepError::Config(why)) = check_local_config(&monero(None), &windows, &key(10, 5))
+        let Err(StepError::Config(why)) = check_local_config(&monero(None), Some(4), &key(10, 5))
         else {
             panic!("a differing window must refuse scanning");
         };

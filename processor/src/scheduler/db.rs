@@ -110,52 +110,12 @@ impl BurnStatus {
     }
 }
 
-/// The active key as the scheduler needs it.
-#[derive(Debug, Clone)]
-pub struct ActiveKey {
-    /// Session.
-    pub session: u64,
-    /// Group key.
-    pub group_key: [u8; 32],
-    /// Our index.
-    pub own_index: u16,
-    /// Participants.
-    pub n: u16,
-    /// Signers needed.
-    pub threshold: u16,
-}
+/// A key as the scheduler needs it (our index, n, t): the keys table is
+/// keygen's, which reads it.
+pub use crate::keygen::db::ActiveKey;
 
 fn u16_of(v: i32) -> u16 {
     u16::try_from(v).unwrap_or(0)
-}
-
-/// A `keys` row as [`active_key`] reads it.
-#[derive(sqlx::FromRow)]
-struct ActiveKeyRecord {
-    session: i64,
-    group_key: Option<Vec<u8>>,
-    own_index: i32,
-    n: i32,
-    threshold: i32,
-}
-
-/// The newest confirmed key.
-pub async fn active_key(conn: impl PgExecutor<'_>) -> Result<Option<ActiveKey>, sqlx::Error> {
-    let row = sqlx::query_as::<_, ActiveKeyRecord>(
-        "SELECT session, group_key, own_index, cardinality(participant_keys) AS n, threshold FROM keys
-         WHERE status = 'confirmed' ORDER BY session DESC LIMIT 1",
-    )
-    .fetch_optional(conn)
-    .await?;
-    Ok(row.and_then(|r| {
-        Some(ActiveKey {
-            session: to_u64(r.session),
-            group_key: r.group_key?.try_into().ok()?,
-            own_index: u16_of(r.own_index),
-            n: u16_of(r.n),
-            threshold: u16_of(r.threshold),
-        })
-    }))
 }
 
 /// A `burns` row as [`received_burns`] and [`queued_burns`] read it.

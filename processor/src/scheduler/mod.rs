@@ -172,29 +172,49 @@ pub async fn take_in_burns(
     Ok(())
 }
 
-/// One finalized block's transactions, for matching plans against.
-#[derive(Debug)]
-pub struct BlockTransactions {
-    /// Transaction hashes, in block order (miner transaction excluded).
-    pub hashes: Vec<[u8; 32]>,
-    /// The transactions.
-    pub transactions: Vec<Transaction<Pruned>>,
+pub use crate::scanner::BlockTransactions;
+
+/// The scheduler is what the scanner hands each finalized block to.
+impl crate::scanner::BlockHandler for SchedulerConfig {
+    fn local_window_blocks(&self) -> Option<u64> {
+        self.window_blocks
+    }
+
+    fn on_block<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        link_id: &'a str,
+        window_blocks: u64,
+        key: &'a db::ActiveKey,
+        height: u64,
+        hash: &'a [u8; 32],
+        block: Option<&'a BlockTransactions>,
+    ) -> futures::future::BoxFuture<'a, Result<(), HandleError>> {
+        Box::pin(on_block(
+            conn,
+            link_id,
+            window_blocks,
+            key,
+            height,
+            hash,
+            block,
+        ))
+    }
 }
 
 /// The window handler and the eventuality check, run in the scanner's
-/// transaction for each finalized block.
+/// transaction for each finalized block of `key`, whose windows are
+/// `window_blocks` long (fixed with the key).
 pub async fn on_block(
     conn: &mut PgConnection,
     link_id: &str,
-    config: &SchedulerConfig,
+    window_blocks: u64,
     key: &db::ActiveKey,
     height: u64,
     hash: &[u8; 32],
     block: Option<&BlockTransactions>,
 ) -> Result<(), HandleError> {
-    // The scanner passes the key's window length; a config without one
-    // never reaches here.
-    let window_blocks = config.window_blocks.unwrap_or(u64::MAX).max(1);
+    let window_blocks = window_blocks.max(1);
     if height.is_multiple_of(window_blocks) {
         let window = height / window_blocks;
         let leader = plan::leader(&key.group_key, hash, key.n);

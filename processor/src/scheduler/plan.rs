@@ -16,8 +16,8 @@ use zeroize::Zeroizing;
 
 use monero_wallet::interface::FeeRate;
 
+use crate::accounts::{CHANGE_SUBADDRESS, FORWARD_SUBADDRESS};
 use crate::amount::Amount;
-use crate::scanner::{CHANGE_SUBADDRESS, FORWARD_SUBADDRESS};
 
 /// Outputs of one transaction, change included (Monero's bulletproof limit).
 pub const MAX_OUTPUTS: usize = 16;
