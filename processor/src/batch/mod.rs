@@ -8,9 +8,7 @@ use proto::processor_v1::{
 };
 use sqlx::PgConnection;
 
-use crate::keystore::Keystore;
 use crate::link::{self, HandleError, OutMessage};
-use crate::signer;
 
 pub mod db;
 
@@ -69,18 +67,20 @@ pub fn output_id(tx_hash: &[u8; 32], index: u64) -> Vec<u8> {
     id
 }
 
-/// Builds, stores and proposes the batch of a block with deposits, and
-/// begins signing it (attempt 0). Runs in the scanner's transaction.
+/// Builds, stores and proposes the batch of a block with deposits. Runs in
+/// the scanner's transaction. Returns the sign id of its first signing
+/// attempt, for the caller to begin in the same transaction (signing is the
+/// signer's, which depends on batches, not the other way round); `None` if
+/// the settlement chain included it already.
 #[tracing::instrument(name = "batch.create", skip_all, fields(session = session, block = block_height))]
 pub async fn create(
     conn: &mut PgConnection,
-    keystore: &Keystore,
     link_id: &str,
     session: u64,
     block_height: u64,
     block_hash: &[u8; 32],
     deposits: &[Deposit],
-) -> Result<u64, HandleError> {
+) -> Result<Option<SignId>, HandleError> {
     let id = batch_id(session, block_height);
     let batch = Batch {
         id,
@@ -102,7 +102,7 @@ pub async fn create(
     // included it, before this processor's scanner got here.
     if crate::settlement::db::includes_batch(conn, id).await? {
         mark_included(conn, &[id]).await?;
-        return Ok(id);
+        return Ok(None);
     }
     let proposal = ProcessorMessage {
         kind: Some(Kind::BatchProposal(BatchProposal { batch: Some(batch) })),
@@ -117,8 +117,7 @@ pub async fn create(
         }],
     )
     .await?;
-    signer::begin(conn, keystore, link_id, &sign_id(session, id, 0)).await?;
-    Ok(id)
+    Ok(Some(sign_id(session, id, 0)))
 }
 
 /// Marks batches the settlement chain included: each moves from proposed or

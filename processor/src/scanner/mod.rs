@@ -904,21 +904,19 @@ async fn propose_batch(
     }
     let id = crate::batch::batch_id(session, height);
     db::assign_batch(&mut *tx, id, deposits).await?;
-    crate::batch::create(
-        &mut *tx,
-        &context.keystore,
-        &context.link_id,
-        session,
-        height,
-        hash,
-        deposits,
-    )
-    .await
-    .map_err(|e| match e {
+    let failed = |e| match e {
         HandleError::Storage(e) => StepError::Storage(e),
         HandleError::Rejected(why) => StepError::Halt(format!("batch for block {height}: {why}")),
         HandleError::Local(why) => StepError::Local(format!("batch for block {height}: {why}")),
-    })?;
+    };
+    let first = crate::batch::create(&mut *tx, &context.link_id, session, height, hash, deposits)
+        .await
+        .map_err(failed)?;
+    if let Some(first) = first {
+        crate::signer::begin(&mut *tx, &context.keystore, &context.link_id, &first)
+            .await
+            .map_err(failed)?;
+    }
     info!(
         batch = id,
         session,
