@@ -847,23 +847,18 @@ async fn consolidate_window(
 ) -> Result<(), PassError> {
     let pair = view_pair(&key.group_key)
         .ok_or_else(|| PassError::Handle("the group key is not a point".into()))?;
-    let as_of = usize::try_from(start_height).unwrap_or(usize::MAX);
-    let rpc = daemon.rpc().await?;
-    let inputs = futures::future::try_join_all(
-        spendable
-            .iter()
-            .take(plan::MAX_INPUTS)
-            .map(|o| with_decoys(&rpc, as_of, o)),
-    )
-    .await?;
+    let inputs = largest_with_decoys(daemon, start_height, &spendable).await?;
     let used = inputs.len();
-    let signable = match plan::build_consolidation(&key.group_key, &pair, inputs, fee_rate) {
-        Ok(signable) => signable,
-        Err(e) => {
-            db::close_window(pool, key.session, window, "idle", None).await?;
-            warn!(window, "no consolidation for this window: {e}");
-            return Ok(());
-        }
+    let Some(signable) = built_or_idle(
+        pool,
+        key,
+        window,
+        plan::build_consolidation(&key.group_key, &pair, inputs, fee_rate),
+        "consolidation",
+    )
+    .await?
+    else {
+        return Ok(());
     };
     info!(
         window,
@@ -872,6 +867,44 @@ async fn consolidate_window(
         "a queued burn exceeds what one transaction's inputs reach: consolidating"
     );
     propose(pool, context, key, window, &signable, &[], used).await
+}
+
+/// The [`plan::MAX_INPUTS`] largest of `spendable` (sorted largest first)
+/// with their rings, chosen as of the window's first block, all fetched at
+/// once: what a consolidation or a forward spends.
+async fn largest_with_decoys(
+    daemon: &Daemon,
+    start_height: u64,
+    spendable: &[db::Spendable],
+) -> Result<Vec<monero_wallet::OutputWithDecoys>, PassError> {
+    let as_of = usize::try_from(start_height).unwrap_or(usize::MAX);
+    let rpc = daemon.rpc().await?;
+    futures::future::try_join_all(
+        spendable
+            .iter()
+            .take(plan::MAX_INPUTS)
+            .map(|o| with_decoys(&rpc, as_of, o)),
+    )
+    .await
+}
+
+/// The transaction a leader built, or `None` with its window closed idle
+/// (and why logged) if it could not be built.
+async fn built_or_idle(
+    pool: &PgPool,
+    key: &db::ActiveKey,
+    window: u64,
+    built: Result<SignableTransaction, SendError>,
+    what: &str,
+) -> Result<Option<SignableTransaction>, PassError> {
+    match built {
+        Ok(signable) => Ok(Some(signable)),
+        Err(e) => {
+            db::close_window(pool, key.session, window, "idle", None).await?;
+            warn!(window, "no {what} for this window: {e}");
+            Ok(None)
+        }
+    }
 }
 
 /// Whose burns key `session`'s plans pay.
@@ -952,23 +985,18 @@ async fn forward_window(
         );
         target_pair = stranger;
     }
-    let as_of = usize::try_from(start_height).unwrap_or(usize::MAX);
-    let rpc = daemon.rpc().await?;
-    let inputs = futures::future::try_join_all(
-        spendable
-            .iter()
-            .take(plan::MAX_INPUTS)
-            .map(|o| with_decoys(&rpc, as_of, o)),
-    )
-    .await?;
+    let inputs = largest_with_decoys(daemon, start_height, &spendable).await?;
     let used = inputs.len();
-    let signable = match plan::build_forward(&key.group_key, &target_pair, inputs, fee_rate) {
-        Ok(signable) => signable,
-        Err(e) => {
-            db::close_window(pool, key.session, window, "idle", None).await?;
-            warn!(window, "no forward for this window: {e}");
-            return Ok(());
-        }
+    let Some(signable) = built_or_idle(
+        pool,
+        key,
+        window,
+        plan::build_forward(&key.group_key, &target_pair, inputs, fee_rate),
+        "forward",
+    )
+    .await?
+    else {
+        return Ok(());
     };
     info!(
         window,

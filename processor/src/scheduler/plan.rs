@@ -263,46 +263,44 @@ fn build_to(
 }
 
 /// Builds a consolidation: `inputs` (the group's own outputs) merged into the
-/// group's change subaddress, no burn paid, the fee paid from the inputs.
-///
-/// Monero requires at least two outputs and monero-wallet at least one that
-/// is not change, so the merged value leaves as two outputs, both to the
-/// change subaddress (the scanner takes either as change, never as a
-/// deposit): a payment of half the inputs' sum, rounded down, and the change
-/// (the other half less the fee). Two halves rather than a dummy zero-value
-/// output, so neither output is dust a later plan would pay a fee to spend.
-/// Every amount is a function of the inputs and the fee rate alone: a
-/// follower rebuilds the same bytes.
+/// group's change subaddress, no burn paid, the fee paid from the inputs
+/// (see [`build_merge`]).
 pub fn build_consolidation(
     group_key: &[u8; 32],
     pair: &ViewPair,
     inputs: Vec<OutputWithDecoys>,
     fee_rate: FeeRate,
 ) -> Result<SignableTransaction, SendError> {
-    let total: u128 = inputs
-        .iter()
-        .map(|i| u128::from(i.commitment().amount))
-        .sum();
-    let half = u64::try_from(total / 2).map_err(|_| SendError::AmountsUnrepresentable {
-        in_amount: total,
-        out_amount: total / 2,
-    })?;
-    let index = SubaddressIndex::new(CHANGE_SUBADDRESS.0, CHANGE_SUBADDRESS.1)
-        .ok_or(SendError::InvalidInputs)?;
-    let own = pair.subaddress(BURN_NETWORK, index);
-    build(group_key, pair, inputs, vec![(own, half)], fee_rate)
+    build_merge(group_key, pair, CHANGE_SUBADDRESS, inputs, fee_rate)
 }
 
 /// Builds a forward: `inputs` (outputs of the key `group_key`, which has
 /// handed over) moved whole to the forwarding subaddress of the key it
-/// forwards to (`target`), the fee paid from the inputs. Two outputs, as a
-/// consolidation makes them (half, and the rest less the fee as change), both
-/// to that subaddress: the new key's scanner takes either as the group's own
-/// funds, never as a deposit. Every amount is a function of the inputs and
-/// the fee rate alone: a follower rebuilds the same bytes.
+/// forwards to (`target`), whose scanner takes either output as the group's
+/// own funds, never as a deposit (see [`build_merge`]).
 pub fn build_forward(
     group_key: &[u8; 32],
     target: &ViewPair,
+    inputs: Vec<OutputWithDecoys>,
+    fee_rate: FeeRate,
+) -> Result<SignableTransaction, SendError> {
+    build_merge(group_key, target, FORWARD_SUBADDRESS, inputs, fee_rate)
+}
+
+/// `inputs` of the key `group_key` moved whole to subaddress `index` of
+/// `target`, no burn paid, the fee paid from the inputs.
+///
+/// Monero requires at least two outputs and monero-wallet at least one that
+/// is not change, so the merged value leaves as two outputs, both to that
+/// subaddress: a payment of half the inputs' sum, rounded down, and the
+/// change (the other half less the fee). Two halves rather than a dummy
+/// zero-value output, so neither output is dust a later plan would pay a fee
+/// to spend. Every amount is a function of the inputs and the fee rate
+/// alone: a follower rebuilds the same bytes.
+fn build_merge(
+    group_key: &[u8; 32],
+    target: &ViewPair,
+    index: (u32, u32),
     inputs: Vec<OutputWithDecoys>,
     fee_rate: FeeRate,
 ) -> Result<SignableTransaction, SendError> {
@@ -314,17 +312,9 @@ pub fn build_forward(
         in_amount: total,
         out_amount: total / 2,
     })?;
-    let index = SubaddressIndex::new(FORWARD_SUBADDRESS.0, FORWARD_SUBADDRESS.1)
-        .ok_or(SendError::InvalidInputs)?;
-    let to = target.subaddress(BURN_NETWORK, index);
-    build_to(
-        group_key,
-        target,
-        FORWARD_SUBADDRESS,
-        inputs,
-        vec![(to, half)],
-        fee_rate,
-    )
+    let to = SubaddressIndex::new(index.0, index.1).ok_or(SendError::InvalidInputs)?;
+    let to = target.subaddress(BURN_NETWORK, to);
+    build_to(group_key, target, index, inputs, vec![(to, half)], fee_rate)
 }
 
 fn read_varint(bytes: &mut &[u8]) -> Result<u64, String> {
